@@ -1,0 +1,213 @@
+"""Configuration: one TOML file, parsed into frozen dataclasses in ``main()``.
+
+The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
+``--config PATH``) looks like this; every key is optional except ``ldap.uris``::
+
+    [ldap]
+    uris = ["ldap://ldap1.example.net/", "ldap://ldap2.example.net/"]  # tried in order
+    base_dn = "o=top"
+    bind_dn = "cn=mailrouter,o=top"            # the read-only service account
+    bind_password_file = "/etc/mailrouter/ldap.secret"   # never on a command line
+    connect_timeout = 3.0                       # seconds, per URI
+    operation_timeout = 5.0                     # seconds, per LDAP operation
+
+    [spool]
+    format = "mbox"                             # or "maildir"
+    mbox_template = "/var/mail/{local}@{domain}"  # what stock popa3d opens
+    maildir_template = "/var/mail/{domain}/{local}/Maildir"
+    storage_user = "mail"                       # one storage account, as the seed mandates
+    per_user_ids = false                        # true: uidNumber/gidNumber from LDAP
+    min_uid = 100                               # per-user ids below this are refused
+    lock_timeout = 10.0                         # seconds to wait for a mailbox lock
+    stale_lock_age = 600                        # seconds after which a dotlock is stale
+
+    [auth]
+    sender_ownership = true                     # authenticated senders must own MAIL FROM
+    password_scheme = "argon2"                  # argon2 | sha512_crypt | ssha
+    auth_socket = "/run/mailrouter/auth.sock"
+
+Why no globals: every executable calls :func:`load` once and hands the result
+down, so tests can run several configurations in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailrouter.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/mailrouter/mailrouter.toml"
+
+# Far inside Exim's 60 s ${run} limit, even when every URI of a failover list
+# times out: (connect + operation) * len(uris) must stay well below 60.
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_OPERATION_TIMEOUT = 5.0
+
+# The default is the file stock popa3d opens for the login "local@domain".
+DEFAULT_MBOX_TEMPLATE = "/var/mail/{local}@{domain}"
+DEFAULT_MAILDIR_TEMPLATE = "/var/mail/{domain}/{local}/Maildir"
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    uris: tuple[str, ...]
+    base_dn: str = "o=top"
+    bind_dn: str | None = None
+    bind_password: str | None = field(default=None, repr=False)
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    operation_timeout: float = DEFAULT_OPERATION_TIMEOUT
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    format: str = "mbox"
+    mbox_template: str = DEFAULT_MBOX_TEMPLATE
+    maildir_template: str = DEFAULT_MAILDIR_TEMPLATE
+    storage_user: str = "mail"
+    storage_uid: int = 8
+    storage_gid: int = 8
+    per_user_ids: bool = False
+    min_uid: int = 100
+    lock_timeout: float = 10.0
+    stale_lock_age: float = 600.0
+
+    def template(self) -> str:
+        return self.maildir_template if self.format == "maildir" else self.mbox_template
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    sender_ownership: bool = True
+    password_scheme: str = "argon2"
+    auth_socket: str = "/run/mailrouter/auth.sock"
+
+
+@dataclass(frozen=True)
+class Config:
+    ldap: LdapConfig
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    path: str | None = None
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    # bool is an int in Python: never accept true for a number or 1 for a bool.
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{key}: expected {kind}, got a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{key}: expected {kind}, got {type(value).__name__}")
+    return value
+
+
+def _read_secret(path: str, base: Path) -> str:
+    secret_path = (base / path) if not os.path.isabs(path) else Path(path)
+    try:
+        secret = secret_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read password file {secret_path}: {exc.strerror}") from exc
+    secret = secret.rstrip("\r\n")
+    if not secret:
+        raise ConfigError(f"password file {secret_path} is empty")
+    return secret
+
+
+def _storage_ids(user: str) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise ConfigError(f"storage_user {user!r} does not exist") from exc
+    if entry.pw_uid == 0:
+        raise ConfigError("storage_user must not be root")
+    return entry.pw_uid, entry.pw_gid
+
+
+def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None) -> Config:
+    """Build a :class:`Config` from parsed TOML; relative file names resolve against ``base``."""
+    ldap = _section(data, "ldap")
+    uris = _typed(ldap, "uris", list, None)
+    if not uris or not all(isinstance(u, str) and u for u in uris):
+        raise ConfigError("ldap.uris must be a non-empty list of LDAP URIs")
+    password_file = _typed(ldap, "bind_password_file", str, None)
+    bind_dn = _typed(ldap, "bind_dn", str, None)
+    if bind_dn and not password_file:
+        raise ConfigError("ldap.bind_dn needs ldap.bind_password_file")
+    connect_timeout = float(_typed(ldap, "connect_timeout", (int, float), DEFAULT_CONNECT_TIMEOUT))
+    operation_timeout = float(
+        _typed(ldap, "operation_timeout", (int, float), DEFAULT_OPERATION_TIMEOUT)
+    )
+    if not (0 < connect_timeout <= 20 and 0 < operation_timeout <= 20):
+        raise ConfigError("LDAP timeouts must be between 0 and 20 seconds (Exim gives up at 60)")
+    ldap_config = LdapConfig(
+        uris=tuple(uris),
+        base_dn=_typed(ldap, "base_dn", str, "o=top"),
+        bind_dn=bind_dn,
+        bind_password=_read_secret(password_file, base) if password_file else None,
+        connect_timeout=connect_timeout,
+        operation_timeout=operation_timeout,
+    )
+
+    spool = _section(data, "spool")
+    spool_format = _typed(spool, "format", str, "mbox")
+    if spool_format not in ("mbox", "maildir"):
+        raise ConfigError("spool.format must be 'mbox' or 'maildir'")
+    templates = {}
+    for key, default in (
+        ("mbox_template", DEFAULT_MBOX_TEMPLATE),
+        ("maildir_template", DEFAULT_MAILDIR_TEMPLATE),
+    ):
+        template = _typed(spool, key, str, default)
+        if not os.path.isabs(template) or "{local}" not in template or "{domain}" not in template:
+            raise ConfigError(f"spool.{key} must be absolute and contain {{local}} and {{domain}}")
+        templates[key] = template
+    storage_user = _typed(spool, "storage_user", str, "mail")
+    storage_uid, storage_gid = _storage_ids(storage_user)
+    spool_config = SpoolConfig(
+        format=spool_format,
+        storage_user=storage_user,
+        storage_uid=storage_uid,
+        storage_gid=storage_gid,
+        per_user_ids=_typed(spool, "per_user_ids", bool, False),
+        min_uid=_typed(spool, "min_uid", int, 100),
+        lock_timeout=float(_typed(spool, "lock_timeout", (int, float), 10.0)),
+        stale_lock_age=float(_typed(spool, "stale_lock_age", (int, float), 600.0)),
+        **templates,
+    )
+
+    auth = _section(data, "auth")
+    scheme = _typed(auth, "password_scheme", str, "argon2")
+    if scheme not in ("argon2", "sha512_crypt", "ssha"):
+        raise ConfigError("auth.password_scheme must be argon2, sha512_crypt or ssha")
+    auth_config = AuthConfig(
+        sender_ownership=_typed(auth, "sender_ownership", bool, True),
+        password_scheme=scheme,
+        auth_socket=_typed(auth, "auth_socket", str, "/run/mailrouter/auth.sock"),
+    )
+    return Config(ldap=ldap_config, spool=spool_config, auth=auth_config, path=path)
+
+
+def load(path: str | None = None) -> Config:
+    """Read and validate the TOML file at ``path`` (default :data:`DEFAULT_CONFIG_PATH`)."""
+    config_path = Path(path or DEFAULT_CONFIG_PATH)
+    try:
+        with config_path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config_path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from exc
+    return parse(data, base=config_path.parent, path=str(config_path))

@@ -1,0 +1,112 @@
+"""Demo directory content: the sandbox seeds it, the tests start from it.
+
+Two domains (example.com, example.org), a global admin, a postmaster (domain
+admin) and two users per domain, an alias with two targets and a catch-all in
+example.org.  Passwords are random per call and stored hashed, like any other.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from mailrouter import entries, passwords
+
+GLOBAL_ADMIN_DN_TEMPLATE = "uid=admin,{base}"
+SERVICE_DN_TEMPLATE = "uid=mailrouter,{base}"
+
+
+@dataclass
+class Account:
+    dn: str
+    password: str
+    role: str  # "global-admin" | "domain-admin" | "user" | "service"
+    address: str | None = None
+
+    def as_json(self) -> dict[str, str]:
+        data = {"dn": self.dn, "password": self.password, "role": self.role}
+        if self.address:
+            data["address"] = self.address
+        return data
+
+
+@dataclass
+class DemoDirectory:
+    base_dn: str
+    seed_passwords: dict[str, str]  # DN -> hash, for accounts that live in seed.ldif
+    ldif: str
+    accounts: list[Account] = field(default_factory=list)
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    catchall: dict[str, list[str]] = field(default_factory=dict)
+
+    def account(self, address_or_role: str) -> Account:
+        for account in self.accounts:
+            if address_or_role in (account.address, account.role, account.dn):
+                return account
+        raise KeyError(address_or_role)
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def build(
+    base_dn: str = "o=top",
+    mbox_template: str = "/var/mail/{local}@{domain}",
+    storage_uid: int = 8,
+    storage_gid: int = 8,
+    scheme: str = "argon2",
+    quota: str = "10M",
+) -> DemoDirectory:
+    """Build the demo directory; see the module docstring for what it holds."""
+    accounts: list[Account] = []
+    objects: list[entries.Entry] = []
+
+    def user(local: str, domain: str, role: str) -> None:
+        password = new_password()
+        entry = entries.user_entry(
+            local,
+            domain,
+            base_dn,
+            password_hash=passwords.hash_password(password, scheme),
+            uid_number=storage_uid,
+            gid_number=storage_gid,
+            mailbox=mbox_template.format(local=local, domain=domain),
+            quota=quota,
+        )
+        objects.append(entry)
+        accounts.append(Account(entry.dn, password, role, f"{local}@{domain}"))
+
+    for domain in ("example.com", "example.org"):
+        objects.append(entries.domain_entry(domain, base_dn))
+        user("postmaster", domain, "domain-admin")
+        local_names = ("alice", "bob") if domain == "example.com" else ("carol", "dave")
+        for local in local_names:
+            user(local, domain, "user")
+        objects.append(
+            entries.admin_group_entry(domain, base_dn, [f"uid=postmaster,dc={domain},{base_dn}"])
+        )
+
+    aliases = {"team@example.com": ["alice@example.com", "bob@example.com"]}
+    catchall = {"example.org": ["carol@example.org"]}
+    objects.append(entries.alias_entry("team", "example.com", base_dn, aliases["team@example.com"]))
+    objects.append(entries.alias_entry("default", "example.org", base_dn, catchall["example.org"]))
+
+    admin_password = new_password()
+    service_password = new_password()
+    admin_dn = GLOBAL_ADMIN_DN_TEMPLATE.format(base=base_dn)
+    service_dn = SERVICE_DN_TEMPLATE.format(base=base_dn)
+    accounts.insert(0, Account(admin_dn, admin_password, "global-admin"))
+    accounts.append(Account(service_dn, service_password, "service"))
+    seed_passwords = {
+        admin_dn: passwords.hash_password(admin_password, scheme),
+        service_dn: passwords.hash_password(service_password, scheme),
+    }
+    return DemoDirectory(
+        base_dn=base_dn,
+        seed_passwords=seed_passwords,
+        ldif=entries.to_ldif(objects),
+        accounts=accounts,
+        aliases=aliases,
+        catchall=catchall,
+    )

@@ -1,0 +1,81 @@
+"""Console-script entry points, each a guard around one executable's ``main(argv)``.
+
+Why a guard module: Exim bounces mail on any pipe exit code but 75/73 and
+treats ``${run}`` output (stderr merged in) as the answer.  A traceback exits 1
+and prints to stderr -- both fatal.  So each entry point here
+
+* imports nothing but the standard library at module level,
+* for hooks, points fd 2 at /dev/null *before* importing anything else,
+* imports the real module inside a ``try`` (a broken install is an exception too),
+* maps every exception that escapes ``main`` -- and a ``SystemExit`` from argparse --
+  to the caller's temporary-failure code.
+
+The per-executable exit codes of the *expected* outcomes live in each module's
+docstring and ``main``; this file holds only the "anything else" code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# Caller's temporary-failure code for "something unexpected happened".
+EX_TEMPFAIL = 75  # Exim pipe transport and ${run} hooks (sysexits.h)
+CHECKPASSWORD_TEMPFAIL = 111  # checkpassword / Dovecot
+PAM_EXEC_FAILURE = 1  # pam_exec: any non-zero is a failed authentication
+
+
+def _silence_stderr() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def _guarded(module_name: str, temporary_code: int, silence_stderr: bool) -> int:
+    if silence_stderr:
+        try:
+            _silence_stderr()
+        except OSError:
+            return temporary_code
+    try:
+        module = importlib.import_module(module_name)
+        code = module.main(sys.argv[1:])
+    except SystemExit as exc:  # argparse usage errors and explicit exits
+        code = exc.code if isinstance(exc.code, int) else temporary_code
+        return code if code == 0 or not silence_stderr else temporary_code
+    except BaseException:  # noqa: BLE001 - the whole point: nothing escapes as rc 1
+        return temporary_code
+    return code if isinstance(code, int) else temporary_code
+
+
+def lookup() -> int:
+    return _guarded("mailrouter.lookup", EX_TEMPFAIL, silence_stderr=True)
+
+
+def deliver() -> int:
+    return _guarded("mailrouter.deliver", EX_TEMPFAIL, silence_stderr=True)
+
+
+def pam_auth() -> int:
+    return _guarded("mailrouter.pam_auth", PAM_EXEC_FAILURE, silence_stderr=True)
+
+
+def checkpassword() -> int:
+    return _guarded("mailrouter.checkpassword", CHECKPASSWORD_TEMPFAIL, silence_stderr=False)
+
+
+def authd() -> int:
+    return _guarded("mailrouter.authd", EX_TEMPFAIL, silence_stderr=False)
+
+
+def admin() -> int:
+    from mailrouter.admin import main  # an admin wants to see a traceback
+
+    return main(sys.argv[1:])
+
+
+def sandbox() -> int:
+    from mailrouter.sandbox import main
+
+    return main(sys.argv[1:])

@@ -1,0 +1,75 @@
+"""Canonical names: the only local parts, domains and logins the project accepts.
+
+Why this is strict: these strings become LDAP DNs, file names under the spool
+and popa3d logins (popa3d opens ``/var/mail/<login exactly as typed>`` with no
+check at all).  So a name is accepted only in the one spelling the directory
+stores -- lower case ASCII, no ``/``, no leading ``.``, no ``..``, no control
+characters, within RFC 5321 lengths -- and everything else is refused before it
+reaches LDAP or the file system.  Callers that want to be lenient (Exim already
+lower-cases local parts) normalise *before* calling these functions.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailrouter.errors import InvalidName
+
+MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
+MAX_DOMAIN = 253  # RFC 1035 textual form, without the trailing dot
+MAX_LABEL = 63
+MAX_ADDRESS = 254  # RFC 5321 path limit minus the angle brackets
+
+# Our allowed set is a subset of RFC 5321 atext: no '/', no quotes, no shell or
+# Exim expansion metacharacters, nothing LDAP needs to escape except what ldap3
+# escapes anyway.  '.' may separate atoms but not start, end or double.
+_LOCAL_PART = re.compile(r"[a-z0-9_+=-]+(?:\.[a-z0-9_+=-]+)*")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def local_part(value: str) -> str:
+    """Return ``value`` if it is a canonical local part, else raise :class:`InvalidName`."""
+    if not value or len(value.encode("utf-8", "surrogatepass")) > MAX_LOCAL_PART:
+        raise InvalidName(f"local part must be 1..{MAX_LOCAL_PART} octets")
+    if not _LOCAL_PART.fullmatch(value):
+        raise InvalidName("local part has characters outside [a-z0-9._+=-] or a misplaced dot")
+    return value
+
+
+def domain(value: str) -> str:
+    """Return ``value`` if it is a canonical (lower-case, ASCII/A-label) domain."""
+    if not value or len(value) > MAX_DOMAIN:
+        raise InvalidName(f"domain must be 1..{MAX_DOMAIN} characters")
+    labels = value.split(".")
+    if len(labels) < 2:
+        raise InvalidName("domain needs at least two labels")
+    for label in labels:
+        if not _LABEL.fullmatch(label):
+            raise InvalidName("domain labels must be lower-case letters, digits and inner hyphens")
+    return value
+
+
+def address(value: str) -> tuple[str, str]:
+    """Split a canonical ``local@domain`` into its checked parts."""
+    if len(value) > MAX_ADDRESS:
+        raise InvalidName(f"address longer than {MAX_ADDRESS} characters")
+    local, at, dom = value.rpartition("@")
+    if not at:
+        raise InvalidName("address needs an @")
+    return local_part(local), domain(dom)
+
+
+def is_local_part(value: str) -> bool:
+    try:
+        local_part(value)
+    except InvalidName:
+        return False
+    return True
+
+
+def is_domain(value: str) -> bool:
+    try:
+        domain(value)
+    except InvalidName:
+        return False
+    return True

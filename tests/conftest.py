@@ -1,0 +1,68 @@
+"""Shared fixtures: a real slapd from the project's own ldap/ files.
+
+Every fixture that starts a daemon stops it in a ``finally``/yield teardown,
+whatever the test did.  Tests that need root-only daemons are skipped (loudly)
+when not run as root; CI runs as root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailrouter import demo
+from mailrouter.config import LdapConfig
+from mailrouter.directory import Directory
+from mailrouter.testbed import Slapd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> demo.DemoDirectory:
+    return demo.build()
+
+
+def start_slapd(workdir: Path, data: demo.DemoDirectory, extra_ldif: str = "", **kwargs: object) -> Slapd:
+    slapd = Slapd(
+        workdir,
+        ldif=[data.ldif, extra_ldif] if extra_ldif else [data.ldif],
+        root=ROOT,
+        seed_passwords=data.seed_passwords,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return slapd.start()
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory, demo_data: demo.DemoDirectory) -> Iterator[Slapd]:
+    """A read-mostly slapd with the demo data; tests must not change what others read."""
+    server = start_slapd(tmp_path_factory.mktemp("slapd"), demo_data)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def service_config(slapd: Slapd, data: demo.DemoDirectory, **overrides: object) -> LdapConfig:
+    values: dict[str, object] = {
+        "uris": (slapd.uri,),
+        "base_dn": data.base_dn,
+        "bind_dn": data.account("service").dn,
+        "bind_password": data.account("service").password,
+        "connect_timeout": 2.0,
+        "operation_timeout": 2.0,
+    }
+    values.update(overrides)
+    return LdapConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def directory(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Directory]:
+    with Directory(service_config(slapd, demo_data)) as handle:
+        yield handle
