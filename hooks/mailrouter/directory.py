@@ -31,13 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ldap3 import BASE, LEVEL, NONE, Connection, Server
+import ldap3
+from ldap3 import BASE, LEVEL, NONE, SUBTREE, Connection, Server
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
 from mailrouter.config import LdapConfig
-from mailrouter.errors import ConfigError, DirectoryUnavailable
+from mailrouter.errors import ConfigError, DirectoryUnavailable, NotAllowed
 
 RESULT_SUCCESS = 0
 RESULT_NO_SUCH_OBJECT = 32
@@ -132,8 +133,9 @@ def _is_active(attributes: dict[str, Any]) -> bool:
 class Directory:
     """One request's view of LDAP.  Use as a context manager to close the connection."""
 
-    def __init__(self, config: LdapConfig) -> None:
+    def __init__(self, config: LdapConfig, read_only: bool = True) -> None:
         self._config = config
+        self._read_only = read_only  # hooks only ever read: ldap3 then refuses any write
         self._connection: Connection | None = None
 
     # -- DNs --------------------------------------------------------------
@@ -170,7 +172,7 @@ class Directory:
             password=self._config.bind_password,
             receive_timeout=self._receive_timeout,
             raise_exceptions=False,
-            read_only=True,
+            read_only=self._read_only,
         )
         if not connection.bind():
             code = connection.result.get("result")
@@ -366,3 +368,175 @@ class Directory:
             problems.append(f"{uri}: bind rc {code}")
         raise DirectoryUnavailable("no LDAP server answered the bind: " + "; ".join(problems))
 
+
+
+# -- writing, as the acting admin or user -----------------------------------
+# Our tools never decide who may write what: they bind as the person acting and
+# let slapd's ACLs answer.  A refusal becomes a LdapRefused carrying slapd's
+# result code, for a one-line message; no answer at all stays DirectoryUnavailable.
+
+MODIFY_ADD = "add"
+MODIFY_DELETE = "delete"
+MODIFY_REPLACE = "replace"
+_LDAP3_MODIFY = {
+    MODIFY_ADD: ldap3.MODIFY_ADD,
+    MODIFY_DELETE: ldap3.MODIFY_DELETE,
+    MODIFY_REPLACE: ldap3.MODIFY_REPLACE,
+}
+
+# Result codes that mean "slapd answered, and the answer is no" (RFC 4511).
+REFUSAL_CODES = {
+    16: "no such attribute",
+    19: "constraint violation",
+    20: "value already present",
+    21: "invalid attribute syntax",
+    32: "no such entry",
+    34: "invalid DN",
+    48: "inappropriate authentication",
+    49: "invalid credentials",
+    50: "insufficient access",
+    53: "unwilling to perform",
+    64: "naming violation",
+    65: "object class violation",
+    66: "not allowed on non-leaf",
+    67: "not allowed on RDN",
+    68: "entry already exists",
+    69: "object class modifications prohibited",
+}
+
+
+class LdapRefused(NotAllowed):
+    """slapd answered an operation with a refusal; ``code`` is its result code."""
+
+    def __init__(self, code: int, operation: str, dn: str, detail: str = "") -> None:
+        self.code = code
+        self.operation = operation
+        self.dn = dn
+        reason = REFUSAL_CODES.get(code, f"result {code}")
+        super().__init__(f"{operation} {dn}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class Session:
+    """A connection bound as one person (admin or user) for writes and reads.
+
+    ``Session(config, dn, password)`` binds on first use, failing over across the
+    URIs; a wrong password raises :class:`LdapRefused` with code 49.
+    """
+
+    def __init__(self, config: LdapConfig, dn: str | None, password: str | None) -> None:
+        if dn is not None and not password:
+            raise LdapRefused(49, "bind", dn, "empty password")
+        self._directory = Directory(
+            LdapConfig(
+                uris=config.uris,
+                base_dn=config.base_dn,
+                bind_dn=dn,
+                bind_password=password,
+                connect_timeout=config.connect_timeout,
+                operation_timeout=config.operation_timeout,
+            ),
+            read_only=False,
+        )
+        self.dn = dn
+
+    @property
+    def directory(self) -> Directory:
+        """Typed read lookups, as this session's identity."""
+        return self._directory
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._directory.close()
+
+    def _check(self, connection: Connection, operation: str, dn: str) -> None:
+        code = connection.result.get("result")
+        if code == RESULT_SUCCESS:
+            return
+        detail = str(connection.result.get("message") or "")
+        if isinstance(code, int) and code in REFUSAL_CODES:
+            raise LdapRefused(code, operation, dn, detail)
+        raise DirectoryUnavailable(f"{operation} {dn}: rc {code} {detail}")
+
+    def bind(self) -> None:
+        """Bind now (normally done on first use) to report bad credentials early."""
+        try:
+            self._directory._with_connection(lambda connection: None)
+        except ConfigError as exc:  # the bind was refused with rc 49
+            raise LdapRefused(49, "bind", self.dn or "anonymous") from exc
+
+    def add(self, dn: str, attributes: dict[str, list[str]]) -> None:
+        def operation(connection: Connection) -> None:
+            connection.add(dn, attributes=attributes)
+            self._check(connection, "add", dn)
+
+        self._run(operation)
+
+    def delete(self, dn: str) -> None:
+        def operation(connection: Connection) -> None:
+            connection.delete(dn)
+            self._check(connection, "delete", dn)
+
+        self._run(operation)
+
+    def modify(self, dn: str, changes: dict[str, tuple[str, list[str]]]) -> None:
+        """``changes``: attribute -> (MODIFY_ADD | MODIFY_DELETE | MODIFY_REPLACE, values)."""
+        ldap3_changes = {
+            name: [(_LDAP3_MODIFY[kind], values)]
+            for name, (kind, values) in changes.items()
+        }
+
+        def operation(connection: Connection) -> None:
+            connection.modify(dn, ldap3_changes)
+            self._check(connection, "modify", dn)
+
+        self._run(operation)
+
+    def password_modify(self, dn: str, new_password: str, old_password: str | None = None) -> None:
+        """RFC 3062 Password Modify: slapd hashes with its ``password-hash`` ({ARGON2})."""
+        if not new_password:
+            raise LdapRefused(53, "password change", dn, "empty password")
+
+        def operation(connection: Connection) -> None:
+            connection.extend.standard.modify_password(dn, old_password, new_password)
+            self._check(connection, "password change", dn)
+
+        self._run(operation)
+
+    def search(
+        self, base: str, search_filter: str, attributes: Sequence[str], subtree: bool = False
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Search with an already-escaped filter; one level unless ``subtree``."""
+        def operation(connection: Connection) -> list[tuple[str, dict[str, Any]]]:
+            connection.search(
+                base,
+                search_filter,
+                search_scope=SUBTREE if subtree else LEVEL,
+                attributes=list(attributes),
+            )
+            code = connection.result.get("result")
+            if code == RESULT_NO_SUCH_OBJECT:
+                return []
+            self._check(connection, "search", base)
+            return [
+                (r["dn"], dict(r["attributes"]))
+                for r in connection.response or []
+                if r.get("type") == "searchResEntry"
+            ]
+
+        return self._run(operation)
+
+    def _run(self, operation: Callable[[Connection], T]) -> T:
+        try:
+            return self._directory._with_connection(operation)
+        except ConfigError as exc:
+            raise LdapRefused(49, "bind", self.dn or "anonymous") from exc
+
+
+def escape_filter_value(value: str) -> str:
+    """ldap3's filter escaping, for callers that build filters (admin searches)."""
+    return str(escape_filter_chars(value))

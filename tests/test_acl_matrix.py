@@ -1,0 +1,245 @@
+"""Delegated administration, enforced by slapd: the permission matrix.
+
+A real slapd runs with exactly ldap/slapd.conf, ldap/acl.conf, ldap/mailrouter.schema
+and ldap/seed.ldif (the files the README tells admins to deploy), plus two domains.
+Every cell is one real LDAP operation by one actor, with slapd's exact result code.
+Operations are made independent of each other: each actor deletes its own victim,
+adds its own new user, and so on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import ldap3
+import pytest
+from ldap3 import BASE, MODIFY_ADD, MODIFY_REPLACE, NONE, Connection, Server
+
+from mailrouter import entries, passwords
+from mailrouter.testbed import Slapd
+
+BASE_DN = "o=top"
+A, B = "a.example", "b.example"
+SCHEME = "ssha"  # fast to hash; the argon2 path is covered by test_directory
+
+# Result codes (RFC 4511)
+OK, INSUFFICIENT, VALUE_EXISTS, INVISIBLE = 0, 50, 20, 32
+EXISTS = VALUE_EXISTS
+AUTH_REQUIRED = 8  # slapd refuses every anonymous update before looking at ACLs
+HIDDEN = "hidden"  # the search succeeds but the attribute is not returned
+NA = "n/a"
+
+ACTORS = ["anonymous", "user_a", "postmaster_a", "admin_a", "admin_b", "global"]
+ACTOR_DN = {
+    "anonymous": None,
+    "user_a": f"uid=alice,dc={A},{BASE_DN}",
+    "postmaster_a": f"uid=postmaster,dc={A},{BASE_DN}",
+    "admin_a": f"uid=boss,dc={A},{BASE_DN}",
+    "admin_b": f"uid=boss,dc={B},{BASE_DN}",
+    "global": f"uid=admin,{BASE_DN}",
+}
+PASSWORD = {actor: f"pw-{actor}-Secret" for actor in ACTORS}
+
+
+def user(local: str, domain: str, password: str | None = None) -> entries.Entry:
+    return entries.user_entry(
+        local,
+        domain,
+        BASE_DN,
+        password_hash=passwords.hash_password(password, SCHEME) if password else None,
+        uid_number=8,
+        gid_number=8,
+        mailbox=f"/var/mail/{local}@{domain}",
+        quota="10M",
+    )
+
+
+def matrix_ldif() -> str:
+    objects = [entries.domain_entry(A, BASE_DN), entries.domain_entry(B, BASE_DN)]
+    objects += [
+        user("alice", A, PASSWORD["user_a"]),
+        user("postmaster", A, PASSWORD["postmaster_a"]),
+        user("boss", A, PASSWORD["admin_a"]),
+        user("boss", B, PASSWORD["admin_b"]),
+        user("pwvictim", A, "victim-password"),
+        entries.admin_group_entry(A, BASE_DN, [ACTOR_DN["admin_a"]]),
+        entries.admin_group_entry(B, BASE_DN, [ACTOR_DN["admin_b"]]),
+    ]
+    objects += [user(f"victim-{actor.replace('_', '-')}", A) for actor in ACTORS]
+    return entries.to_ldif(objects)
+
+
+@pytest.fixture(scope="module")
+def matrix_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    server = Slapd(
+        Path(tmp_path_factory.mktemp("acl")),
+        ldif=[matrix_ldif()],
+        seed_passwords={ACTOR_DN["global"]: passwords.hash_password(PASSWORD["global"], SCHEME)},
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def connect(slapd: Slapd, actor: str) -> Connection:
+    server = Server(slapd.uri.rstrip("/"), get_info=NONE, connect_timeout=5)
+    dn = ACTOR_DN[actor]
+    if dn is None:
+        connection = Connection(server, raise_exceptions=False)
+        connection.open()  # no bind at all: operations run as anonymous
+        return connection
+    connection = Connection(server, user=dn, password=PASSWORD[actor], raise_exceptions=False)
+    assert connection.bind(), f"{actor} could not bind: {connection.result}"
+    return connection
+
+
+def slug(actor: str) -> str:
+    return actor.replace("_", "-")
+
+
+# -- operations: each returns slapd's result code (or HIDDEN / NA) ----------
+def read_password(c: Connection, actor: str) -> object:
+    c.search(f"uid=pwvictim,dc={A},{BASE_DN}", "(objectClass=*)", BASE, attributes=["userPassword", "uid"])
+    code = c.result["result"]
+    if code != OK:
+        return code
+    attrs = c.response[0]["attributes"] if c.response else {}
+    return "READABLE" if attrs.get("userPassword") else HIDDEN
+
+
+def bind(c: Connection, actor: str) -> object:
+    return NA if ACTOR_DN[actor] is None else c.result["result"]
+
+
+def replace_own_password(c: Connection, actor: str) -> object:
+    dn = ACTOR_DN[actor]
+    if dn is None:
+        return NA
+    new_hash = passwords.hash_password(PASSWORD[actor], SCHEME)  # same password, new hash
+    c.modify(dn, {"userPassword": [(MODIFY_REPLACE, [new_hash])]})
+    return c.result["result"]
+
+
+def replace_other_password(c: Connection, actor: str) -> object:
+    new_hash = passwords.hash_password("victim-password", SCHEME)
+    c.modify(f"uid=pwvictim,dc={A},{BASE_DN}", {"userPassword": [(MODIFY_REPLACE, [new_hash])]})
+    return c.result["result"]
+
+
+def add_user_in(domain: str) -> Callable[[Connection, str], object]:
+    def operation(c: Connection, actor: str) -> object:
+        entry = user(f"new-{slug(actor)}", domain, "x-password")
+        c.add(entry.dn, attributes=entry.attributes)
+        return c.result["result"]
+
+    return operation
+
+
+def delete_user_in_a(c: Connection, actor: str) -> object:
+    c.delete(f"uid=victim-{slug(actor)},dc={A},{BASE_DN}")
+    return c.result["result"]
+
+
+def modify_domain_a(c: Connection, actor: str) -> object:
+    c.modify(f"dc={A},{BASE_DN}", {"description": [(MODIFY_REPLACE, [f"edited by {actor}"])]})
+    return c.result["result"]
+
+
+def add_self_to(group_dn: str) -> Callable[[Connection, str], object]:
+    def operation(c: Connection, actor: str) -> object:
+        dn = ACTOR_DN[actor]
+        if dn is None:
+            return NA
+        c.modify(group_dn, {"member": [(MODIFY_ADD, [dn])]})
+        return c.result["result"]
+
+    return operation
+
+
+def modify_setting(c: Connection, actor: str) -> object:
+    c.modify(
+        f"mailSetting=host_accept_relay,{BASE_DN}",
+        {"mailSettingValue": [(MODIFY_ADD, [f"198.51.100.{ACTORS.index(actor) + 1}"])]},
+    )
+    return c.result["result"]
+
+
+def add_domain(c: Connection, actor: str) -> object:
+    entry = entries.domain_entry(f"new-{slug(actor)}.example", BASE_DN)
+    c.add(entry.dn, attributes=entry.attributes)
+    return c.result["result"]
+
+
+def raise_own_quota(c: Connection, actor: str) -> object:
+    dn = ACTOR_DN[actor]
+    if dn is None or actor == "global":  # the global admin is not a mail user
+        return NA
+    c.modify(dn, {"mailQuota": [(MODIFY_REPLACE, ["10G"])]})
+    return c.result["result"]
+
+
+NO = INSUFFICIENT
+U = AUTH_REQUIRED
+# operation: (function, {actor: expected})
+MATRIX: dict[str, tuple[Callable[[Connection, str], object], list[object]]] = {
+    #                                   anon  user_a  pm_a  admin_a admin_b global
+    "read a userPassword": (read_password, [INVISIBLE, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN]),
+    "bind": (bind, [NA, OK, OK, OK, OK, OK]),
+    "replace own password": (replace_own_password, [NA, OK, OK, OK, OK, OK]),
+    "replace another user's password": (replace_other_password, [U, NO, OK, OK, NO, OK]),
+    "add a user in A": (add_user_in(A), [U, NO, OK, OK, NO, OK]),
+    "delete a user in A": (delete_user_in_a, [U, NO, OK, OK, NO, OK]),
+    "add a user in B": (add_user_in(B), [U, NO, NO, NO, OK, OK]),
+    "modify the domain entry of A": (modify_domain_a, [U, NO, OK, OK, NO, OK]),
+    # admin_b is already in B's group: slapd answers "value exists", not "denied"
+    "add self to cn=admin,dc=B": (add_self_to(f"cn=admin,dc={B},{BASE_DN}"), [NA, NO, NO, NO, EXISTS, OK]),
+    "add self to cn=admin,o=top": (add_self_to(f"cn=admin,{BASE_DN}"), [NA, NO, NO, NO, NO, EXISTS]),
+    "modify a mailSetting": (modify_setting, [U, NO, NO, NO, NO, OK]),
+    "add a new domain": (add_domain, [U, NO, NO, NO, NO, OK]),
+    "raise own quota": (raise_own_quota, [NA, NO, OK, OK, OK, NA]),
+}
+
+CELLS = [
+    pytest.param(operation, actor, expected[index], id=f"{operation}-{actor}")
+    for operation, (_, expected) in MATRIX.items()
+    for index, actor in enumerate(ACTORS)
+]
+
+
+@pytest.mark.parametrize(("operation", "actor", "expected"), CELLS)
+def test_permission(matrix_slapd: Slapd, operation: str, actor: str, expected: object) -> None:
+    function = MATRIX[operation][0]
+    connection = connect(matrix_slapd, actor)
+    try:
+        assert function(connection, actor) == expected
+    finally:
+        connection.unbind()
+
+
+def test_password_hash_is_invisible_even_to_self(matrix_slapd: Slapd) -> None:
+    connection = connect(matrix_slapd, "user_a")
+    try:
+        connection.search(ACTOR_DN["user_a"], "(objectClass=*)", BASE, attributes=["*", "+"])
+        attributes = {k.lower() for k in connection.response[0]["attributes"]}
+        assert "userpassword" not in attributes
+        assert "mailquota" in attributes  # the entry itself is readable
+    finally:
+        connection.unbind()
+
+
+def test_anonymous_reads_nothing_but_may_authenticate(matrix_slapd: Slapd) -> None:
+    connection = connect(matrix_slapd, "anonymous")
+    try:
+        connection.search(BASE_DN, "(objectClass=*)", ldap3.SUBTREE, attributes=["uid"])
+        found = [r for r in connection.response or [] if r.get("type") == "searchResEntry"]
+        assert found == []
+    finally:
+        connection.unbind()
+    server = Server(matrix_slapd.uri.rstrip("/"), get_info=NONE)
+    bound = Connection(server, user=ACTOR_DN["user_a"], password=PASSWORD["user_a"], raise_exceptions=False)
+    assert bound.bind()
+    bound.unbind()
+

@@ -1,0 +1,88 @@
+"""The schema's two forms agree, and the cn=config variant of the deployment works."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import ldap3
+import pytest
+
+from conftest import ROOT
+from mailrouter import schemaldif
+from mailrouter.testbed import SLAPADD, SLAPD, SLAPTEST, free_port, render_slapd_conf, wait_for_port
+
+SCHEMA_DIR = Path("/etc/ldap/schema")
+
+
+def test_shipped_ldif_is_generated_from_the_schema() -> None:
+    schema = (ROOT / "ldap" / "mailrouter.schema").read_text(encoding="utf-8")
+    shipped = (ROOT / "ldap" / "mailrouter.ldif").read_text(encoding="utf-8")
+    assert shipped == schemaldif.to_ldif(schema, "mailrouter")
+
+
+def test_oids_are_under_our_uuid_arc() -> None:
+    schema = (ROOT / "ldap" / "mailrouter.schema").read_text(encoding="utf-8")
+    definitions = schemaldif.definitions(schema)
+    assert len(definitions) == 11
+    for _keyword, body in definitions:
+        assert body.startswith("( 2.25.284446531071076964693441605289200182234.")
+
+
+def run(argv: list[str], stdin: str | None = None) -> None:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{argv[0]} failed: {done.stderr}{done.stdout}"
+
+
+def test_slapd_conf_converts_to_cn_config_and_serves(tmp_path: Path) -> None:
+    """The README's cn=config route: slaptest -f slapd.conf -F DIR, then slapd -F DIR."""
+    template = (ROOT / "ldap" / "slapd.conf").read_text(encoding="utf-8")
+    conf = tmp_path / "slapd.conf"
+    conf.write_text(render_slapd_conf(template, ROOT, tmp_path), encoding="utf-8")
+    (tmp_path / "db").mkdir()
+    config_dir = tmp_path / "slapd.d"
+    config_dir.mkdir()
+    # slaptest opens the mdb read-only: load the seed first, then convert.
+    run([SLAPADD, "-q", "-f", str(conf)], (ROOT / "ldap" / "seed.ldif").read_text())
+    run([SLAPTEST, "-f", str(conf), "-F", str(config_dir)])
+    port = free_port()
+    process = subprocess.Popen([SLAPD, "-d", "0", "-F", str(config_dir), "-h", f"ldap://127.0.0.1:{port}/"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for_port(port, 10, process)
+        connection = ldap3.Connection(ldap3.Server(f"ldap://127.0.0.1:{port}", get_info=ldap3.NONE),
+                                      raise_exceptions=False)
+        connection.open()
+        connection.search("o=top", "(objectClass=*)", ldap3.SUBTREE)
+        assert connection.result["result"] == 32  # the ACLs came along: anonymous sees nothing
+        connection.unbind()
+        olc = (config_dir / "cn=config" / "olcDatabase={1}mdb.ldif").read_text().replace("\n ", "")
+        assert 'member.expand="cn=admin,dc=$2,o=top" =wx' in olc
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_schema_ldif_loads_into_a_cn_config_tree(tmp_path: Path) -> None:
+    """ldap/mailrouter.ldif is valid cn=config input next to Debian's own schema LDIFs."""
+    if not (SCHEMA_DIR / "nis.ldif").exists():
+        pytest.fail("Debian's schema LDIFs are missing: is slapd installed?")
+    parts = [
+        "dn: cn=config\nobjectClass: olcGlobal\ncn: config\n",
+        "dn: cn=module{0},cn=config\nobjectClass: olcModuleList\ncn: module{0}\n"
+        "olcModulePath: /usr/lib/ldap\nolcModuleLoad: back_mdb\n",
+        "dn: cn=schema,cn=config\nobjectClass: olcSchemaConfig\ncn: schema\n",
+    ]
+    for name in ("core", "cosine", "inetorgperson", "nis"):
+        parts.append((SCHEMA_DIR / f"{name}.ldif").read_text())
+    parts.append((ROOT / "ldap" / "mailrouter.ldif").read_text())
+    parts.append(
+        f"dn: olcDatabase=mdb,cn=config\nobjectClass: olcDatabaseConfig\nobjectClass: olcMdbConfig\n"
+        f"olcDatabase: mdb\nolcSuffix: o=top\nolcDbDirectory: {tmp_path / 'db'}\n"
+    )
+    (tmp_path / "db").mkdir()
+    config_dir = tmp_path / "slapd.d"
+    config_dir.mkdir()
+    run([SLAPADD, "-n0", "-F", str(config_dir)], "\n".join(parts))
+    run([SLAPADD, "-q", "-F", str(config_dir), "-b", "o=top"], (ROOT / "ldap" / "seed.ldif").read_text())
+    run([SLAPTEST, "-F", str(config_dir)])

@@ -1,0 +1,134 @@
+"""Pure functions: config parsing, canonical names, quotas, mailbox paths, the entry guard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailrouter import config, names, quota, spool
+from mailrouter.errors import ConfigError, InvalidName
+
+
+def write_config(tmp_path: Path, text: str) -> str:
+    (tmp_path / "secret").write_text("s3cret\n")
+    path = tmp_path / "mailrouter.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_reads_a_full_file(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+[ldap]
+uris = ["ldap://a/", "ldap://b/"]
+bind_dn = "uid=mailrouter,o=top"
+bind_password_file = "secret"
+operation_timeout = 2
+[spool]
+format = "maildir"
+""",
+    )
+    loaded = config.load(path)
+    assert loaded.ldap.uris == ("ldap://a/", "ldap://b/")
+    assert loaded.ldap.bind_password == "s3cret"
+    assert loaded.ldap.operation_timeout == 2.0
+    assert loaded.spool.format == "maildir"
+    assert loaded.spool.storage_uid == 8  # Debian's "mail"
+    assert "s3cret" not in repr(loaded)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[ldap]\nuris = []\n",
+        "[ldap]\nuris = 'ldap://a/'\n",
+        "[ldap]\nuris = ['ldap://a/']\nbind_dn = 'x'\n",
+        "[ldap]\nuris = ['ldap://a/']\noperation_timeout = 90\n",
+        "[ldap]\nuris = ['ldap://a/']\nconnect_timeout = true\n",
+        "[ldap]\nuris = ['ldap://a/']\n[spool]\nformat = 'mh'\n",
+        "[ldap]\nuris = ['ldap://a/']\n[spool]\nmbox_template = 'mail/{local}'\n",
+        "[ldap]\nuris = ['ldap://a/']\n[spool]\nstorage_user = 'root'\n",
+        "[ldap]\nuris = ['ldap://a/']\n[spool]\nstorage_user = 'no-such-user-here'\n",
+        "[ldap]\nuris = ['ldap://a/']\nbind_dn = 'x'\nbind_password_file = 'missing'\n",
+        "not toml at all [",
+    ],
+)
+def test_config_errors_are_config_errors(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError):
+        config.load(write_config(tmp_path, text))
+
+
+def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        config.load(str(tmp_path / "nope.toml"))
+
+
+@pytest.mark.parametrize("good", ["alice", "a.b", "x+tag", "first_last", "a-b", "a=b", "a" * 64, "0"])
+def test_canonical_local_parts(good: str) -> None:
+    assert names.local_part(good) == good
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "Alice", "a/b", "../x", ".alice", "alice.", "a..b", "a b", "a\x00", "a\n", "a" * 65,
+     "é", "a*", "a(", "a\\b", '"a"', "${run{x}}", "a,b", "a@b"],
+)
+def test_non_canonical_local_parts_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidName):
+        names.local_part(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "com", "Example.com", "a..com", "-a.com", "a-.com", "ex_ample.com",
+                                 "exämple.com", "a." * 127 + "com", "x" * 64 + ".com", "a/b.com"])
+def test_non_canonical_domains_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidName):
+        names.domain(bad)
+
+
+def test_addresses() -> None:
+    assert names.address("bob@xn--bcher-kva.example") == ("bob", "xn--bcher-kva.example")
+    for bad in ["bob", "bob@", "@example.com", "BOB@example.com", "../x@example.com", "a@b@example.com"]:
+        with pytest.raises(InvalidName):
+            names.address(bad)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, 0), ("", 0), ("0", 0), ("1024", 1024), ("32M", 32 * 1024**2), ("1G", 1024**3), ("500k", 512000)],
+)
+def test_quota_values(raw: str | None, expected: int) -> None:
+    assert quota.parse_quota(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["lots", "-1", "32 MB extra", "1T", "1.5G"])
+def test_garbled_quotas(raw: str) -> None:
+    with pytest.raises(quota.GarbledQuota):
+        quota.parse_quota(raw)
+
+
+def test_mailbox_paths_stay_in_the_spool() -> None:
+    template = "/var/mail/{local}@{domain}"
+    assert spool.mailbox_path(template, "bob", "example.com") == "/var/mail/bob@example.com"
+    assert spool.mailbox_path("/opt/mailspool/{domain}/{local}", "bob", "example.com") == (
+        "/opt/mailspool/example.com/bob"
+    )
+    for local, domain in [("..", "example.com"), ("a/../../etc", "example.com"), ("bob", "../etc")]:
+        with pytest.raises(InvalidName):
+            spool.mailbox_path("/var/mail/{local}@{domain}", local, domain)
+
+
+def test_entry_guard_turns_a_broken_import_into_the_temporary_code() -> None:
+    code = (
+        "import sys; from mailrouter.entry import _guarded; "
+        "sys.exit(_guarded('mailrouter.no_such_module', 75, True))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False,
+                          env={**os.environ, "PYTHONWARNINGS": "error"})
+    assert done.returncode == 75
+    assert done.stderr == b"" and done.stdout == b""
