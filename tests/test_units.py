@@ -35,7 +35,7 @@ format = "maildir"
     )
     loaded = config.load(path)
     assert loaded.ldap.uris == ("ldap://a/", "ldap://b/")
-    assert loaded.ldap.bind_password == "s3cret"
+    assert loaded.ldap.service_password() == "s3cret"
     assert loaded.ldap.operation_timeout == 2.0
     assert loaded.spool.format == "maildir"
     assert loaded.spool.storage_uid == 8  # Debian's "mail"
@@ -55,13 +55,20 @@ format = "maildir"
         "[ldap]\nuris = ['ldap://a/']\n[spool]\nmbox_template = 'mail/{local}'\n",
         "[ldap]\nuris = ['ldap://a/']\n[spool]\nstorage_user = 'root'\n",
         "[ldap]\nuris = ['ldap://a/']\n[spool]\nstorage_user = 'no-such-user-here'\n",
-        "[ldap]\nuris = ['ldap://a/']\nbind_dn = 'x'\nbind_password_file = 'missing'\n",
         "not toml at all [",
     ],
 )
 def test_config_errors_are_config_errors(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError):
         config.load(write_config(tmp_path, text))
+
+
+def test_the_secret_is_read_when_needed_not_at_load(tmp_path: Path) -> None:
+    text = "[ldap]\nuris = ['ldap://a/']\nbind_dn = 'x'\nbind_password_file = 'missing'\n"
+    path = write_config(tmp_path, text)
+    loaded = config.load(path)  # the delivery hook loads the file without the secret
+    with pytest.raises(ConfigError):
+        loaded.ldap.service_password()
 
 
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
@@ -132,3 +139,15 @@ def test_entry_guard_turns_a_broken_import_into_the_temporary_code() -> None:
                           env={**os.environ, "PYTHONWARNINGS": "error"})
     assert done.returncode == 75
     assert done.stderr == b"" and done.stdout == b""
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    root = Path(__file__).resolve().parents[1]
+    ci_commands = [
+        line.strip()
+        for line in (root / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))
+    ]
+    readme = (root / "README.md").read_text()
+    test_command = " && ".join(ci_commands)
+    assert f"\n{test_command}\n" in readme, test_command

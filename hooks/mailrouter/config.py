@@ -55,12 +55,26 @@ DEFAULT_MAILDIR_TEMPLATE = "/var/mail/{domain}/{local}/Maildir"
 
 @dataclass(frozen=True)
 class LdapConfig:
+    """Where LDAP is and how the service account binds.
+
+    ``service_password()`` gives the password: ``bind_password`` when set
+    directly (tests, the sandbox), else the contents of ``bind_password_file``.
+    """
+
     uris: tuple[str, ...]
     base_dn: str = "o=top"
     bind_dn: str | None = None
     bind_password: str | None = field(default=None, repr=False)
+    # Read on first connect, not at load: the delivery hook runs as the storage
+    # account, loads the same file, and neither needs nor may read the secret.
+    bind_password_file: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     operation_timeout: float = DEFAULT_OPERATION_TIMEOUT
+
+    def service_password(self) -> str | None:
+        if self.bind_password is not None:
+            return self.bind_password
+        return read_secret(self.bind_password_file) if self.bind_password_file else None
 
 
 @dataclass(frozen=True)
@@ -114,8 +128,9 @@ def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], defau
     return value
 
 
-def _read_secret(path: str, base: Path) -> str:
-    secret_path = (base / path) if not os.path.isabs(path) else Path(path)
+def read_secret(path: str) -> str:
+    """The first line of a password file (a trailing newline is not part of it)."""
+    secret_path = Path(path)
     try:
         secret = secret_path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -156,7 +171,7 @@ def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None)
         uris=tuple(uris),
         base_dn=_typed(ldap, "base_dn", str, "o=top"),
         bind_dn=bind_dn,
-        bind_password=_read_secret(password_file, base) if password_file else None,
+        bind_password_file=str(base / password_file) if password_file else None,
         connect_timeout=connect_timeout,
         operation_timeout=operation_timeout,
     )

@@ -169,7 +169,7 @@ class Directory:
         connection = Connection(
             self._server(uri),
             user=self._config.bind_dn,
-            password=self._config.bind_password,
+            password=self._config.service_password() if self._config.bind_dn else None,
             receive_timeout=self._receive_timeout,
             raise_exceptions=False,
             read_only=self._read_only,

@@ -24,11 +24,18 @@ START_TIMEOUT = 10.0
 
 
 def project_root() -> Path:
-    """The checkout holding ldap/, exim/ and popa3d/ (override: MAILROUTER_ROOT)."""
+    """The checkout holding ldap/, exim/ and popa3d/.
+
+    MAILROUTER_ROOT wins; then the checkout this module lives in (an editable
+    install); then the current directory (a regular install run from a checkout).
+    """
     override = os.environ.get("MAILROUTER_ROOT")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2]
+    candidates = [Path(override)] if override else []
+    candidates += [Path(__file__).resolve().parents[2], Path.cwd()]
+    for candidate in candidates:
+        if (candidate / "ldap" / "slapd.conf").is_file():
+            return candidate
+    raise DaemonError("cannot find the mailrouter checkout (ldap/slapd.conf): set MAILROUTER_ROOT")
 
 
 def free_port() -> int:
