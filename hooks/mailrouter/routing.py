@@ -1,0 +1,346 @@
+"""Routing and policy decisions, free of I/O except through a :class:`Directory`.
+
+``mailrouter.lookup`` (the ``${run}`` hook of the Exim config) is a thin shell
+around these functions; the rules live here so that they can be read, and
+tested, in one place.
+
+Rules, and why:
+
+* **Redirect targets from LDAP are data, never instructions.**  A domain admin
+  can write any ``mailAliasedName``.  Exim's redirect router would treat
+  ``|cmd`` as a pipe, ``/path`` as a file, ``:include:/path`` as a file to read
+  and ``:blackhole:``/``:fail:`` as actions.  So a target is passed to Exim only
+  when it is a plain ``local@domain`` made of a conservative character set
+  (:func:`redirect_target`); everything else is dropped.  An alias left with no
+  usable target fails with a fixed text (never one derived from LDAP or from
+  the envelope, which Exim would echo to the client).
+* **Keys are canonical or nothing.**  Exim lower-cases local parts and domains
+  before routing; anything that is then not a canonical name (``/``, ``..``,
+  quotes, spaces, over-long, ...) cannot name an entry, so it is "not found"
+  without a query -- and the catch-all refuses it instead of swallowing it.
+* **Disabled is not absent.**  A disabled user or alias is refused with a 5xx;
+  it never falls through to the catch-all.
+* **Quota at RCPT time follows aliases** to every local mailbox they reach, so a
+  full mailbox behind an alias gets ``452`` before the data is sent (no
+  backscatter).  The check is a best effort: when the storage cannot be read by
+  the SMTP process it says "not full" and the delivery hook, which is the
+  authority, decides.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mailrouter import names, quota, spool
+from mailrouter.config import SpoolConfig
+from mailrouter.errors import ConfigError, InvalidName
+
+if TYPE_CHECKING:
+    # Types only: importing the directory layer loads ldap3 (~75 ms), which
+    # the lookup hook pays only when it really has to ask LDAP.
+    from mailrouter.directory import Directory, User
+
+# Fixed texts for Exim redirect data.  ":fail:" texts are sent to the SMTP client
+# at RCPT time (verify = recipient) and end up in bounces: never interpolate.
+FAIL_DISABLED = ":fail: 5.2.1 mailbox disabled"
+FAIL_NO_TARGET = ":fail: 5.1.1 address has no valid destination"
+FAIL_BAD_LOCAL_PART = ":fail: 5.1.3 invalid local part"
+FAIL_ALIAS_LOOP = ":fail: 5.4.6 alias loop"
+
+# Aliases nest; a chain deeper than this is treated as a loop for quota purposes
+# (Exim's own routing has its own ancestor check).
+MAX_ALIAS_DEPTH = 10
+# An alias fan-out larger than this is not followed further for the quota check.
+MAX_EXPANDED_TARGETS = 200
+
+# A redirect target we hand to Exim: a conservative dot-atom local part
+# (upper case kept: remote local parts may be case-sensitive) and a domain.
+_TARGET_LOCAL = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
+
+
+def redirect_target(raw: str) -> str | None:
+    """``raw`` as a safe Exim redirect item ``local@domain``, or ``None`` to drop it.
+
+    Refuses pipes, files, ``:include:`` and every other special item by
+    construction: the first character must be a letter, digit or ``_+=-``.
+    """
+    value = raw.strip()
+    if len(value) > names.MAX_ADDRESS or value.count("@") != 1:
+        return None
+    local, _, domain = value.partition("@")
+    domain = domain.lower()
+    if len(local.encode("utf-8")) > names.MAX_LOCAL_PART or not _TARGET_LOCAL.fullmatch(local):
+        return None
+    if not names.is_domain(domain):
+        return None
+    return f"{local}@{domain}"
+
+
+def redirect_data(raw_targets: Iterable[str]) -> str:
+    """Exim redirect data for an alias's ``mailAliasedName`` values."""
+    seen: list[str] = []
+    for raw in raw_targets:
+        target = redirect_target(raw)
+        if target is not None and target not in seen:
+            seen.append(target)
+    return ", ".join(seen) if seen else FAIL_NO_TARGET
+
+
+def canonical_key(local: str, domain: str) -> tuple[str, str] | None:
+    """``(local, domain)`` if both are canonical names, else ``None`` (cannot exist)."""
+    if names.is_local_part(local) and names.is_domain(domain):
+        return local, domain
+    return None
+
+
+def alias_answer(directory: Directory, local: str, domain: str) -> str | None:
+    """Redirect data for the alias ``local@domain``; ``None`` when there is no alias."""
+    if canonical_key(local, domain) is None:
+        return None
+    alias = directory.alias(local, domain)
+    if alias is None:
+        return None
+    if not alias.active:
+        return FAIL_DISABLED
+    return redirect_data(alias.targets)
+
+
+def active_user(directory: Directory, local: str, domain: str) -> User | None:
+    """The user ``local@domain`` if it exists and is active."""
+    if canonical_key(local, domain) is None:
+        return None
+    user = directory.user(local, domain)
+    return user if user is not None and user.active else None
+
+
+def catchall_answer(directory: Directory, local: str, domain: str) -> str | None:
+    """Redirect data when the aliases and users routers declined ``local@domain``.
+
+    Called only after both declined, so an existing entry here means something
+    specific: a disabled user (refuse, do not swallow), an alias (Exim skipped
+    the aliases router because of a loop), or a name that cannot exist.
+    """
+    if not names.is_domain(domain):
+        return None
+    if not names.is_local_part(local):
+        # Refuse, never hand a hostile local part to the catch-all's mailbox.
+        return FAIL_BAD_LOCAL_PART if directory.is_local_domain(domain) else None
+    user = directory.user(local, domain)
+    if user is not None and not user.active:
+        return FAIL_DISABLED
+    alias = directory.alias(local, domain)
+    if alias is not None:
+        return FAIL_ALIAS_LOOP if alias.active else FAIL_DISABLED
+    catchall = directory.catchall(domain)
+    if catchall is None or not catchall.active:
+        return None
+    return redirect_data(catchall.targets)
+
+
+# -- address data for the delivery hook -------------------------------------
+
+def storage_ids(user: User, spool_config: SpoolConfig) -> tuple[int, int]:
+    """uid/gid the delivery runs as: the storage account unless per-user ids are on."""
+    if not spool_config.per_user_ids:
+        return spool_config.storage_uid, spool_config.storage_gid
+    if user.uid_number is None or user.gid_number is None:
+        raise ConfigError(f"{user.dn} has no usable uidNumber/gidNumber")
+    if user.uid_number < spool_config.min_uid or user.gid_number < spool_config.min_uid:
+        raise ConfigError(f"{user.dn}: uid/gid below min_uid {spool_config.min_uid}")
+    return user.uid_number, user.gid_number
+
+
+def address_data(user: User, spool_config: SpoolConfig) -> str:
+    """The one-line ``$address_data`` contract between the router and the pipe transport."""
+    path = spool.mailbox_path(spool_config.template(), user.local, user.domain)
+    raw_quota = (user.quota or "0").strip() or "0"
+    try:
+        quota.parse_quota(raw_quota)
+    except quota.GarbledQuota as exc:
+        # Temporary: an admin fixes the entry and the queued mail goes through.
+        raise ConfigError(str(exc)) from exc
+    uid, gid = storage_ids(user, spool_config)
+    return f"mailbox={path} format={spool_config.format} quota={raw_quota} uid={uid} gid={gid}"
+
+
+# -- quota at RCPT time ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Expansion:
+    """Where an address ends up: active local users and everything else."""
+
+    users: tuple[User, ...]
+    other: tuple[str, ...]  # remote or unresolvable targets, informational
+
+
+def expand(directory: Directory, local: str, domain: str) -> Expansion:
+    """Follow aliases (and the catch-all) to the local users ``local@domain`` reaches.
+
+    Mirrors the router order -- alias, user, catch-all -- with a visited set and
+    a depth limit, so loops and huge fan-outs terminate.
+    """
+    users: dict[str, User] = {}
+    other: list[str] = []
+    visited: set[tuple[str, str]] = set()
+    local_domains: dict[str, bool] = {}
+
+    def is_local(dom: str) -> bool:
+        if dom not in local_domains:
+            local_domains[dom] = directory.is_local_domain(dom)
+        return local_domains[dom]
+
+    def walk(loc: str, dom: str, depth: int) -> None:
+        if (loc, dom) in visited or depth > MAX_ALIAS_DEPTH or len(visited) > MAX_EXPANDED_TARGETS:
+            return
+        visited.add((loc, dom))
+        if canonical_key(loc, dom) is None or not is_local(dom):
+            other.append(f"{loc}@{dom}")
+            return
+        alias = directory.alias(loc, dom)
+        if alias is not None:
+            targets = alias.targets if alias.active else ()
+        else:
+            user = directory.user(loc, dom)
+            if user is not None:
+                if user.active:
+                    users.setdefault(user.address, user)
+                return
+            catchall = directory.catchall(dom)
+            targets = catchall.targets if catchall is not None and catchall.active else ()
+        for raw in targets:
+            target = redirect_target(raw)
+            if target is None:
+                continue
+            tloc, _, tdom = target.rpartition("@")
+            walk(tloc.lower(), tdom, depth + 1)
+
+    walk(local, domain, 0)
+    return Expansion(users=tuple(users.values()), other=tuple(other))
+
+
+def mailbox_size(path: str, spool_format: str) -> int | None:
+    """Bytes in the mailbox at ``path``; 0 when absent; ``None`` when unreadable.
+
+    Never follows symlinks: a symlinked mailbox counts as unreadable here and
+    is the delivery hook's problem to refuse.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        return None
+    if spool_format == "mbox":
+        return info.st_size if stat.S_ISREG(info.st_mode) else None
+    if not stat.S_ISDIR(info.st_mode):
+        return None
+    total = 0
+    for sub in ("cur", "new"):
+        try:
+            with os.scandir(os.path.join(path, sub)) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return total
+
+
+def is_over_quota(used: int, message_size: int, limit: int) -> bool:
+    """Whether a message of ``message_size`` (<0: unknown) would exceed ``limit`` (0: none)."""
+    if limit <= quota.UNLIMITED:
+        return False
+    return used + max(message_size, 0) > limit
+
+
+def full_mailboxes(
+    directory: Directory, spool_config: SpoolConfig, local: str, domain: str, message_size: int
+) -> list[str]:
+    """Addresses of the local mailboxes behind ``local@domain`` that this message would overfill."""
+    full = []
+    for user in expand(directory, local, domain).users:
+        try:
+            limit = quota.parse_quota(user.quota)
+        except quota.GarbledQuota as exc:
+            raise ConfigError(str(exc)) from exc
+        if limit == quota.UNLIMITED:
+            continue
+        try:
+            path = spool.mailbox_path(spool_config.template(), user.local, user.domain)
+        except InvalidName:
+            continue
+        used = mailbox_size(path, spool_config.format)
+        if used is not None and is_over_quota(used, message_size, limit):
+            full.append(user.address)
+    return full
+
+
+# -- host and sender policy --------------------------------------------------
+
+def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def host_matches(ip: str, patterns: Iterable[str]) -> bool:
+    """Whether the client ``ip`` is one of ``patterns`` (addresses or networks).
+
+    Host names and anything else unparsable in LDAP are ignored: matching a
+    name would need DNS, which an attacker may control.
+    """
+    address = parse_ip(ip)
+    if address is None:
+        return False
+    for pattern in patterns:
+        try:
+            network = ipaddress.ip_network(pattern.strip(), strict=False)
+        except ValueError:
+            continue
+        if address.version == network.version and address in network:
+            return True
+    return False
+
+
+def sender_blacklisted(sender: str, senders: Iterable[str], domains: Iterable[str]) -> bool:
+    """Whether ``sender`` is listed, or its domain (or a parent domain of it) is."""
+    sender = sender.strip().lower()
+    if not sender or "@" not in sender:
+        return False
+    if sender in {s.strip().lower() for s in senders}:
+        return True
+    domain = sender.rpartition("@")[2]
+    for listed in domains:
+        listed = listed.strip().lower().lstrip(".")
+        if listed and (domain == listed or domain.endswith("." + listed)):
+            return True
+    return False
+
+
+def owns_sender(directory: Directory, sender: str, auth_id: str) -> bool:
+    """Whether the authenticated ``auth_id`` may use ``sender`` as MAIL FROM.
+
+    Its own address, or an alias of the same domain that delivers to it.
+    """
+    try:
+        auth_local, auth_domain = names.address(auth_id.lower())
+        sender_local, sender_domain = names.address(sender.lower())
+    except InvalidName:
+        return False
+    if (sender_local, sender_domain) == (auth_local, auth_domain):
+        return True
+    if sender_domain != auth_domain:
+        return False
+    return sender_local in directory.aliases_delivering_to(f"{auth_local}@{auth_domain}", auth_domain)

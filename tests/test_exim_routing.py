@@ -1,0 +1,656 @@
+"""Routing and SMTP policy of the shipped ``exim/mailrouter.conf``, with real Exim and slapd.
+
+Every test runs Debian's Exim 4.96 with the project's config file (through
+:class:`mailrouter.exim_testbed.Exim`, a trusted-config copy of /etc/exim4 in
+a mount namespace) and the installed ``mailrouter-lookup`` hook, against a
+private slapd loaded from the project's ldap/ files plus the entries below.
+``exim -bt`` shows routing (rc 0 routed, 2 undeliverable, 1 deferred);
+``exim -bh`` runs a real SMTP session through the ACLs and routers (verify)
+without queueing anything.  Remote addresses are routed to a closed loopback
+port (MAILROUTER_RELAY_HOST), so nothing can leave the machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import grp
+import os
+import re
+import shutil
+import smtplib
+import socketserver
+import ssl
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, needs_root, start_slapd
+from mailrouter import demo, entries, passwords
+from mailrouter.exim_testbed import (
+    EXIM_USER,
+    Exim,
+    Result,
+    make_readable_dir,
+    write_private,
+    write_service_config,
+)
+from mailrouter.testbed import Slapd, free_port
+
+pytestmark = needs_root
+
+BASE = "o=top"
+CLIENT = "192.0.2.10"  # not in host_accept_relay, not blacklisted
+RELAY_CLIENT = "127.0.0.1"  # host_accept_relay in ldap/seed.ldif
+BLACKLISTED_CLIENT = "192.0.2.66"  # blacklisted_hosts in ldap/seed.ldif
+LONG_LOCAL = "l" * 64
+MARKER_NAME = "mailrouter-pwned"
+
+
+def _user(local: str, domain: str, **kwargs: object) -> entries.Entry:
+    return entries.user_entry(
+        local,
+        domain,
+        BASE,
+        password_hash=passwords.hash_password("x-" + local, "ssha"),
+        uid_number=8,
+        gid_number=8,
+        mailbox=f"/var/mail/{local}@{domain}",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _alias(name: str, domain: str, targets: list[str]) -> entries.Entry:
+    return entries.alias_entry(name, domain, BASE, targets)
+
+
+def extra_entries(marker: Path) -> list[entries.Entry]:
+    """What the routing cases need on top of the demo data (see mailrouter.demo)."""
+    com, org = "example.com", "example.org"
+    # Hostile targets a domain admin could write: each would make Exim run a
+    # command, write a file or read one if it ever reached the redirect router.
+    hostile = [
+        f"|/usr/bin/touch {marker}",
+        f"/{marker}",
+        f":include:{marker}",
+        f'"|/usr/bin/touch {marker}"',
+        ":blackhole:",
+        "alice@example.com",
+    ]
+    idn = "xn--bcher-kva.example"
+    return [
+        _alias("one", com, ["alice@example.com"]),
+        _alias("mixed", com, ["bob@example.com", "someone@remote.example"]),
+        _alias("nested", com, ["team@example.com"]),
+        _alias("loopa", com, ["loopb@example.com"]),
+        _alias("loopb", com, ["loopa@example.com"]),
+        _alias("hostile", com, hostile),
+        _alias("hostileonly", com, hostile[:5]),
+        _user("disabled", com, active=False),
+        _user("fulluser", com, quota="1K"),
+        _alias("fullalias", com, ["fulluser@example.com"]),
+        _alias("partlyfull", com, ["alice@example.com", "fulluser@example.com"]),
+        _user(LONG_LOCAL, com),
+        _user("dora", org, active=False),
+        _alias("info", org, ["dave@example.org"]),
+        entries.domain_entry(idn, BASE),
+        _user("hans", idn),
+    ]
+
+
+@dataclass
+class World:
+    workdir: Path
+    slapd: Slapd
+    exim: Exim
+    data: demo.DemoDirectory
+    spool: Path
+    marker: Path
+    admin_secret: Path
+
+    # -- Exim -----------------------------------------------------------------
+    def route(self, *addresses: str) -> Result:
+        return self.exim.address_test(*addresses)
+
+    def smtp(
+        self,
+        rcpts: list[str],
+        sender: str = "someone@remote.example",
+        client: str = CLIENT,
+        size: int | None = None,
+        authenticated_id: str | None = None,
+    ) -> list[str]:
+        """Replies (code + text) to each RCPT of one ``exim -bh`` session."""
+        mail = f"MAIL FROM:<{sender}>" + (f" SIZE={size}" if size is not None else "")
+        lines = ["EHLO client.example", mail, *(f"RCPT TO:<{r}>" for r in rcpts), "QUIT"]
+        result = self.exim.host_test(lines, client_ip=client, authenticated_id=authenticated_id)
+        replies = [line for line in result.stdout.splitlines() if re.match(r"\d{3} ", line)]
+        # 220 greeting, 250 EHLO (last line), 250 MAIL, then one per RCPT, then 221.
+        assert replies[0].startswith("220") and replies[-1].startswith("221"), result.output
+        assert replies[2].startswith("250"), result.output
+        return replies[3:-1]
+
+    # -- LDAP changes as the global admin -------------------------------------
+    def ldap(self, tool: str, ldif: str, *args: str) -> None:
+        argv = [tool, "-x", "-H", self.slapd.uri, "-D", self.data.account("global-admin").dn]
+        argv += ["-y", str(self.admin_secret), *args]
+        done = subprocess.run(argv, input=ldif.encode(), capture_output=True, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+
+    def add(self, *new: entries.Entry) -> None:
+        self.ldap("ldapadd", entries.to_ldif(list(new)))
+
+    def delete(self, *dns: str) -> None:
+        self.ldap("ldapdelete", "", *dns)
+
+
+def routed(result: Result, address: str, router: str = "users") -> bool:
+    """Whether ``-bt`` output routes ``address`` (a final delivery address) by ``router``."""
+    pattern = rf"(?m)^{re.escape(address)}\n(?:    <-- .*\n)*  router = {router}, "
+    return re.search(pattern, result.stdout + "\n") is not None
+
+
+@pytest.fixture(scope="module")
+def world(demo_data: demo.DemoDirectory) -> Iterator[World]:
+    # Not pytest's tmp_path: /tmp/pytest-of-root is 0700 and the hooks run as Debian-exim.
+    workdir = Path(tempfile.mkdtemp(prefix="mailrouter-exim-"))
+    slapd: Slapd | None = None
+    exim: Exim | None = None
+    try:
+        workdir.chmod(0o755)
+        marker = workdir / MARKER_NAME
+        slapd = start_slapd(workdir / "slapd", demo_data, entries.to_ldif(extra_entries(marker)))
+        # Like /var/mail: the storage account "mail" creates mailboxes, Exim's
+        # SMTP processes (Debian-exim) may only look at their size.
+        spool = workdir / "mail"
+        spool.mkdir()
+        os.chown(spool, 0, grp.getgrnam("mail").gr_gid)
+        spool.chmod(0o775)
+        service = demo_data.account("service")
+        config = write_service_config(
+            workdir / "mailrouter.toml",
+            uris=[slapd.uri],
+            base_dn=BASE,
+            bind_dn=service.dn,
+            password=service.password,
+            mbox_template=f"{spool}/{{local}}@{{domain}}",
+        )
+        # fulluser's mailbox already holds 2 KiB against a 1K quota.
+        (spool / "fulluser@example.com").write_bytes(b"x" * 2048)
+        admin_secret = write_private(
+            workdir / "admin.secret", demo_data.account("global-admin").password, group="root", mode=0o600
+        )
+        exim = Exim(
+            workdir / "exim",
+            ROOT / "exim" / "mailrouter.conf",
+            {
+                "MAILROUTER_CONFIG": str(config),
+                "MAILROUTER_HOSTNAME": "hub.example.net",
+                "MAILROUTER_RELAY_HOST": "127.0.0.1",
+                "MAILROUTER_RELAY_PORT": str(free_port()),  # nobody listens: remote mail defers
+                "MAILROUTER_TLS_CERT": str(workdir / "absent.crt"),
+                "MAILROUTER_TLS_KEY": str(workdir / "absent.key"),
+                "MAILROUTER_AUTH_SOCKET": str(workdir / "absent.sock"),
+            },
+        ).prepare()
+        yield World(workdir, slapd, exim, demo_data, spool, marker, admin_secret)
+    finally:
+        if exim is not None:
+            exim.close()
+        if slapd is not None:
+            slapd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- the configuration itself --------------------------------------------------
+
+def test_config_parses_without_tls_files(world: World) -> None:
+    result = world.exim.check_config()
+    assert result.returncode == 0, result.output
+    assert f"Configuration file is {world.exim.wrapper}" in result.stdout
+    assert f".include {ROOT / 'exim' / 'mailrouter.conf'}" in world.exim.wrapper.read_text()
+
+
+# -- routing (exim -bt) ------------------------------------------------------------
+
+def test_user_routes_to_the_delivery_pipe(world: World) -> None:
+    result = world.route("alice@example.com")
+    assert result.returncode == 0, result.output
+    assert routed(result, "alice@example.com")
+    assert "transport = mailrouter_delivery" in result.stdout
+
+
+def test_alias_with_one_target(world: World) -> None:
+    result = world.route("one@example.com")
+    assert result.returncode == 0, result.output
+    assert routed(result, "alice@example.com")
+    assert "<-- one@example.com" in result.stdout
+
+
+def test_alias_with_local_and_remote_targets(world: World) -> None:
+    result = world.route("mixed@example.com")
+    assert result.returncode == 0, result.output
+    assert routed(result, "bob@example.com")
+    assert routed(result, "someone@remote.example", router="remote")
+    assert "host 127.0.0.1" in result.stdout  # the closed test relay, never the internet
+
+
+def test_nested_alias_reaches_every_user(world: World) -> None:
+    result = world.route("nested@example.com")
+    assert result.returncode == 0, result.output
+    assert routed(result, "alice@example.com") and routed(result, "bob@example.com")
+    assert "<-- team@example.com" in result.stdout and "<-- nested@example.com" in result.stdout
+
+
+def test_alias_loop_is_a_clean_failure(world: World) -> None:
+    result = world.route("loopa@example.com")
+    assert result.returncode == 2, result.output
+    assert "undeliverable: 5.4.6 alias loop" in result.stdout
+    assert "router = " not in result.stdout
+
+
+def test_catchall_takes_only_unknown_local_parts(world: World) -> None:
+    result = world.route("whoever@example.org", "dave@example.org", "info@example.org")
+    assert result.returncode == 0, result.output
+    assert "carol@example.org\n    <-- whoever@example.org" in result.stdout
+    # A user and an alias of the catch-all's domain are never caught by it.
+    assert result.stdout.count("carol@example.org") == 1
+    assert routed(result, "dave@example.org")
+    assert "<-- info@example.org" in result.stdout
+
+
+def test_unknown_user_without_catchall_is_undeliverable(world: World) -> None:
+    result = world.route("nobody@example.com")
+    assert result.returncode == 2, result.output
+    assert "nobody@example.com is undeliverable: 5.1.1 Unknown user" in result.stdout
+
+
+def test_unknown_domain_routes_remote_and_is_refused_for_relay(world: World) -> None:
+    result = world.route("user@unknown.example")
+    assert routed(result, "user@unknown.example", router="remote"), result.output
+    assert world.smtp(["user@unknown.example"]) == ["550 5.7.1 Relaying denied"]
+
+
+def test_disabled_user_is_refused_not_caught(world: World) -> None:
+    result = world.route("disabled@example.com", "dora@example.org")
+    assert result.returncode == 2, result.output
+    assert "disabled@example.com is undeliverable: 5.2.1 mailbox disabled" in result.stdout
+    assert "dora@example.org is undeliverable: 5.2.1 mailbox disabled" in result.stdout
+    assert "carol@example.org" not in result.stdout
+
+
+def test_pipe_file_and_include_targets_are_never_used(world: World) -> None:
+    result = world.route("hostile@example.com", "hostileonly@example.com")
+    assert routed(result, "alice@example.com"), result.output
+    assert "hostileonly@example.com is undeliverable: 5.1.1 address has no valid destination" in (
+        result.stdout
+    )
+    for forbidden in ("transport = address_pipe", "transport = address_file", "|/", "blackhole"):
+        assert forbidden not in result.stdout
+    # Route it through a real SMTP session too: verification runs the same routers.
+    assert world.smtp(["hostile@example.com", "hostileonly@example.com"]) == [
+        "250 Accepted",
+        "550 5.1.1 address has no valid destination",
+    ]
+    assert not world.marker.exists()
+
+
+# -- SMTP policy (exim -bh) -----------------------------------------------------
+
+def test_local_recipients_accepted_from_anyone(world: World) -> None:
+    replies = world.smtp(["alice@example.com", "team@example.com", "whoever@example.org"])
+    assert replies == ["250 Accepted"] * 3
+
+
+def test_unknown_local_recipient_gets_550(world: World) -> None:
+    assert world.smtp(["nobody@example.com"]) == ["550 5.1.1 Unknown user"]
+
+
+def test_relay_allowed_only_for_relay_hosts(world: World) -> None:
+    assert world.smtp(["x@remote.example"], client=RELAY_CLIENT) == ["250 Accepted"]
+    assert world.smtp(["x@remote.example"], client=CLIENT) == ["550 5.7.1 Relaying denied"]
+
+
+def test_backup_mx_domain_accepted_from_anyone(world: World) -> None:
+    assert world.smtp(["anyone@backup.example"], client=CLIENT) == ["250 Accepted"]
+
+
+def test_authenticated_client_may_relay_as_itself_or_its_alias(world: World) -> None:
+    auth = "alice@example.com"
+    assert world.smtp(["x@remote.example"], sender=auth, authenticated_id=auth) == ["250 Accepted"]
+    # team@example.com is an alias that delivers to alice.
+    assert world.smtp(["x@remote.example"], sender="team@example.com", authenticated_id=auth) == [
+        "250 Accepted"
+    ]
+    assert world.smtp(["x@remote.example"], sender="bob@example.com", authenticated_id=auth) == [
+        "550 5.7.1 Sender address does not belong to the authenticated user"
+    ]
+
+
+def test_blacklisted_host_is_refused(world: World) -> None:
+    assert world.smtp(["alice@example.com"], client=BLACKLISTED_CLIENT) == [
+        "550 5.7.1 Client host blacklisted"
+    ]
+
+
+def test_blacklisted_sender_and_sender_domain_are_refused(world: World) -> None:
+    refused = ["550 5.7.1 Sender address blacklisted"]
+    assert world.smtp(["alice@example.com"], sender="spammer@bad.example") == refused
+    assert world.smtp(["alice@example.com"], sender="anyone@spam.example") == refused
+    assert world.smtp(["alice@example.com"], sender="anyone@mx.spam.example") == refused
+    assert world.smtp(["alice@example.com"], sender="friend@bad.example") == ["250 Accepted"]
+
+
+def test_full_mailbox_gets_452_directly_and_through_aliases(world: World) -> None:
+    full = "452 4.2.2 Mailbox full"
+    replies = world.smtp(["fulluser@example.com", "fullalias@example.com", "partlyfull@example.com"])
+    assert replies == [full, full, full]
+    # Alice has room for a small message but not for one larger than her 10M quota.
+    assert world.smtp(["alice@example.com"], size=1000) == ["250 Accepted"]
+    assert world.smtp(["alice@example.com"], size=11 * 1024 * 1024) == [full]
+
+
+# -- hostile addresses through real SMTP ---------------------------------------------
+
+def hostile_local_parts(marker: Path) -> list[str]:
+    """Local parts that must never name an entry, run anything or build a path."""
+    return [
+    "a/b",
+    "../alice",
+    "..",
+    "*",
+    "alice*",
+    '"(uid=*)"',
+    '"alice)(uid=*"',
+    '"a b"',
+    '"alice "',
+    '"a\\\\b"',
+    '"a\\"b"',
+    "a%00b",
+    "${run{/usr/bin/touch${sg{}{}{ }}" + str(marker) + "}}",
+    f'"|/usr/bin/touch {marker}"',
+    f'"/{marker}"',
+    f'":include:{marker}"',
+    "alice%example.com",
+    "alice!example.com",
+    LONG_LOCAL + "x",
+    ]
+
+
+def test_hostile_local_parts_are_refused_with_5xx(world: World) -> None:
+    # example.org has a catch-all: the one place a hostile name could be swallowed.
+    hostile = [f"{local}@example.org" for local in hostile_local_parts(world.marker)]
+    # example.com has none: a few, to show the refusal does not depend on the catch-all.
+    hostile += [f"{local}@example.com" for local in hostile_local_parts(world.marker)[:5]]
+    replies = world.smtp(hostile)
+    # One 5xx each: never handed to the catch-all, never run, never a file.
+    assert len(replies) == len(hostile)
+    for address, reply in zip(hostile, replies, strict=True):
+        assert reply[:1] == "5", (address, reply)
+    assert not world.marker.exists()
+
+
+def test_hostile_local_parts_route_nowhere(world: World) -> None:
+    addresses = [f"{local}@example.org" for local in hostile_local_parts(world.marker)[:6]]
+    result = world.route(*addresses)
+    assert result.returncode == 2, result.output
+    assert "router = " not in result.stdout
+    assert "carol@example.org" not in result.stdout
+
+
+def test_case_and_quoting_variants_route_to_the_same_entry(world: World) -> None:
+    result = world.route("ALICE@EXAMPLE.COM", '"alice"@example.com', "Team@Example.Com")
+    assert result.returncode == 0, result.output
+    assert routed(result, "ALICE@EXAMPLE.COM")  # Exim keeps the case it was given
+    assert routed(result, "alice@example.com")
+    assert "<-- Team@Example.Com" in result.stdout
+    assert world.smtp(["ALICE@EXAMPLE.COM", "Alice@example.com"]) == ["250 Accepted"] * 2
+
+
+def test_local_part_length_limits(world: World) -> None:
+    assert len(LONG_LOCAL.encode()) == 64
+    replies = world.smtp([f"{LONG_LOCAL}@example.com", f"{LONG_LOCAL}x@example.com"])
+    assert replies == ["250 Accepted", "550 5.1.3 invalid local part"]
+
+
+def test_overlong_domain_and_unicode_domain_are_refused(world: World) -> None:
+    long_domain = ("a" * 63 + ".") * 4 + "example"
+    replies = world.smtp([f"alice@{long_domain}", "hans@bücher.example"])
+    assert all(reply.startswith("5") for reply in replies), replies
+    # The A-label form is the one the directory stores, and it works.
+    assert world.smtp(["hans@xn--bcher-kva.example"]) == ["250 Accepted"]
+
+
+def test_unicode_domain_with_smtputf8_is_refused_not_relayed(world: World) -> None:
+    lines = [
+        "EHLO client.example",
+        "MAIL FROM:<someone@remote.example> SMTPUTF8",
+        "RCPT TO:<hans@bücher.example>",
+        "QUIT",
+    ]
+    result = world.exim.host_test(lines, client_ip=CLIENT)
+    rcpt_reply = [line for line in result.stdout.splitlines() if re.match(r"\d{3} ", line)][3]
+    assert rcpt_reply.startswith("5"), result.output
+
+
+# -- live changes in LDAP --------------------------------------------------------------
+
+def test_new_domain_user_and_alias_work_at_once_and_go_away(world: World) -> None:
+    domain = "live.example"
+    assert world.smtp([f"neo@{domain}"]) == ["550 5.7.1 Relaying denied"]
+    world.add(entries.domain_entry(domain, BASE), _user("neo", domain))
+    try:
+        assert world.smtp([f"neo@{domain}", f"trinity@{domain}"]) == [
+            "250 Accepted",
+            "550 5.1.1 Unknown user",
+        ]
+        world.add(_alias("trinity", domain, [f"neo@{domain}"]))
+        assert world.smtp([f"trinity@{domain}"]) == ["250 Accepted"]
+        assert routed(world.route(f"trinity@{domain}"), f"neo@{domain}")
+        world.delete(f"mailAlias=trinity,dc={domain},{BASE}")
+        assert world.smtp([f"trinity@{domain}"]) == ["550 5.1.1 Unknown user"]
+        world.delete(f"uid=neo,dc={domain},{BASE}")
+        assert world.smtp([f"neo@{domain}"]) == ["550 5.1.1 Unknown user"]
+    finally:
+        subprocess.run(
+            ["ldapdelete", "-x", "-c", "-r", "-H", world.slapd.uri, "-D",
+             world.data.account("global-admin").dn, "-y", str(world.admin_secret),
+             f"dc={domain},{BASE}"],
+            capture_output=True, check=False,
+        )
+    assert world.smtp([f"neo@{domain}"]) == ["550 5.7.1 Relaying denied"]
+
+
+# -- delivery through the pipe transport ---------------------------------------------------
+
+MESSAGE = "From: someone@remote.example\nSubject: routing test {tag}\n\nbody {tag}\n"
+
+
+def test_alias_delivery_reaches_each_mailbox_and_remote_mail_stays_queued(world: World) -> None:
+    result = world.exim.deliver(
+        MESSAGE.format(tag="t1"), "team@example.com", "x@remote.example", sender="someone@remote.example"
+    )
+    assert result.returncode == 0, result.output
+    for user in ("alice", "bob"):
+        mailbox = world.spool / f"{user}@example.com"
+        assert "Subject: routing test t1" in mailbox.read_text(), user
+        assert mailbox.stat().st_uid == 8  # written as the storage account, not root
+    log = world.exim.main_log()
+    assert "R=users T=mailrouter_delivery" in log
+    assert "x@remote.example R=remote T=remote_smtp defer" in log  # the closed test relay
+    assert "** " not in log  # nothing bounced
+
+
+# -- LDAP trouble: always temporary -------------------------------------------------------
+
+def test_ldap_stopped_gives_451_and_deferred_routing(world: World) -> None:
+    world.slapd.stop()
+    try:
+        result = world.route("alice@example.com", "team@example.com", "whoever@example.org")
+        assert result.returncode == 1, result.output
+        assert "cannot be resolved at this time" in result.stdout
+        assert "undeliverable" not in result.stdout
+        replies = world.smtp(["alice@example.com", "nobody@example.com", "x@remote.example"])
+        assert [reply[:4] for reply in replies] == ["451 "] * 3, replies
+        # A message taken in while LDAP is down waits in the queue: no delivery, no bounce.
+        queued = world.exim.deliver(MESSAGE.format(tag="t2"), "carol@example.org", sender="a@b.example")
+        assert queued.returncode == 0, queued.output
+        assert "carol@example.org" in world.exim.queue_list().stdout
+        assert not (world.spool / "carol@example.org").exists()
+    finally:
+        world.slapd.restart()
+    assert world.smtp(["alice@example.com"]) == ["250 Accepted"]
+    # Once LDAP is back, a queue run delivers it.
+    assert world.exim.queue_run("-qff").returncode == 0
+    assert "routing test t2" in (world.spool / "carol@example.org").read_text()
+    assert "** " not in world.exim.main_log()
+
+
+def test_ldap_frozen_gives_451(world: World) -> None:
+    world.slapd.freeze()
+    try:
+        replies = world.smtp(["alice@example.com"], client=RELAY_CLIENT)
+        assert len(replies) == 1 and replies[0].startswith("451"), replies
+    finally:
+        world.slapd.thaw()
+    assert world.smtp(["alice@example.com"]) == ["250 Accepted"]
+
+
+# -- SMTP AUTH over TLS, against the running daemon ------------------------------------------
+
+class FakeAuthd:
+    """Stands in for mailrouter-authd at the socket: records each request, answers by user.
+
+    It checks the Exim side of the contract (request line format, what each
+    reply token does), not password checking, which mailrouter.authd owns.
+    """
+
+    REPLIES = {"alice@example.com": "OK\n", "temp@example.com": "TEMP\n", "odd@example.com": "MAYBE\n"}
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.requests: list[bytes] = []
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline(4096)
+                outer.requests.append(line)
+                parts = line.split(b" ")
+                user = base64.b64decode(parts[1]).decode() if len(parts) == 3 else ""
+                password = base64.b64decode(parts[2]).decode() if len(parts) == 3 else ""
+                reply = outer.REPLIES.get(user, "NO\n") if password == "right pass" else "NO\n"
+                self.wfile.write(reply.encode())
+
+        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        path.chmod(0o666)  # Exim's SMTP processes run as Debian-exim
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Daemon:
+    exim: Exim
+    submission_port: int
+    smtps_port: int
+    authd: FakeAuthd
+
+
+@pytest.fixture(scope="module")
+def daemon(world: World) -> Iterator[Daemon]:
+    tls = make_readable_dir(world.workdir / "tls")
+    cert, key = tls / "hub.crt", tls / "hub.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=hub.example.net", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, check=True,
+    )
+    os.chown(key, 0, grp.getgrnam(EXIM_USER).gr_gid)
+    key.chmod(0o640)
+    cert.chmod(0o644)
+    authd = FakeAuthd(world.workdir / "auth.sock")
+    submission_port, smtps_port = free_port(), free_port()
+    exim = Exim(
+        world.workdir / "exim-daemon",
+        ROOT / "exim" / "mailrouter.conf",
+        {
+            **world.exim.macros,
+            "MAILROUTER_TLS_CERT": str(cert),
+            "MAILROUTER_TLS_KEY": str(key),
+            "MAILROUTER_AUTH_SOCKET": str(authd.path),
+            "MAILROUTER_SMTPS_PORTS": str(smtps_port),
+        },
+    )
+    try:
+        exim.start_daemon([submission_port, smtps_port])
+        yield Daemon(exim, submission_port, smtps_port, authd)
+    finally:
+        exim.close()
+        authd.close()
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a throwaway self-signed test certificate
+    return context
+
+
+def _auth_plain(client: smtplib.SMTP, user: str, password: str, authzid: str = "") -> tuple[int, bytes]:
+    token = base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
+    return client.docmd("AUTH", "PLAIN " + token)
+
+
+def test_auth_is_offered_only_after_tls(daemon: Daemon) -> None:
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port, timeout=30) as client:
+        client.ehlo("client.example")
+        assert client.has_extn("starttls")
+        assert not client.has_extn("auth")
+        assert client.docmd("AUTH", "PLAIN AGFsaWNlAHJpZ2h0")[0] == 503
+        client.starttls(context=_tls_context())
+        client.ehlo("client.example")
+        assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+
+
+def test_auth_replies_map_to_smtp_codes(daemon: Daemon) -> None:
+    daemon.authd.requests.clear()
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port, timeout=30) as client:
+        client.starttls(context=_tls_context())
+        client.ehlo("client.example")
+        assert _auth_plain(client, "alice@example.com", "wrong")[0] == 535
+        code, text = _auth_plain(client, "odd@example.com", "right pass")
+        assert code == 435 and b"MAYBE" not in text
+        assert _auth_plain(client, "temp@example.com", "right pass")[0] == 435
+        # An authorization identity other than the user never reaches the socket.
+        before = len(daemon.authd.requests)
+        assert _auth_plain(client, "alice@example.com", "right pass", authzid="bob@example.com")[0] == 535
+        assert len(daemon.authd.requests) == before
+        assert _auth_plain(client, "alice@example.com", "right pass")[0] == 235
+        # Authenticated: relaying as herself is allowed, as someone else is not.
+        assert client.docmd("MAIL", "FROM:<bob@example.com>")[0] == 250
+        assert client.docmd("RCPT", "TO:<x@remote.example>")[0] == 550
+        client.rset()
+        assert client.docmd("MAIL", "FROM:<alice@example.com>")[0] == 250
+        assert client.docmd("RCPT", "TO:<x@remote.example>")[0] == 250
+        client.rset()
+    # The exact request line the authd helper must parse: AUTH b64(user) b64(password)\n
+    assert daemon.authd.requests[0] == (
+        b"AUTH " + base64.b64encode(b"alice@example.com") + b" " + base64.b64encode(b"wrong") + b"\n"
+    )
+
+
+def test_auth_login_on_the_tls_on_connect_port(daemon: Daemon) -> None:
+    with smtplib.SMTP_SSL("127.0.0.1", daemon.smtps_port, timeout=30, context=_tls_context()) as client:
+        client.ehlo("client.example")
+        assert "LOGIN" in client.esmtp_features["auth"].split()
+        client.user, client.password = "alice@example.com", "right pass"
+        code, _ = client.auth("LOGIN", client.auth_login, initial_response_ok=False)
+        assert code == 235

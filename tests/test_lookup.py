@@ -1,0 +1,411 @@
+"""The ``mailrouter-lookup`` contract, run exactly as Exim runs it.
+
+The installed console script (/opt/mailrouter/venv/bin/mailrouter-lookup) is
+started as Debian-exim with no environment, against a private slapd loaded
+from the project's ldap/ files.  Every call checks the two rules Exim depends
+on: stderr stays empty (Exim merges it into the answer) and the exit code is
+0 (answer), 1 (LDAP said no) or 75 (anything else).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_root, start_slapd
+from mailrouter import demo, entries, passwords, routing
+from mailrouter.exim_testbed import EXIM_USER, make_readable_dir, write_private, write_service_config
+from mailrouter.testbed import Slapd
+
+pytestmark = needs_root
+
+LOOKUP = "/opt/mailrouter/venv/bin/mailrouter-lookup"
+BASE = "o=top"
+RUN_TIMEOUT = 60  # Exim's own ${run} limit: the hook must always finish well inside it
+
+
+def _user(local: str, domain: str, **kwargs: object) -> entries.Entry:
+    return entries.user_entry(
+        local,
+        domain,
+        BASE,
+        password_hash=passwords.hash_password("x-" + local, "ssha"),
+        uid_number=5000,
+        gid_number=5000,
+        mailbox="/etc/passwd",  # what a hostile admin might write: never used
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def extra_entries() -> list[entries.Entry]:
+    com = "example.com"
+    garbled = _user("garbled", com)
+    garbled.attributes["mailQuota"] = ["lots"]
+    disabled_alias = entries.alias_entry("gone", com, BASE, ["alice@example.com"])
+    disabled_alias.attributes["mailAccountStatus"] = ["disabled"]
+    return [
+        _user("disabled", com, active=False),
+        _user("fulluser", com, quota="1K"),
+        garbled,
+        disabled_alias,
+        entries.alias_entry("fullalias", com, BASE, ["nested@example.com"]),
+        entries.alias_entry("nested", com, BASE, ["fulluser@example.com", "x@remote.example"]),
+        entries.alias_entry("loopa", com, BASE, ["loopb@example.com"]),
+        entries.alias_entry("loopb", com, BASE, ["loopa@example.com"]),
+        entries.alias_entry(
+            "hostile",
+            com,
+            BASE,
+            [
+                "|/bin/sh -c id",
+                "/etc/passwd",
+                ":include:/etc/passwd",
+                ":fail: gotcha",
+                '"|/bin/id"',
+                "a@b@example.com",
+                "x@example.com, y@example.com",
+                "bob@EXAMPLE.COM",
+                "Remote.User@Remote.Example",
+            ],
+        ),
+        entries.alias_entry("pipeonly", com, BASE, ["|/bin/id"]),
+    ]
+
+
+@dataclass
+class Setup:
+    workdir: Path
+    slapd: Slapd
+    config: Path
+    spool: Path
+
+    def run(self, *args: str, config: Path | None = None) -> tuple[int, str]:
+        """Run the hook as Exim does; assert the stderr rule; return (rc, stdout)."""
+        done = subprocess.run(
+            [LOOKUP, "--config", str(config or self.config), *args],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            env={},
+            cwd=self.workdir,
+            user=EXIM_USER,
+            group=EXIM_USER,
+            extra_groups=[],
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+        assert done.stderr == b"", done.stderr
+        assert done.returncode in (0, 1, 75), done.returncode
+        stdout = done.stdout.decode("utf-8")
+        if done.returncode != 0:
+            assert stdout == "", stdout
+        else:
+            assert stdout.endswith("\n") and stdout.count("\n") == 1, stdout
+        return done.returncode, stdout.rstrip("\n")
+
+
+@pytest.fixture(scope="module")
+def setup(demo_data: demo.DemoDirectory) -> Iterator[Setup]:
+    workdir = Path(tempfile.mkdtemp(prefix="mailrouter-lookup-"))
+    slapd: Slapd | None = None
+    try:
+        workdir.chmod(0o755)
+        slapd = start_slapd(workdir / "slapd", demo_data, entries.to_ldif(extra_entries()))
+        spool = make_readable_dir(workdir / "mail")
+        (spool / "fulluser@example.com").write_bytes(b"x" * 2048)
+        service = demo_data.account("service")
+        config = write_service_config(
+            workdir / "mailrouter.toml",
+            uris=[slapd.uri],
+            base_dn=BASE,
+            bind_dn=service.dn,
+            password=service.password,
+            mbox_template=f"{spool}/{{local}}@{{domain}}",
+        )
+        yield Setup(workdir, slapd, config, spool)
+    finally:
+        if slapd is not None:
+            slapd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- answers -----------------------------------------------------------------------
+
+def test_user_address_data_is_the_delivery_contract(setup: Setup) -> None:
+    rc, out = setup.run("user", "alice", "example.com")
+    assert rc == 0
+    # Path from the template, not LDAP's mailMessageStore; ids of the storage account "mail".
+    assert out == f"mailbox={setup.spool}/alice@example.com format=mbox quota=10M uid=8 gid=8"
+
+
+def test_user_ignores_ldap_mailbox_and_ids(setup: Setup) -> None:
+    rc, out = setup.run("user", "fulluser", "example.com")
+    assert rc == 0
+    assert out == f"mailbox={setup.spool}/fulluser@example.com format=mbox quota=1K uid=8 gid=8"
+
+
+def test_unknown_and_disabled_users_are_not_found(setup: Setup) -> None:
+    assert setup.run("user", "nobody", "example.com") == (1, "")
+    assert setup.run("user", "disabled", "example.com") == (1, "")
+    assert setup.run("user", "alice", "example.org") == (1, "")
+
+
+def test_garbled_quota_is_temporary(setup: Setup) -> None:
+    assert setup.run("user", "garbled", "example.com") == (75, "")
+
+
+def test_domains(setup: Setup) -> None:
+    assert setup.run("domain", "example.com") == (0, "example.com")
+    assert setup.run("domain", "example.net") == (1, "")
+    assert setup.run("backup-mx", "backup.example") == (0, "backup.example")
+    assert setup.run("backup-mx", "example.com") == (1, "")
+
+
+def test_alias_redirect_data(setup: Setup) -> None:
+    assert setup.run("alias", "team", "example.com") == (0, "alice@example.com, bob@example.com")
+    assert setup.run("alias", "alice", "example.com") == (1, "")
+    assert setup.run("alias", "gone", "example.com") == (0, routing.FAIL_DISABLED)
+
+
+def test_alias_targets_are_plain_addresses_only(setup: Setup) -> None:
+    rc, out = setup.run("alias", "hostile", "example.com")
+    assert rc == 0
+    assert out == "bob@example.com, Remote.User@remote.example"
+    assert setup.run("alias", "pipeonly", "example.com") == (0, routing.FAIL_NO_TARGET)
+
+
+def test_catchall(setup: Setup) -> None:
+    assert setup.run("catchall", "whoever", "example.org") == (0, "carol@example.org")
+    assert setup.run("catchall", "whoever", "example.com") == (1, "")  # no catch-all
+    assert setup.run("catchall", "whoever", "remote.example") == (1, "")
+    assert setup.run("catchall", "disabled", "example.com") == (0, routing.FAIL_DISABLED)
+    assert setup.run("catchall", "loopa", "example.com") == (0, routing.FAIL_ALIAS_LOOP)
+    assert setup.run("catchall", "a/b", "example.org") == (0, routing.FAIL_BAD_LOCAL_PART)
+    assert setup.run("catchall", "a/b", "remote.example") == (1, "")
+
+
+def test_quota_follows_aliases(setup: Setup) -> None:
+    assert setup.run("quota", "fulluser", "example.com", "100") == (0, "fulluser@example.com")
+    # fullalias -> nested -> fulluser (and a remote address, which has no quota here).
+    assert setup.run("quota", "fullalias", "example.com", "-1") == (0, "fulluser@example.com")
+    assert setup.run("quota", "loopa", "example.com", "100") == (1, "")
+    assert setup.run("quota", "alice", "example.com", "1000") == (1, "")
+    assert setup.run("quota", "alice", "example.com", str(11 * 1024 * 1024)) == (
+        0,
+        "alice@example.com",
+    )
+    assert setup.run("quota", "team", "example.com", str(11 * 1024 * 1024)) == (
+        0,
+        "alice@example.com bob@example.com",
+    )
+
+
+def test_policy_settings(setup: Setup) -> None:
+    assert setup.run("relay-host", "127.0.0.1") == (0, "yes")
+    assert setup.run("relay-host", "::1") == (0, "yes")
+    assert setup.run("relay-host", "::ffff:127.0.0.1") == (0, "yes")
+    assert setup.run("relay-host", "192.0.2.10") == (1, "")
+    assert setup.run("relay-host", "") == (1, "")
+    assert setup.run("blacklisted-host", "192.0.2.66") == (0, "yes")
+    assert setup.run("blacklisted-host", "192.0.2.67") == (1, "")
+    assert setup.run("blacklisted-sender", "Spammer@Bad.Example") == (0, "yes")
+    assert setup.run("blacklisted-sender", "x@deep.sub.spam.example") == (0, "yes")
+    assert setup.run("blacklisted-sender", "x@notspam.example") == (1, "")
+    assert setup.run("blacklisted-sender", "") == (1, "")
+
+
+def test_sender_ownership(setup: Setup) -> None:
+    assert setup.run("sender-owner", "alice@example.com", "alice@example.com") == (0, "yes")
+    assert setup.run("sender-owner", "team@example.com", "alice@example.com") == (0, "yes")
+    assert setup.run("sender-owner", "bob@example.com", "alice@example.com") == (1, "")
+    assert setup.run("sender-owner", "alice@example.org", "alice@example.com") == (1, "")
+    assert setup.run("sender-owner", "", "alice@example.com") == (1, "")
+
+
+def test_sender_ownership_can_be_switched_off(setup: Setup, demo_data: demo.DemoDirectory) -> None:
+    service = demo_data.account("service")
+    relaxed = write_service_config(
+        setup.workdir / "relaxed.toml",
+        uris=[setup.slapd.uri],
+        base_dn=BASE,
+        bind_dn=service.dn,
+        password=service.password,
+        mbox_template=f"{setup.spool}/{{local}}@{{domain}}",
+        sender_ownership=False,
+    )
+    assert setup.run("sender-owner", "bob@example.com", "alice@example.com", config=relaxed) == (
+        0,
+        "yes",
+    )
+
+
+# -- hostile keys --------------------------------------------------------------------
+
+HOSTILE_KEYS = [
+    "ALICE",
+    "Alice",
+    "alice ",
+    " alice",
+    "alice\n",
+    "alice\t",
+    "*",
+    "alice*",
+    "al*",
+    "alice)(uid=*",
+    "(uid=*)",
+    "alice,dc=example.org",
+    "uid=alice",
+    "alice\\",
+    "alice\\2a",
+    "../alice",
+    "..",
+    ".",
+    "a/b",
+    "${run{/bin/id}}",
+    "|/bin/id",
+    "alice\x7f",
+    "alicé",
+    "a" * 65,
+    "a" * 5000,
+    "",
+    "--config",
+    "-h",
+]
+
+
+@pytest.mark.parametrize("kind", ["user", "alias"])
+def test_hostile_local_parts_match_nothing(setup: Setup, kind: str) -> None:
+    for key in HOSTILE_KEYS:
+        assert setup.run(kind, key, "example.com") == (1, ""), key
+
+
+def test_hostile_quota_keys_match_nothing(setup: Setup) -> None:
+    for key in ("FULLUSER", "fulluser ", "fulluser*", "*", "../fulluser"):
+        assert setup.run("quota", key, "example.com", "100") == (1, ""), key
+
+
+def test_hostile_domains_match_nothing(setup: Setup) -> None:
+    for key in ["EXAMPLE.COM", "example.com.", "*", "*.com", "example.com)(dc=*", "..", "com",
+                "example.com,o=top", "xn--bcher-kva.example", "bücher.example", "a" * 300]:
+        assert setup.run("domain", key) == (1, ""), key
+        assert setup.run("user", "alice", key) == (1, ""), key
+        assert setup.run("catchall", "x", key) == (1, ""), key
+
+
+# -- everything else is 75, silently ---------------------------------------------------
+
+def test_usage_errors_are_temporary(setup: Setup) -> None:
+    assert setup.run("nonsense", "x") == (75, "")
+    assert setup.run("user", "alice") == (75, "")
+    assert setup.run("user", "alice", "example.com", "extra") == (75, "")
+    assert setup.run() == (75, "")
+
+
+def test_config_problems_are_temporary(setup: Setup, demo_data: demo.DemoDirectory) -> None:
+    assert setup.run("domain", "example.com", config=setup.workdir / "missing.toml") == (75, "")
+    garbage = write_private(setup.workdir / "garbage.toml", "[ldap\nuris = ")
+    assert setup.run("domain", "example.com", config=garbage) == (75, "")
+    unreadable = setup.workdir / "root-only.toml"
+    shutil.copy(setup.config, unreadable)
+    unreadable.chmod(0o600)
+    assert setup.run("domain", "example.com", config=unreadable) == (75, "")
+    wrong_password = write_service_config(
+        setup.workdir / "wrong.toml",
+        uris=[setup.slapd.uri],
+        base_dn=BASE,
+        bind_dn=demo_data.account("service").dn,
+        password="not-the-password",
+        mbox_template=f"{setup.spool}/{{local}}@{{domain}}",
+    )
+    assert setup.run("domain", "example.com", config=wrong_password) == (75, "")
+
+
+def test_failed_import_is_temporary_and_silent(setup: Setup) -> None:
+    # A package whose lookup module cannot be imported (a broken install), shadowing
+    # the real one; the console script's guard must still answer 75 and stay silent.
+    import mailrouter.entry
+
+    shadow = setup.workdir / "shadow" / "mailrouter"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    shutil.copy(mailrouter.entry.__file__, shadow / "entry.py")
+    (shadow / "lookup.py").write_text("import mailrouter_no_such_module  # noqa\n")
+    for path in (shadow.parent, shadow, *shadow.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    done = subprocess.run(
+        [LOOKUP, "--config", str(setup.config), "domain", "example.com"],
+        capture_output=True,
+        env={"PYTHONPATH": str(shadow.parent)},
+        user=EXIM_USER,
+        group=EXIM_USER,
+        extra_groups=[],
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (75, b"", b"")
+
+
+def test_ldap_stopped_or_frozen_is_temporary(setup: Setup) -> None:
+    setup.slapd.stop()
+    try:
+        for args in (("domain", "example.com"), ("user", "alice", "example.com"),
+                     ("alias", "team", "example.com"), ("relay-host", "127.0.0.1")):
+            assert setup.run(*args) == (75, ""), args
+    finally:
+        setup.slapd.restart()
+    setup.slapd.freeze()
+    try:
+        # Bounded by the config's timeouts (2 s here), far inside Exim's 60 s.
+        assert setup.run("user", "alice", "example.com") == (75, "")
+    finally:
+        setup.slapd.thaw()
+    assert setup.run("user", "alice", "example.com")[0] == 0
+
+
+# -- the pure rules -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("alice@example.com", "alice@example.com"),
+        (" Bob.Smith@Example.COM ", "Bob.Smith@example.com"),
+        ("|/bin/sh", None),
+        ("/var/mail/x", None),
+        (":include:/etc/aliases", None),
+        (":blackhole:", None),
+        ('"|cmd"@example.com', None),
+        ("a,b@example.com", None),
+        ("a b@example.com", None),
+        ("a@b@example.com", None),
+        (".alice@example.com", None),
+        ("alice.@example.com", None),
+        ("al..ice@example.com", None),
+        ("alice@[127.0.0.1]", None),
+        ("alice@localhost", None),
+        ("alice", None),
+        ("a" * 65 + "@example.com", None),
+    ],
+)
+def test_redirect_target(raw: str, expected: str | None) -> None:
+    assert routing.redirect_target(raw) == expected
+
+
+def test_host_matching_ignores_names_and_garbage() -> None:
+    patterns = ["localhost", "10.0.0.0/8", "garbage", "2001:db8::/32"]
+    assert routing.host_matches("10.1.2.3", patterns)
+    assert routing.host_matches("2001:db8::1", patterns)
+    assert not routing.host_matches("127.0.0.1", patterns)
+    assert not routing.host_matches("localhost", patterns)
+
+
+def test_quota_arithmetic() -> None:
+    assert not routing.is_over_quota(100, 10, 0)  # unlimited
+    assert routing.is_over_quota(100, 1, 100)
+    assert not routing.is_over_quota(90, 10, 100)
+    assert not routing.is_over_quota(99, -1, 100)  # unknown size counts as 0
+    assert routing.is_over_quota(101, -1, 100)
