@@ -1,0 +1,141 @@
+"""Maildir delivery (the option for IMAP users; mbox stays the default).
+
+The classic safe sequence (D. J. Bernstein's maildir(5)):
+
+1. write the message to ``tmp/<unique>`` created with ``O_EXCL``, checking every
+   write's byte count, then ``fsync`` it;
+2. ``link`` it to ``new/<unique>`` -- link, not rename, so an existing name is
+   never overwritten -- then unlink the tmp name and ``fsync`` ``new/``.
+
+The message is stored without the ``From `` line and without ``>From``
+escaping (maildir needs neither).  Unique names are
+``<sec>.M<usec>P<pid>Q<n>R<random>.<host>,S=<size>``; ``S=`` lets Dovecot's
+quota code skip a stat.
+
+All file operations go through directory descriptors opened with
+``O_NOFOLLOW``, so a symlinked ``tmp``/``new`` is refused, not followed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import stat
+import time
+
+from mailrouter.errors import TemporaryFailure
+
+_counter = itertools.count(1)  # per-process sequence for unique names, not config state
+SUBDIRS = ("tmp", "new", "cur")
+
+
+class MaildirError(TemporaryFailure):
+    """The maildir is unusable (not a directory, symlinked, full disk...)."""
+
+
+def _host() -> str:
+    # maildir(5): '/' and ':' in the host name are encoded as octal escapes.
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+def unique_name(size: int) -> str:
+    now = time.time()
+    sec = int(now)
+    usec = int((now - sec) * 1_000_000)
+    return (
+        f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{os.urandom(8).hex()}.{_host()},S={size}"
+    )
+
+
+def open_dir(name: str, dir_fd: int, *, create: bool, mode: int = 0o700) -> int:
+    """Open (optionally create) directory ``name`` below ``dir_fd`` without following symlinks."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    try:
+        os.mkdir(name, mode, dir_fd=dir_fd)
+    except FileExistsError:
+        pass  # made concurrently: open it below
+    return os.open(name, flags, dir_fd=dir_fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` completely; a short count is retried, a zero count is an error.
+
+    Why a loop: on a nearly full disk ``write`` can return a short count without
+    raising; only the following write raises ENOSPC.
+    """
+    view = memoryview(data)
+    offset = 0
+    chunk = 1 << 20
+    while offset < len(view):
+        written = os.write(fd, view[offset : offset + chunk])
+        if written <= 0:
+            raise OSError(f"write returned {written}")
+        offset += written
+
+
+def usage(maildir_fd: int) -> int:
+    """Bytes in ``new`` and ``cur`` (``S=`` from the name where present, else lstat)."""
+    total = 0
+    for sub in ("new", "cur"):
+        try:
+            fd = open_dir(sub, maildir_fd, create=False)
+        except FileNotFoundError:
+            continue
+        try:
+            for entry in os.scandir(fd):
+                size_field = entry.name.rsplit(",S=", 1)
+                if len(size_field) == 2 and size_field[1].split(":", 1)[0].split(",")[0].isdigit():
+                    total += int(size_field[1].split(":", 1)[0].split(",")[0])
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # moved to cur/ meanwhile
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+        finally:
+            os.close(fd)
+    return total
+
+
+def deliver(maildir_fd: int, message: bytes) -> str:
+    """Store ``message`` in the maildir open as ``maildir_fd``; return ``new/<name>``."""
+    fds = {sub: open_dir(sub, maildir_fd, create=True) for sub in SUBDIRS}
+    try:
+        name = unique_name(len(message))
+        try:
+            fd = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=fds["tmp"],
+            )
+        except OSError as exc:
+            raise MaildirError(f"cannot create tmp/{name}: {exc.strerror}") from exc
+        try:
+            try:
+                write_all(fd, message)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(name, name, src_dir_fd=fds["tmp"], dst_dir_fd=fds["new"], follow_symlinks=False)
+            os.fsync(fds["new"])
+        except OSError as exc:
+            raise MaildirError(f"maildir write failed: {exc.strerror or exc}") from exc
+        finally:
+            # Once linked the tmp name is redundant; if not linked it is junk.  A
+            # failed unlink is harmless: maildir readers clean tmp/ after 36 hours.
+            try:
+                os.unlink(name, dir_fd=fds["tmp"])
+            except OSError:
+                pass
+        return f"new/{name}"
+    finally:
+        for fd in fds.values():
+            os.close(fd)
