@@ -57,8 +57,9 @@ STDIN
 
 CONFIG
     ``--config`` is the project TOML (``[spool]`` is what matters here).  The
-    LDAP credentials (``bind_dn``, ``bind_password_file``) are ignored and never
-    read: the storage account this runs as must not be able to read the secret.
+    LDAP secret (``bind_password_file``) is never read: config.load reads it
+    only on connect, this hook never connects, and the storage account this
+    runs as must not be able to read it.
 
 STDOUT
     One short line: the outcome, for Exim's log / the bounce.  Nothing on stderr.
@@ -88,14 +89,12 @@ import re
 import stat
 import sys
 import syslog
-import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 
 from mailrouter import config as config_module
 from mailrouter import locking, maildir, mbox, names, spool
 from mailrouter.config import Config
-from mailrouter.errors import ConfigError, MailrouterError, PermanentFailure, TemporaryFailure
+from mailrouter.errors import MailrouterError, PermanentFailure, TemporaryFailure
 from mailrouter.quota import GarbledQuota, parse_quota
 
 EX_OK = 0
@@ -375,29 +374,6 @@ def run(config: Config, data: AddressData, raw: bytes) -> str:
     return deliver_mbox(config, template, data, prefix, message, quota)
 
 
-def load_config(path: str | None) -> Config:
-    """The project config, minus the LDAP credentials.
-
-    Why not ``config.load``: it reads ``ldap.bind_password_file``, which the
-    storage account (our uid under the pipe transport) must not be able to read
-    -- and this hook never talks to LDAP.  So the two credential keys are dropped
-    before the usual validation.
-    """
-    config_path = Path(path or config_module.DEFAULT_CONFIG_PATH)
-    try:
-        with config_path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {config_path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config_path}: {exc}") from exc
-    ldap = data.get("ldap")
-    if isinstance(ldap, dict):
-        ldap.pop("bind_dn", None)
-        ldap.pop("bind_password_file", None)
-    return config_module.parse(data, base=config_path.parent, path=str(config_path))
-
-
 def parse_args(argv: list[str]) -> dict[str, str]:
     """``--config CONF --address-data DATA`` (either order, ``--opt=value`` too).
 
@@ -422,7 +398,7 @@ def _outcome(argv: list[str], raw: bytes) -> Outcome:
     except (ValueError, StopIteration):
         return Outcome(EX_TEMPFAIL, "usage: --config CONF --address-data DATA")
     try:
-        config = load_config(args.get("--config"))
+        config = config_module.load(args.get("--config"))
         data = parse_address_data(args["--address-data"])
         return Outcome(EX_OK, run(config, data, raw))
     except TooBigForQuota as exc:
