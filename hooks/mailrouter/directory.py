@@ -540,3 +540,57 @@ class Session:
 def escape_filter_value(value: str) -> str:
     """ldap3's filter escaping, for callers that build filters (admin searches)."""
     return str(escape_filter_chars(value))
+
+
+# =============================================================================
+# Added for issue 5 (mailrouter.passwd): a user changes their own password.
+# New code only; nothing above this line was changed.
+# =============================================================================
+RESULT_INSUFFICIENT_ACCESS = 50
+
+
+def change_own_password(config: LdapConfig, dn: str, old_password: str, new_hash: str) -> bool:
+    """Bind as ``dn`` with ``old_password`` and replace its ``userPassword`` with ``new_hash``.
+
+    ``new_hash`` must already be hashed (``passwords.hash_password``): a plain
+    LDAP Modify stores exactly what it is sent.  The bind is as the user, so
+    only the ACL's ``by self =wx`` applies -- no service account is involved.
+    Returns False when the bind says invalid credentials (wrong old password,
+    unknown DN); raises :class:`~mailrouter.errors.NotAllowed` when slapd
+    refuses the write and :class:`DirectoryUnavailable` when no server answered.
+    """
+    from ldap3 import MODIFY_REPLACE  # local: the imports above stay untouched
+
+    from mailrouter.errors import NotAllowed
+
+    if not old_password or not new_hash.startswith("{"):
+        raise ValueError("need the old password and an RFC 2307 {SCHEME} hash")
+    problems = []
+    for uri in config.uris:
+        try:
+            connection = Connection(
+                Server(uri.rstrip("/"), connect_timeout=config.connect_timeout, get_info=NONE),
+                user=dn,
+                password=old_password,
+                receive_timeout=max(1, math.ceil(config.operation_timeout)),
+                raise_exceptions=False,
+            )
+            if not connection.bind():
+                code = connection.result.get("result")
+                connection.unbind()
+                if code == RESULT_INVALID_CREDENTIALS:
+                    return False
+                problems.append(f"{uri}: bind rc {code}")
+                continue
+            connection.modify(dn, {"userPassword": [(MODIFY_REPLACE, [new_hash])]})
+            code = connection.result.get("result")
+            connection.unbind()
+        except (LDAPException, OSError) as exc:
+            problems.append(f"{uri}: {type(exc).__name__}")
+            continue
+        if code == RESULT_SUCCESS:
+            return True
+        if code == RESULT_INSUFFICIENT_ACCESS:
+            raise NotAllowed(f"slapd refused to change the password of {dn}")
+        problems.append(f"{uri}: modify rc {code}")
+    raise DirectoryUnavailable("no LDAP server changed the password: " + "; ".join(problems))

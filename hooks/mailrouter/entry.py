@@ -75,6 +75,12 @@ def admin() -> int:
     return main(sys.argv[1:])
 
 
+def passwd() -> int:
+    from mailrouter.passwd import main  # interactive: a user wants to see errors
+
+    return main(sys.argv[1:])
+
+
 def sandbox() -> int:
     from mailrouter.sandbox import main
 

@@ -198,7 +198,9 @@ class Slapd:
         self.process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> Slapd:
-        return self.start()
+        # `with slapd.start():` and `with slapd:` both mean one running slapd.
+        running = self.process is not None and self.process.poll() is None
+        return self if running else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()

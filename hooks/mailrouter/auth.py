@@ -1,0 +1,200 @@
+"""The one authentication core behind every login front end.
+
+``mailrouter-pam-auth`` (popa3d via pam_exec), ``mailrouter-checkpassword``
+(Dovecot, qmail-style servers) and ``mailrouter-authd`` (Exim SMTP AUTH via
+``${readsocket}``) all call :func:`authenticate` and only translate its
+:class:`Verdict` into their caller's protocol.  Nothing here talks to a client.
+
+The rules, and why:
+
+* **Only the canonical login.**  The login must be the lower-case
+  ``local@domain`` exactly as stored (``names.address``).  Stock popa3d opens
+  ``/var/mail/<login as typed>`` without any check, so ``BOB@EXAMPLE.COM``,
+  ``../x@example.com`` or ``a/b@example.com`` must never pass, even if LDAP's
+  case-insensitive matching would find an entry for them.
+* **DN built, never searched.**  The user DN is ``uid=LOCAL,dc=DOMAIN,BASE``
+  with escaped RDNs (``Directory.user_dn``); ``Directory.user`` compares the
+  naming attributes exactly after the read.
+* **Empty password refused before any user bind.**  With ``allow bind_anon_dn``
+  an empty-password simple bind *succeeds* as anonymous.
+* **One answer for every refusal.**  Unknown user, wrong password, disabled
+  account, non-canonical login and empty password all give :attr:`Verdict.REFUSED`,
+  and about the same time: every request makes the same LDAP round trip (service
+  bind + one base read; a non-canonical login is looked up as a name in
+  ``.invalid``), and when no user bind follows, the core spends
+  ``passwords.dummy_work`` (the cost of slapd verifying an ``{ARGON2}`` hash)
+  instead.  ``bench/bench_auth.py`` measures it.
+* **LDAP trouble is temporary, never "bad password".**  Any
+  ``TemporaryFailure`` (LDAP down, frozen, service bind refused, bad config)
+  gives :attr:`Verdict.TEMPORARY` -- for malformed logins too, since they make
+  the same round trip.
+
+The user entry is looked up with the service account *before* the user bind,
+because a bind to a DN that does not exist fails at once while a wrong
+password costs slapd a hash verification: only the lookup tells us when to do
+the dummy work.  The account status is checked only after a successful bind, so
+a disabled account with a wrong password and one with the right password are
+both plain refusals.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailrouter import names, passwords
+from mailrouter.config import Config, LdapConfig
+from mailrouter.directory import Directory, User
+from mailrouter.errors import InvalidName, TemporaryFailure
+
+# Longer passwords are refused without asking LDAP: nobody types them, and an
+# attacker could otherwise make every front end hash megabytes.
+MAX_PASSWORD_BYTES = 1024
+
+# What a non-canonical login is looked up as, for equal timing: a name no
+# canonical login can produce (``.invalid`` is reserved, RFC 2606).
+PROBE_LOCAL = "nobody"
+PROBE_DOMAIN = "mailrouter.invalid"
+
+
+class Verdict(enum.Enum):
+    """The three answers; the values are the authd wire tokens."""
+
+    OK = "OK"
+    REFUSED = "NO"
+    TEMPORARY = "TEMP"
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    verdict: Verdict
+    user: User | None = None  # set only for Verdict.OK
+    reason: str = ""  # for the caller's own log; never shown to a client
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is Verdict.OK
+
+
+DirectoryFactory = Callable[[LdapConfig], Directory]
+
+
+def canonical_login(login: str) -> tuple[str, str]:
+    """``(local, domain)`` of a canonical login, else :class:`InvalidName`."""
+    return names.address(login)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: nothing LDAP could compare
+        return False
+    return True
+
+
+def _refused(reason: str, password: str, *, spend: bool) -> AuthResult:
+    if spend:
+        # Cost what a failed user bind costs slapd, so that this refusal cannot
+        # be told apart from a wrong password by its timing.  At most
+        # MAX_PASSWORD_BYTES are hashed: an over-long password must not cost more.
+        passwords.dummy_work(password[:MAX_PASSWORD_BYTES] or "x")
+    return AuthResult(Verdict.REFUSED, None, reason)
+
+
+def authenticate(
+    config: Config,
+    login: str,
+    password: str,
+    directory_factory: DirectoryFactory = Directory,
+) -> AuthResult:
+    """Check ``login``/``password`` against LDAP; see the module docstring."""
+    problem = ""
+    try:
+        local, domain = canonical_login(login)
+    except InvalidName as exc:
+        # Still go through the same LDAP round trip as a real unknown user (the
+        # service bind and one base read cost what they cost in this deployment),
+        # so that a malformed login is not the fast way to learn nothing exists.
+        local, domain = PROBE_LOCAL, PROBE_DOMAIN
+        problem = f"non-canonical login: {exc}"
+    if not problem and not password:
+        problem = "empty password"
+    if not problem and (
+        len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES
+        or "\x00" in password
+        or not _encodable(password)
+    ):
+        problem = "over-long password, NUL or lone surrogate in password"
+    try:
+        with directory_factory(config.ldap) as directory:
+            user = directory.user(local, domain)
+            if problem:
+                return _refused(problem, password, spend=True)
+            if user is None:
+                return _refused("unknown user", password, spend=True)
+            # The DN is rebuilt from the canonical name, not taken from the entry.
+            dn = directory.user_dn(local, domain)
+            if not directory.check_password(dn, password):
+                return _refused("wrong password", password, spend=False)
+            if not user.active:
+                return _refused("account disabled", password, spend=False)
+            return AuthResult(Verdict.OK, user, "ok")
+    except TemporaryFailure as exc:
+        return AuthResult(Verdict.TEMPORARY, None, f"temporary: {exc}")
+
+
+def lookup(
+    config: Config, login: str, directory_factory: DirectoryFactory = Directory
+) -> AuthResult:
+    """The active user named by a canonical ``login`` without a password check.
+
+    For callers that have already authenticated the user by other means (Dovecot's
+    userdb call with ``AUTHORIZED=1``).  Same verdicts as :func:`authenticate`.
+    """
+    try:
+        local, domain = canonical_login(login)
+    except InvalidName as exc:
+        return AuthResult(Verdict.REFUSED, None, f"non-canonical login: {exc}")
+    try:
+        with directory_factory(config.ldap) as directory:
+            user = directory.user(local, domain)
+    except TemporaryFailure as exc:
+        return AuthResult(Verdict.TEMPORARY, None, f"temporary: {exc}")
+    if user is None or not user.active:
+        return AuthResult(Verdict.REFUSED, None, "unknown or disabled user")
+    return AuthResult(Verdict.OK, user, "ok")
+
+
+def storage_ids(config: Config, user: User) -> tuple[int, int]:
+    """uid/gid the user's mail is stored under (same rule as the lookup hook)."""
+    if config.spool.per_user_ids:
+        if (
+            user.uid_number is None
+            or user.gid_number is None
+            or user.uid_number < config.spool.min_uid
+            or user.gid_number < config.spool.min_uid
+        ):
+            raise TemporaryFailure(f"{user.address}: uidNumber/gidNumber missing or below min_uid")
+        return user.uid_number, user.gid_number
+    return config.spool.storage_uid, config.spool.storage_gid
+
+
+def authenticate_raw(
+    config: Config,
+    login: bytes,
+    password: bytes,
+    directory_factory: DirectoryFactory = Directory,
+) -> AuthResult:
+    """:func:`authenticate` for octets off a wire: anything not strict UTF-8 is a refusal.
+
+    Refusing (rather than decoding with replacement characters) keeps two
+    different byte strings from ever checking as the same password.
+    """
+    try:
+        login_text = login.decode("utf-8")
+        password_text = password.decode("utf-8")
+    except UnicodeDecodeError:
+        # Same round trip as any other refusal: a login that cannot be canonical.
+        return authenticate(config, "\x00", "x", directory_factory)
+    return authenticate(config, login_text, password_text, directory_factory)

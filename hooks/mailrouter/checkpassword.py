@@ -1,0 +1,154 @@
+"""mailrouter-checkpassword -- the checkpassword interface (Dovecot 2.3, qmail-style servers).
+
+Usage::
+
+    mailrouter-checkpassword [--config CONF] PROG [ARG...]
+
+Dovecot 2.3 (``passdb { driver = checkpassword  args = /opt/mailrouter/venv/bin/mailrouter-checkpassword }``)
+runs it as user ``dovecot`` with ``PROG`` = its checkpassword-reply helper.
+Dovecot cannot pass extra arguments, so the configuration comes from
+``--config``, else the environment variable ``MAILROUTER_CONFIG`` (Dovecot:
+``import_environment = MAILROUTER_CONFIG=/etc/mailrouter/mailrouter.toml``), else
+``/etc/mailrouter/mailrouter.toml``.  Taking a path from the environment is safe
+here: this program has no privileges of its own, so whoever sets the variable
+only fools themselves.  The config and its password file must be readable by
+the user the server runs this as (``dovecot``).
+
+Input:
+    fd 3   ``LOGIN\\0PASSWORD\\0`` then anything (a timestamp, or Dovecot's empty
+           field).  The protocol's limit is 512 bytes; up to 8192 are read, so
+           that an over-long password is a plain refusal.
+    ``AUTHORIZED=1`` (environment, Dovecot userdb lookups and passdb lookups with
+           no password): check that the user exists and is active, do not check
+           the password, and set ``AUTHORIZED=2`` before the exec, as Dovecot asks.
+
+On success it execs ``PROG ARG...`` with these variables set:
+    ``USER``         the canonical login ``local@domain``
+    ``HOME``         the user's directory: the parent of the Maildir given by
+                     ``spool.maildir_template`` (created by the server as needed)
+    ``userdb_uid``, ``userdb_gid``  the storage account (or per-user ids)
+    ``userdb_mail``  Dovecot mail location: ``mbox:~/mail:INBOX=<mbox path>`` or
+                     ``maildir:<Maildir path>``, paths from the spool template
+    ``EXTRA``        ``userdb_uid userdb_gid userdb_mail`` (checkpassword-reply
+                     passes exactly these on to Dovecot)
+Nothing is written to stdout or stderr.
+
+Exit codes (checkpassword convention):
+    1    refused: unknown user, wrong or empty password, disabled account,
+         non-canonical login -- all the same on purpose
+    2    misuse: no PROG, fd 3 missing or malformed
+    111  temporary: LDAP down or slow, bad configuration, the exec failed
+"""
+
+from __future__ import annotations
+
+import os
+
+from mailrouter import auth, spool
+from mailrouter.config import Config, load
+from mailrouter.directory import User
+from mailrouter.errors import InvalidName, TemporaryFailure
+
+EXIT_REFUSED = 1
+EXIT_MISUSE = 2
+EXIT_TEMPORARY = 111
+
+INPUT_FD = 3
+# The protocol says "at most 512 bytes", but a client may send a longer
+# password and Dovecot passes it on: that is a refusal (exit 1, via the core's
+# password limit), not a protocol error.  Only beyond this is the caller broken.
+MAX_INPUT = 8192
+CONFIG_ENV = "MAILROUTER_CONFIG"
+
+
+class Misuse(Exception):
+    """The caller broke the protocol."""
+
+
+def read_request(fd: int = INPUT_FD) -> tuple[bytes, bytes]:
+    """``(login, password)`` from the checkpassword descriptor."""
+    chunks = []
+    total = 0
+    try:
+        while total <= MAX_INPUT:
+            chunk = os.read(fd, MAX_INPUT + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        os.close(fd)
+    except OSError as exc:
+        raise Misuse(f"cannot read fd {fd}: {exc.strerror}") from exc
+    data = b"".join(chunks)
+    if len(data) > MAX_INPUT:
+        raise Misuse(f"more than {MAX_INPUT} bytes on fd 3")
+    fields = data.split(b"\0")
+    if len(fields) < 3:
+        raise Misuse("fd 3 needs LOGIN\\0PASSWORD\\0")
+    return fields[0], fields[1]
+
+
+def user_environment(config: Config, user: User) -> dict[str, str]:
+    """The variables handed to PROG for an authenticated ``user``."""
+    uid, gid = auth.storage_ids(config, user)
+    try:
+        maildir = spool.mailbox_path(config.spool.maildir_template, user.local, user.domain)
+        if config.spool.format == "maildir":
+            mail = f"maildir:{maildir}"
+        else:
+            mbox = spool.mailbox_path(config.spool.mbox_template, user.local, user.domain)
+            mail = f"mbox:~/mail:INBOX={mbox}"
+    except InvalidName as exc:  # cannot happen for a canonical name; still not "bad password"
+        raise TemporaryFailure(str(exc)) from exc
+    return {
+        "USER": user.address,
+        "HOME": os.path.dirname(maildir.rstrip("/")),
+        "userdb_uid": str(uid),
+        "userdb_gid": str(gid),
+        "userdb_mail": mail,
+        "EXTRA": "userdb_uid userdb_gid userdb_mail",
+    }
+
+
+def main(argv: list[str]) -> int:
+    config_path = os.environ.get(CONFIG_ENV) or None
+    if argv[:1] == ["--config"]:
+        if len(argv) < 2:
+            return EXIT_MISUSE
+        config_path, argv = argv[1], argv[2:]
+    if not argv:
+        return EXIT_MISUSE
+    try:
+        login, password = read_request()
+    except Misuse:
+        return EXIT_MISUSE
+    try:
+        config = load(config_path)
+    except TemporaryFailure:
+        return EXIT_TEMPORARY
+    authorized = os.environ.get("AUTHORIZED") == "1"
+    if authorized:
+        try:
+            login_text = login.decode("utf-8")
+        except UnicodeDecodeError:
+            return EXIT_REFUSED
+        result = auth.lookup(config, login_text)
+    else:
+        result = auth.authenticate_raw(config, login, password)
+    if result.verdict is auth.Verdict.TEMPORARY:
+        return EXIT_TEMPORARY
+    if result.verdict is not auth.Verdict.OK or result.user is None:
+        return EXIT_REFUSED
+    try:
+        environment = user_environment(config, result.user)
+    except TemporaryFailure:
+        return EXIT_TEMPORARY
+    os.environ.update(environment)
+    if authorized:
+        os.environ["AUTHORIZED"] = "2"
+    try:
+        # execvp, like qmail's checkpassword: PROG may be a bare name found on PATH.
+        os.execvp(argv[0], argv)  # noqa: S606 - exec without a shell is the point
+    except OSError:
+        return EXIT_TEMPORARY
+    return EXIT_TEMPORARY  # not reached: execv does not return

@@ -1,0 +1,166 @@
+"""mailrouter-passwd -- a user changes their own mail password.
+
+Usage::
+
+    mailrouter-passwd [--config CONF] [--login LOCAL@DOMAIN]
+                      [--old-password-file FILE] [--new-password-file FILE]
+
+Passwords are never taken from argv (every local user can read a command
+line).  Without ``--old-password-file``/``--new-password-file`` the tool prompts
+on the terminal (the new password twice); ``FILE`` may be ``-`` for stdin (one
+password per line; only the trailing newline is removed).  The login is
+prompted for when ``--login`` is not given; only the canonical lower-case
+``local@domain`` is accepted.
+
+What it does: binds to LDAP *as the user* with the old password (DN built from
+the login with escaped RDNs), hashes the new password with the configured
+``auth.password_scheme`` (passlib: ``{ARGON2}``, ``{CRYPT}`` SHA-512 or
+``{SSHA}``) and replaces ``userPassword`` with the hash under the user's own
+bind (the ACL's ``by self =wx``).  Cleartext is never written.  No service
+account is used, so the service password file need not be readable: only
+``ldap.uris``, ``ldap.base_dn``, the timeouts and ``auth.password_scheme`` are
+read from the configuration.
+
+Output: one line on stdout on success, one line on stderr otherwise.
+
+Exit codes:
+    0   password changed
+    1   refused: wrong old password, unknown or non-canonical login, slapd
+        refused the write
+    2   misuse: bad arguments, new password empty, too long, with a NUL, equal to
+        the old one, or the two entries differ
+    75  temporary: LDAP down or slow, bad configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, TextIO
+
+from mailrouter import auth, names, passwords
+from mailrouter.config import DEFAULT_CONFIG_PATH, Config, parse
+from mailrouter.directory import Directory, change_own_password
+from mailrouter.errors import ConfigError, InvalidName, NotAllowed, TemporaryFailure
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_MISUSE = 2
+EXIT_TEMPORARY = 75
+
+MIN_PASSWORD_LENGTH = 8
+
+
+class Misuse(Exception):
+    pass
+
+
+def load_without_service_account(path: str | None) -> Config:
+    """The configuration minus the service bind, which a user cannot read."""
+    config_path = Path(path or DEFAULT_CONFIG_PATH)
+    try:
+        with config_path.open("rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config_path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from exc
+    ldap = data.get("ldap")
+    if isinstance(ldap, dict):
+        ldap.pop("bind_dn", None)
+        ldap.pop("bind_password_file", None)
+    return parse(data, base=config_path.parent, path=str(config_path))
+
+
+def _read_secret_line(source: str, stdin: TextIO) -> str:
+    if source == "-":
+        line = stdin.readline()
+    else:
+        try:
+            with open(source, encoding="utf-8") as handle:
+                line = handle.readline()
+        except OSError as exc:
+            raise Misuse(f"cannot read {source}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise Misuse(f"{source} is not UTF-8") from exc
+    return line[:-1] if line.endswith("\n") else line
+
+
+def check_new_password(new: str, old: str) -> None:
+    if len(new) < MIN_PASSWORD_LENGTH:
+        raise Misuse(f"the new password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if len(new.encode("utf-8", "surrogatepass")) > auth.MAX_PASSWORD_BYTES:
+        raise Misuse(f"the new password is longer than {auth.MAX_PASSWORD_BYTES} bytes")
+    if "\x00" in new or not new.isprintable():
+        raise Misuse("the new password contains control characters")
+    if new == old:
+        raise Misuse("the new password equals the old one")
+
+
+def change_password(config: Config, login: str, old: str, new: str) -> int:
+    """Exit code of one change; the password checks come first, then LDAP."""
+    try:
+        local, domain = names.address(login)
+    except InvalidName:
+        return EXIT_REFUSED
+    check_new_password(new, old)
+    new_hash = passwords.hash_password(new, config.auth.password_scheme)
+    dn = Directory(config.ldap).user_dn(local, domain)
+    try:
+        changed = change_own_password(config.ldap, dn, old, new_hash)
+    except NotAllowed:
+        return EXIT_REFUSED
+    except TemporaryFailure:
+        return EXIT_TEMPORARY
+    return EXIT_OK if changed else EXIT_REFUSED
+
+
+def main(argv: list[str], stdin: TextIO | None = None) -> int:
+    stdin = stdin or sys.stdin
+    parser = argparse.ArgumentParser(prog="mailrouter-passwd", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--login", default=None)
+    parser.add_argument("--old-password-file", default=None, metavar="FILE")
+    parser.add_argument("--new-password-file", default=None, metavar="FILE")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (argparse said why)
+        return EXIT_OK if exc.code == 0 else EXIT_MISUSE
+    try:
+        config = load_without_service_account(args.config)
+    except TemporaryFailure as exc:
+        print(f"mailrouter-passwd: {exc}", file=sys.stderr)
+        return EXIT_TEMPORARY
+    try:
+        login = args.login if args.login is not None else input("Login (local@domain): ").strip()
+        if args.old_password_file:
+            old = _read_secret_line(args.old_password_file, stdin)
+        else:
+            old = getpass.getpass("Current password: ")
+        if args.new_password_file:
+            new = _read_secret_line(args.new_password_file, stdin)
+        else:
+            new = getpass.getpass("New password: ")
+            if getpass.getpass("New password again: ") != new:
+                raise Misuse("the two new passwords differ")
+        code = change_password(config, login, old, new)
+    except Misuse as exc:
+        print(f"mailrouter-passwd: {exc}", file=sys.stderr)
+        return EXIT_MISUSE
+    except (EOFError, KeyboardInterrupt):
+        print("mailrouter-passwd: aborted", file=sys.stderr)
+        return EXIT_MISUSE
+    messages = {
+        EXIT_OK: "password changed",
+        EXIT_REFUSED: "refused: wrong login or password",
+        EXIT_TEMPORARY: "the directory is unavailable; try again later",
+    }
+    print(f"mailrouter-passwd: {messages[code]}", file=sys.stdout if code == EXIT_OK else sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

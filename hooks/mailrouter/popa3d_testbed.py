@@ -1,0 +1,334 @@
+"""Real stock popa3d with the project's popa3d/ files, privately, on free loopback ports.
+
+Used by the test suite and by ``mailrouter-sandbox``.  popa3d reads fixed
+system paths -- the PAM service ``/etc/pam.d/popa3d``, NSS (``getpwnam``) and
+the spool ``/var/mail`` -- so :class:`Popa3d` gives it its own view of exactly
+those paths inside an ``unshare -m`` mount namespace, by bind mounts of files in
+its work directory.  The host's /etc is never modified:
+
+* ``/etc/pam.d``          a copy of the host's, with ``popa3d/pam.d-popa3d`` as
+                          ``popa3d`` (only the venv bin dir and config path re-pointed)
+* ``/etc/nsswitch.conf``  the host's, with the ``passwd:`` line of
+                          ``popa3d/nsswitch.conf.passwd``
+* ``/run/userdb``         (on a private tmpfs /run) a directory of systemd JSON user
+                          records written by the real ``mailrouter-pam-auth --write-userdb``
+* ``/var/mail``           a private spool directory (root:mail 2775, like Debian's)
+
+Plain POP3 runs inetd-style under ``socat`` (one popa3d per connection), POP3S
+under ``stunnel`` with the shipped ``popa3d/stunnel-pop3s.conf`` and a throwaway
+certificate.  Every daemon gets a clean environment (popa3d, and the PAM helper
+it runs, must not depend on the caller's).  :meth:`Popa3d.namespace_command`
+wraps any other command (a delivery, a shell) in the same mount setup.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from mailrouter.testbed import DaemonError, free_port, project_root, wait_for_port
+
+POPA3D = "/usr/sbin/popa3d"
+SOCAT = "/usr/bin/socat"
+STUNNEL = "/usr/bin/stunnel4"
+UNSHARE = "/usr/bin/unshare"
+OPENSSL = "/usr/bin/openssl"
+CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+SHIPPED_BIN = "/opt/mailrouter/venv/bin"
+SHIPPED_CONFIG = "/etc/mailrouter/mailrouter.toml"
+START_TIMEOUT = 10.0
+MAIL_GID = 8  # Debian's "mail" group owns /var/mail
+
+
+def make_certificate(directory: Path, name: str = "localhost") -> Path:
+    """A throwaway self-signed certificate + key in one PEM (mode 0600), for 127.0.0.1/``name``."""
+    key = directory / "tls.key"
+    cert = directory / "tls.crt"
+    done = subprocess.run(
+        [
+            OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", f"/CN={name}",
+            "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise DaemonError("openssl req failed: " + done.stderr.decode("utf-8", "replace"))
+    combined = directory / "tls.pem"
+    fd = os.open(combined, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(cert.read_bytes() + key.read_bytes())
+    key.unlink()
+    return combined
+
+
+def render_pam_file(template: str, bin_dir: str, config_path: str) -> str:
+    """The shipped PAM file with only the venv bin dir and the config path re-pointed."""
+    if SHIPPED_BIN not in template or SHIPPED_CONFIG not in template:
+        raise DaemonError("popa3d/pam.d-popa3d no longer names the shipped bin dir and config")
+    return template.replace(SHIPPED_BIN, bin_dir.rstrip("/")).replace(SHIPPED_CONFIG, config_path)
+
+
+def render_nsswitch(host: str, passwd_line: str) -> str:
+    """The host's nsswitch.conf with its ``passwd:`` line replaced by ours."""
+    lines = [line for line in host.splitlines() if not line.startswith("passwd:")]
+    return "\n".join([passwd_line, *lines]) + "\n"
+
+
+def render_stunnel_conf(template: str, port: int, cert: Path, pid_file: Path) -> str:
+    """The shipped stunnel config with only ``accept``, ``cert`` and ``pid`` re-pointed."""
+    replacements = {
+        "accept": f"accept = 127.0.0.1:{port}",
+        "cert": f"cert = {cert}",
+        "pid": f"pid = {pid_file}",
+    }
+    seen = set()
+    lines = []
+    for line in template.splitlines():
+        key = line.split("=", 1)[0].strip() if "=" in line and not line.startswith(";") else ""
+        if key in replacements:
+            line = replacements[key]
+            seen.add(key)
+        lines.append(line)
+    if seen != set(replacements):
+        raise DaemonError(f"stunnel-pop3s.conf lacks {sorted(set(replacements) - seen)}")
+    return "\n".join(lines) + "\n"
+
+
+class Popa3d:
+    """Stock popa3d behind socat (POP3) and stunnel (POP3S) in a private mount namespace."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        config_path: str,
+        root: Path | None = None,
+        bin_dir: str = SHIPPED_BIN,
+        tls: bool = True,
+        plain: bool = True,
+        userdb_source: Path | None = None,
+        certificate: Path | None = None,
+        spool: Path | None = None,
+    ) -> None:
+        """``userdb_source``: copy the user records from there instead of writing
+        them from LDAP (e.g. to run with an LDAP that is down at login time).
+        ``certificate``: a PEM with certificate and key for POP3S (default: a
+        throwaway self-signed one for localhost/127.0.0.1).  ``spool``: the
+        directory popa3d sees as /var/mail (default ``workdir/mail``; give the
+        directory the delivery side writes to)."""
+        self.workdir = Path(workdir)
+        self.config_path = str(config_path)
+        self.root = root or project_root()
+        self.bin_dir = bin_dir
+        self.tls = tls
+        self.plain = plain
+        self.userdb_source = userdb_source
+        self.port = 0
+        self.tls_port = 0
+        self.cert: Path | None = certificate
+        self.pam_dir = self.workdir / "pam.d"
+        self.nsswitch = self.workdir / "nsswitch.conf"
+        self.userdb = self.workdir / "userdb"
+        self.own_spool = spool is None
+        self.spool = spool or self.workdir / "mail"
+        self.log_path = self.workdir / "popa3d-testbed.log"
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    # -- set-up -----------------------------------------------------------
+    def configure(self) -> None:
+        popa3d_dir = self.root / "popa3d"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.pam_dir.exists():
+            shutil.rmtree(self.pam_dir)
+        shutil.copytree("/etc/pam.d", self.pam_dir, symlinks=True)
+        pam_text = render_pam_file(
+            (popa3d_dir / "pam.d-popa3d").read_text(encoding="utf-8"),
+            self.bin_dir,
+            self.config_path,
+        )
+        (self.pam_dir / "popa3d").write_text(pam_text, encoding="utf-8")
+        passwd_line = next(
+            line
+            for line in (popa3d_dir / "nsswitch.conf.passwd").read_text("utf-8").splitlines()
+            if line.startswith("passwd:")
+        )
+        self.nsswitch.write_text(
+            render_nsswitch(Path("/etc/nsswitch.conf").read_text("utf-8"), passwd_line),
+            encoding="utf-8",
+        )
+        self.nsswitch.chmod(0o644)
+        self.userdb.mkdir(exist_ok=True)
+        self.userdb.chmod(0o755)
+        if self.own_spool:  # a spool given by the caller keeps its owner and mode
+            self.spool.mkdir(exist_ok=True)
+            os.chown(self.spool, 0, MAIL_GID)
+            self.spool.chmod(0o2775)
+        if self.userdb_source is None:
+            self.refresh_users()
+        else:
+            for record in self.userdb_source.iterdir():
+                shutil.copyfile(record, self.userdb / record.name)
+        if self.tls and self.cert is None:
+            self.cert = make_certificate(self.workdir)
+
+    def refresh_users(self) -> None:
+        """(Re)generate the user records popa3d's getpwnam() reads, with the real executable."""
+        done = subprocess.run(
+            [
+                os.path.join(self.bin_dir, "mailrouter-pam-auth"),
+                "--config", self.config_path,
+                "--write-userdb", str(self.userdb),
+            ],
+            env={"PATH": CLEAN_PATH},
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise DaemonError(f"mailrouter-pam-auth --write-userdb failed (rc {done.returncode})")
+
+    def mounts(self) -> list[tuple[Path, str]]:
+        return [
+            (self.pam_dir, "/etc/pam.d"),
+            (self.nsswitch, "/etc/nsswitch.conf"),
+            (self.userdb, "/run/userdb"),
+            (self.spool, "/var/mail"),
+        ]
+
+    def namespace_command(self, argv: list[str]) -> list[str]:
+        """``argv`` run in a new mount namespace with this testbed's bind mounts.
+
+        /run gets a private tmpfs first: /run/userdb does not exist on the host,
+        and a bind mount needs an existing target.
+        """
+        script = "set -e\nmount -t tmpfs -o mode=0755 mailrouter-run /run\nmkdir /run/userdb\n" + "".join(
+            f"mount --bind {shlex.quote(str(source))} {shlex.quote(target)}\n"
+            for source, target in self.mounts()
+        ) + 'exec "$@"\n'
+        return [UNSHARE, "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", *argv]
+
+    def _spawn(self, argv: list[str], port: int) -> None:
+        with self.log_path.open("ab") as log:
+            process = subprocess.Popen(
+                self.namespace_command(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={"PATH": CLEAN_PATH},
+                start_new_session=True,
+            )
+        self._processes.append(process)
+        if not wait_for_port(port, START_TIMEOUT, process):
+            self.stop()
+            raise DaemonError("popa3d front end did not start: " + self.log())
+
+    # -- life cycle -------------------------------------------------------
+    def start(self) -> Popa3d:
+        if not self.pam_dir.exists():
+            self.configure()
+        try:
+            if self.plain:
+                self.port = free_port()
+                self._spawn(
+                    [
+                        SOCAT,
+                        f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork",
+                        f"EXEC:{POPA3D}",
+                    ],
+                    self.port,
+                )
+            if self.tls:
+                assert self.cert is not None
+                self.tls_port = free_port()
+                conf = self.workdir / "stunnel-pop3s.conf"
+                conf.write_text(
+                    render_stunnel_conf(
+                        (self.root / "popa3d" / "stunnel-pop3s.conf").read_text("utf-8"),
+                        self.tls_port,
+                        self.cert,
+                        self.workdir / "stunnel.pid",
+                    ),
+                    encoding="utf-8",
+                )
+                self._spawn([STUNNEL, str(conf)], self.tls_port)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        processes, self._processes = self._processes, []
+        for process in processes:
+            if process.poll() is None:
+                # The whole session: socat/stunnel and any popa3d still serving.
+                try:
+                    os.killpg(process.pid, 15)
+                except ProcessLookupError:
+                    pass
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()
+
+    def pids(self) -> list[int]:
+        """Process ids of the running front ends (socat, stunnel), each its own session."""
+        return [process.pid for process in self._processes if process.poll() is None]
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def mailbox(self, login: str) -> Path:
+        """Host-side path of what popa3d sees as ``/var/mail/<login>``."""
+        return self.spool / login
+
+    def __enter__(self) -> Popa3d:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def write_config(
+    workdir: Path,
+    ldap_uris: list[str],
+    base_dn: str,
+    bind_dn: str,
+    bind_password: str,
+    extra: str = "",
+    secret_mode: int = 0o600,
+    timeouts: float = 2.0,
+) -> Path:
+    """A ``mailrouter.toml`` + password file in ``workdir`` for daemons under test.
+
+    ``extra`` is appended verbatim (e.g. a ``[spool]`` table).  The secret file's
+    mode is ``secret_mode`` (a checkpassword run as ``dovecot`` needs to read it).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    secret = workdir / "ldap.secret"
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, secret_mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(bind_password + "\n")
+    os.chmod(secret, secret_mode)
+    uris = ", ".join(f'"{uri}"' for uri in ldap_uris)
+    config = workdir / "mailrouter.toml"
+    config.write_text(
+        "[ldap]\n"
+        f"uris = [{uris}]\n"
+        f'base_dn = "{base_dn}"\n'
+        f'bind_dn = "{bind_dn}"\n'
+        f'bind_password_file = "{secret}"\n'
+        f"connect_timeout = {timeouts}\n"
+        f"operation_timeout = {timeouts}\n" + extra,
+        encoding="utf-8",
+    )
+    config.chmod(0o644)
+    return config

@@ -1,0 +1,430 @@
+"""mailrouter-sandbox -- the whole hub on loopback, in one directory, as root.
+
+SYNOPSIS
+    mailrouter-sandbox up [--dir DIR]
+    mailrouter-sandbox status --dir DIR
+    mailrouter-sandbox down --dir DIR [--keep]
+    mailrouter-sandbox demo [--dir DIR]
+
+up
+    In DIR (default: a new directory under /tmp) starts slapd with the project's
+    schema, ACLs and seed plus demo data; the mailrouter auth socket; the Exim
+    daemon with the project's exim/ config (SMTP, submission with STARTTLS, SMTPS);
+    popa3d for POP3 (socat) and POP3S (stunnel) with the project's PAM config --
+    all on free loopback ports, with a throwaway CA.  Demo data: example.com and
+    example.org, a global admin, a postmaster (domain admin) and two users per
+    domain, an alias with two targets and a catch-all in example.org; random
+    passwords, stored hashed.  Prints ONE JSON object on stdout, nothing else:
+
+      {"dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port",
+       "submission_port", "smtps_port", "pop3_port", "pop3s_port", "ca_cert",
+       "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
+       "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]}}
+
+    "exim" is a shell command line that runs exim with the sandbox config
+    (append arguments such as -bt ADDRESS or -qf).  Daemons keep running after
+    `up` exits; DIR/sandbox.json remembers them.
+status
+    Prints one JSON object: each daemon, its PID and whether it still runs.
+down
+    Stops everything `up` started (by process group, checked against the start
+    time recorded at `up`, so a recycled PID is never signalled) and removes DIR
+    unless --keep.  The host is left as it was: nothing in /etc changes and no
+    system service is started or stopped, ever.
+demo
+    `up`, then sends a message with STARTTLS + AUTH on the submission port and
+    fetches it over POP3S, printing what happened and how to connect; the
+    sandbox keeps running (stop it with `down`).
+
+EXIT CODES
+    0 done; 1 failed (an `up` that fails stops whatever it had started);
+    2 usage.  Diagnostics go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import poplib
+import pwd
+import shlex
+import shutil
+import signal
+import smtplib
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from mailrouter import demo, tls
+from mailrouter.testbed import Slapd, free_port, project_root
+
+STATE_FILE = "sandbox.json"
+STOP_TIMEOUT = 10.0
+EXIM_GROUP = "Debian-exim"
+
+
+@dataclass
+class Started:
+    """A daemon's process group, and how to tell it from a recycled PID."""
+
+    name: str
+    pid: int
+    start_time: str
+
+    @classmethod
+    def of(cls, name: str, pid: int) -> Started:
+        return cls(name, pid, _start_time(pid))
+
+
+@dataclass
+class Sandbox:
+    directory: Path
+    started: list[Started] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, name: str, pid: int) -> None:
+        self.started.append(Started.of(name, pid))
+        self.save()
+
+    def save(self) -> None:
+        state = {
+            "started": [vars(s) for s in self.started],
+            "info": self.info,
+        }
+        path = self.directory / STATE_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds passwords
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(state, handle, indent=2)
+
+    @classmethod
+    def load(cls, directory: Path) -> Sandbox:
+        state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+        return cls(directory, [Started(**s) for s in state["started"]], state.get("info", {}))
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat: the process's start time in clock ticks."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def is_running(started: Started) -> bool:
+    return bool(started.start_time) and _start_time(started.pid) == started.start_time
+
+
+def stop_group(started: Started) -> None:
+    if not is_running(started):
+        return
+    for sig, wait in ((signal.SIGCONT, 0.0), (signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
+        try:
+            os.killpg(started.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(started.pid, os.WNOHANG)  # reap it if it is our child
+            except ChildProcessError:
+                pass
+            if not is_running(started):
+                return
+            time.sleep(0.05)
+
+
+def stop_all(sandbox: Sandbox) -> None:
+    for started in reversed(sandbox.started):
+        stop_group(started)
+
+
+# -- bringing it up -----------------------------------------------------------
+def _group_readable(path: Path, group: str) -> None:
+    os.chown(path, 0, _gid(group))
+    path.chmod(0o640)
+
+
+def _gid(group: str) -> int:
+    import grp
+
+    return grp.getgrnam(group).gr_gid
+
+
+def write_config(directory: Path, data: demo.DemoDirectory, ldap_uri: str, spool: Path) -> Path:
+    secret = directory / "ldap.secret"
+    secret.write_text(data.account("service").password + "\n", encoding="utf-8")
+    # Exim's SMTP-time lookups run as Debian-exim; deliveries as "mail" need no secret.
+    _group_readable(secret, EXIM_GROUP)
+    config = directory / "mailrouter.toml"
+    config.write_text(
+        "# mailrouter sandbox configuration (see hooks/mailrouter/config.py)\n"
+        "[ldap]\n"
+        f'uris = ["{ldap_uri}"]\n'
+        f'base_dn = "{data.base_dn}"\n'
+        f'bind_dn = "{data.account("service").dn}"\n'
+        f'bind_password_file = "{secret}"\n'
+        "connect_timeout = 2.0\n"
+        "operation_timeout = 3.0\n"
+        "\n[spool]\n"
+        f'mbox_template = "{spool}/{{local}}@{{domain}}"\n'
+        'storage_user = "mail"\n'
+        "\n[auth]\n"
+        f'auth_socket = "{directory / "auth.sock"}"\n',
+        encoding="utf-8",
+    )
+    config.chmod(0o644)
+    return config
+
+
+def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> dict[str, Any]:
+    root = project_root()
+    directory.chmod(0o755)  # Debian-exim and mail must reach the config and the spool
+    certificates = tls.make_certificates(directory / "tls")
+    _group_readable(certificates.key, EXIM_GROUP)
+
+    spool = directory / "mail"
+    spool.mkdir(exist_ok=True)
+    mail = pwd.getpwnam("mail")
+    os.chown(spool, 0, mail.pw_gid)
+    spool.chmod(0o2775)
+
+    data = demo.build(mbox_template=f"{spool}/{{local}}@{{domain}}")
+    log("starting slapd")
+    slapd = Slapd(directory / "ldap", ldif=[data.ldif], root=root, seed_passwords=data.seed_passwords)
+    slapd.start()
+    assert slapd.process is not None
+    sandbox.record("slapd", slapd.process.pid)
+    config = write_config(directory, data, slapd.uri, spool)
+
+    components = start_services(directory, sandbox, config, certificates, log)
+
+    admin = data.account("global-admin")
+    return {
+        "dir": str(directory),
+        "ldap_uri": slapd.uri,
+        "base_dn": data.base_dn,
+        "admin_dn": admin.dn,
+        "admin_password": admin.password,
+        **components,
+        "ca_cert": str(certificates.ca_cert),
+        "spool_dir": str(spool),
+        "accounts": [a.as_json() for a in data.accounts if a.role != "service"],
+        "aliases": data.aliases,
+        "catchall": data.catchall,
+    }
+
+
+def start_services(
+    directory: Path,
+    sandbox: Sandbox,
+    config: Path,
+    certificates: tls.Certificates,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Start the auth socket, Exim and popa3d; return their part of the JSON."""
+    from mailrouter.exim_testbed import Exim
+    from mailrouter.popa3d_testbed import Popa3d
+
+    root = project_root()
+    bin_dir = str(Path(sys.executable).parent)
+    socket_path = directory / "auth.sock"
+    log("starting mailrouter-authd")
+    with (directory / "authd.log").open("ab") as authd_log:
+        authd = subprocess.Popen(
+            [f"{bin_dir}/mailrouter-authd", "--config", str(config), "--socket", str(socket_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=authd_log,
+            stderr=authd_log,
+            start_new_session=True,
+        )
+    sandbox.record("authd", authd.pid)
+    deadline = time.monotonic() + 10
+    while not socket_path.exists():
+        if authd.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("mailrouter-authd did not start: " + (directory / "authd.log").read_text())
+        time.sleep(0.02)
+
+    smtp_port, submission_port, smtps_port = free_port(), free_port(), free_port()
+    exim = Exim(
+        directory / "exim",
+        root / "exim" / "mailrouter.conf",
+        macros={
+            "MAILROUTER_BIN": bin_dir,
+            "MAILROUTER_CONFIG": str(config),
+            "MAILROUTER_AUTH_SOCKET": str(socket_path),
+            "MAILROUTER_TLS_CERT": str(certificates.cert),
+            "MAILROUTER_TLS_KEY": str(certificates.key),
+            "MAILROUTER_SMTP_PORTS": f"{smtp_port} : {submission_port} : {smtps_port}",
+            "MAILROUTER_SMTPS_PORTS": str(smtps_port),
+            "MAILROUTER_HOSTNAME": "localhost",
+            # Remote addresses go to a closed loopback port: they stay queued
+            # (deferred) and nothing ever leaves the machine.
+            "MAILROUTER_RELAY_HOST": "127.0.0.1",
+            "MAILROUTER_RELAY_PORT": str(free_port()),
+        },
+    )
+    log("starting exim")
+    exim.start_daemon([smtp_port, submission_port, smtps_port])
+    assert exim.daemon_pid is not None
+    sandbox.record("exim", exim.daemon_pid)
+
+    log("starting popa3d (POP3 via socat, POP3S via stunnel)")
+    popa3d = Popa3d(directory, str(config), root=root, bin_dir=bin_dir, certificate=certificates.combined)
+    popa3d.start()
+    for index, pid in enumerate(popa3d.pids()):
+        sandbox.record(f"popa3d-front-{index}", pid)
+    return {
+        "smtp_port": smtp_port,
+        "submission_port": submission_port,
+        "smtps_port": smtps_port,
+        "pop3_port": popa3d.port,
+        "pop3s_port": popa3d.tls_port,
+        "exim": shlex.join(exim.argv()),
+    }
+
+
+def up(directory: Path | None, log: Callable[[str], None]) -> tuple[int, dict[str, Any] | None]:
+    if os.geteuid() != 0:
+        log("mailrouter-sandbox: run as root (slapd, Exim and popa3d need it)")
+        return 1, None
+    created = directory is None
+    target = Path(tempfile.mkdtemp(prefix="mailrouter-sandbox-")) if directory is None else directory
+    target.mkdir(parents=True, exist_ok=True)
+    if (target / STATE_FILE).exists() and any(is_running(s) for s in Sandbox.load(target).started):
+        log(f"mailrouter-sandbox: a sandbox already runs in {target}; `down --dir {target}` first")
+        return 1, None
+    sandbox = Sandbox(target)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        info = bring_up(target, sandbox, log)
+        sandbox.info = info
+        sandbox.save()
+        return 0, info
+    except BaseException as exc:  # noqa: BLE001 - an interrupted `up` leaves no daemon behind
+        stop_all(sandbox)
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt):
+            log("mailrouter-sandbox: interrupted; everything started was stopped")
+        else:
+            log(f"mailrouter-sandbox: up failed: {exc}")
+        return 1, None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def status(directory: Path) -> dict[str, Any]:
+    sandbox = Sandbox.load(directory)
+    return {
+        "dir": str(directory),
+        "daemons": {s.name: {"pid": s.pid, "running": is_running(s)} for s in sandbox.started},
+    }
+
+
+def down(directory: Path, keep: bool) -> None:
+    stop_all(Sandbox.load(directory))
+    if not keep:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- the demo -----------------------------------------------------------------
+def run_demo(info: dict[str, Any], log: Callable[[str], None]) -> bool:
+    """Send alice -> team@example.com over submission, fetch it as bob over POP3S."""
+    alice = next(a for a in info["accounts"] if a.get("address") == "alice@example.com")
+    bob = next(a for a in info["accounts"] if a.get("address") == "bob@example.com")
+    context = ssl.create_default_context(cafile=info["ca_cert"])
+    subject = f"mailrouter demo {time.time():.0f}"
+    message = EmailMessage()
+    message["From"] = alice["address"]
+    message["To"] = "team@example.com"
+    message["Subject"] = subject
+    message.set_content("Hello from the mailrouter sandbox.\n")
+    submission = ("127.0.0.1", info["submission_port"])
+    with smtplib.SMTP(*submission, local_hostname="demo.localhost", timeout=30) as smtp:
+        smtp.starttls(context=context)  # verified against the CA, for IP 127.0.0.1
+        smtp.login(alice["address"], alice["password"])
+        smtp.send_message(message)
+    log(f"sent '{subject}' from alice@example.com to team@example.com (submission, STARTTLS + AUTH)")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pop = poplib.POP3_SSL("127.0.0.1", info["pop3s_port"], context=context, timeout=30)
+        try:
+            pop.user(bob["address"])
+            pop.pass_(bob["password"])
+            count = len(pop.list()[1])
+            for number in range(1, count + 1):
+                lines = pop.retr(number)[1]
+                if any(subject.encode() in line for line in lines):
+                    log(f"fetched it as bob@example.com over POP3S (message {number} of {count})")
+                    return True
+        finally:
+            pop.quit()
+        time.sleep(0.5)
+    log("the demo message did not arrive within 30 s; see the Exim logs in " + info["dir"])
+    return False
+
+
+def connection_help(info: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"sandbox in {info['dir']}",
+            f"  LDAP        {info['ldap_uri']}  base {info['base_dn']}  admin {info['admin_dn']}",
+            f"  SMTP        127.0.0.1:{info['smtp_port']}  submission :{info['submission_port']}"
+            f" (STARTTLS)  SMTPS :{info['smtps_port']}",
+            f"  POP3        127.0.0.1:{info['pop3_port']}  POP3S :{info['pop3s_port']}",
+            f"  CA          {info['ca_cert']}",
+            f"  exim        {info['exim']} -bt alice@example.com",
+            f"  stop        mailrouter-sandbox down --dir {shlex.quote(info['dir'])}",
+        ]
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mailrouter-sandbox", description="the whole hub on loopback")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("up", "demo"):
+        command = commands.add_parser(name)
+        command.add_argument("--dir", type=Path)
+    for name in ("status", "down"):
+        command = commands.add_parser(name)
+        command.add_argument("--dir", type=Path, required=True)
+        if name == "down":
+            command.add_argument("--keep", action="store_true", help="keep DIR (logs, mailboxes)")
+    args = parser.parse_args(argv)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    if args.command in ("status", "down"):
+        if not (args.dir / STATE_FILE).exists():
+            log(f"mailrouter-sandbox: no sandbox in {args.dir}")
+            return 1
+        if args.command == "status":
+            print(json.dumps(status(args.dir)))
+        else:
+            down(args.dir, args.keep)
+        return 0
+
+    code, info = up(args.dir.resolve() if args.dir else None, log)
+    if code != 0 or info is None:
+        return code
+    if args.command == "up":
+        print(json.dumps(info))
+        return 0
+    log(connection_help(info))
+    ok = run_demo(info, log)
+    log(connection_help(info))
+    return 0 if ok else 1

@@ -1,0 +1,504 @@
+"""The authentication core and its PAM / checkpassword front ends, against real slapd.
+
+Every refusal case of issue 5 (wrong password, unknown user, upper case, '../',
+'/', leading '.', NUL, control characters, over-long, empty password -- the
+latter also against a slapd with ``allow bind_anon_dn`` -- and disabled accounts)
+must give exactly the same answer; LDAP down or frozen must be temporary.  The
+executables are run as the real console scripts with the contract their callers
+(pam_exec, Dovecot) rely on.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, start_slapd
+from mailrouter import auth, config, demo, entries, passwords
+from mailrouter.popa3d_testbed import write_config
+from mailrouter.testbed import Slapd, free_port
+
+BIN = Path("/opt/mailrouter/venv/bin")
+PAM_AUTH = str(BIN / "mailrouter-pam-auth")
+CHECKPASSWORD = str(BIN / "mailrouter-checkpassword")
+DISABLED = "frozen@example.com"
+DISABLED_PASSWORD = "disabled-but-correct-1"
+
+
+def disabled_user_ldif(data: demo.DemoDirectory) -> str:
+    entry = entries.user_entry(
+        "frozen",
+        "example.com",
+        data.base_dn,
+        password_hash=passwords.hash_password(DISABLED_PASSWORD, "argon2"),
+        uid_number=8,
+        gid_number=8,
+        mailbox="/var/mail/frozen@example.com",
+        active=False,
+    )
+    return entries.to_ldif([entry])
+
+
+def make_config(workdir: Path, data: demo.DemoDirectory, uris: list[str], **kwargs: object) -> Path:
+    service = data.account("service")
+    return write_config(workdir, uris, data.base_dn, service.dn, service.password, **kwargs)  # type: ignore[arg-type]
+
+
+def permissive_root(workdir: Path) -> Path:
+    """The project's ldap/ files minus ``disallow bind_anon``: with that line, slapd
+    refuses empty-password binds by itself (rc 48) and the client-side check would
+    go untested."""
+    shutil.copytree(ROOT / "ldap", workdir / "ldap")
+    conf = workdir / "ldap" / "slapd.conf"
+    lines = conf.read_text().splitlines()
+    kept = [line for line in lines if not line.startswith("disallow")]
+    assert len(kept) == len(lines) - 1
+    conf.write_text("\n".join(kept) + "\n")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def anon_slapd(tmp_path_factory: pytest.TempPathFactory, demo_data: demo.DemoDirectory) -> Iterator[Slapd]:
+    """The demo directory plus a disabled user, on a slapd where an empty-password
+    bind succeeds (``allow bind_anon_dn``)."""
+    workdir = tmp_path_factory.mktemp("anon-slapd")
+    server = Slapd(
+        workdir / "slapd",
+        ldif=[demo_data.ldif, disabled_user_ldif(demo_data)],
+        root=permissive_root(workdir),
+        seed_passwords=demo_data.seed_passwords,
+        extra_config="allow bind_anon_dn",
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def conf_path(
+    tmp_path_factory: pytest.TempPathFactory, anon_slapd: Slapd, demo_data: demo.DemoDirectory
+) -> Path:
+    return make_config(tmp_path_factory.mktemp("auth-conf"), demo_data, [anon_slapd.uri])
+
+
+@pytest.fixture(scope="module")
+def conf(conf_path: Path) -> config.Config:
+    return config.load(str(conf_path))
+
+
+@pytest.fixture
+def dead_conf_path(tmp_path: Path, demo_data: demo.DemoDirectory) -> Path:
+    """A config whose only LDAP URI has nobody listening."""
+    return make_config(tmp_path / "dead", demo_data, [f"ldap://127.0.0.1:{free_port()}/"], timeouts=1.0)
+
+
+def alice(data: demo.DemoDirectory) -> demo.Account:
+    return data.account("alice@example.com")
+
+
+def refusal_cases(data: demo.DemoDirectory) -> dict[str, tuple[str, str]]:
+    password = alice(data).password
+    return {
+        "wrong password": ("alice@example.com", password + "x"),
+        "unknown user": ("nobody@example.com", password),
+        "unknown domain": ("alice@example.net", password),
+        "upper-case local part": ("ALICE@example.com", password),
+        "upper-case domain": ("alice@EXAMPLE.COM", password),
+        "dot-dot slash": ("../alice@example.com", password),
+        "slash": ("x/alice@example.com", password),
+        "leading dot": (".alice@example.com", password),
+        "NUL in login": ("alice\x00@example.com", password),
+        "control character": ("alice\n@example.com", password),
+        "trailing space": ("alice@example.com ", password),
+        "over-long": ("a" * 65 + "@example.com", password),
+        "no domain": ("alice", password),
+        "empty password": ("alice@example.com", ""),
+        "over-long password": ("alice@example.com", password + "x" * 1100),
+        "disabled, right password": (DISABLED, DISABLED_PASSWORD),
+        "disabled, wrong password": (DISABLED, DISABLED_PASSWORD + "x"),
+    }
+
+
+CASES = list(refusal_cases(demo.build()).keys())
+
+
+# -- the core ----------------------------------------------------------------
+def test_right_password_is_accepted(conf: config.Config, demo_data: demo.DemoDirectory) -> None:
+    result = auth.authenticate(conf, "alice@example.com", alice(demo_data).password)
+    assert result.verdict is auth.Verdict.OK
+    assert result.user is not None and result.user.address == "alice@example.com"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_refusal_is_the_same_answer(
+    conf: config.Config, demo_data: demo.DemoDirectory, case: str
+) -> None:
+    login, password = refusal_cases(demo_data)[case]
+    result = auth.authenticate(conf, login, password)
+    assert (result.verdict, result.user) == (auth.Verdict.REFUSED, None)
+
+
+def test_empty_password_really_binds_on_this_slapd(anon_slapd: Slapd, demo_data: demo.DemoDirectory) -> None:
+    """The precondition that makes the empty-password case meaningful: slapd itself
+    accepts an empty-password bind to alice's DN (as anonymous)."""
+    done = subprocess.run(
+        ["ldapwhoami", "-x", "-H", anon_slapd.uri, "-D", alice(demo_data).dn, "-w", ""],
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_empty_password_refused_on_default_slapd_too(
+    slapd: Slapd, demo_data: demo.DemoDirectory, tmp_path: Path
+) -> None:
+    """The shipped slapd.conf refuses the empty bind itself; so do we."""
+    done = subprocess.run(
+        ["ldapwhoami", "-x", "-H", slapd.uri, "-D", alice(demo_data).dn, "-w", ""],
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    conf = config.load(str(make_config(tmp_path, demo_data, [slapd.uri])))
+    assert auth.authenticate(conf, "alice@example.com", "").verdict is auth.Verdict.REFUSED
+    assert auth.authenticate(conf, "bob@example.com", demo_data.account("bob@example.com").password).ok
+
+
+def test_unknown_user_costs_a_hash_wrong_password_does_not(
+    conf: config.Config, demo_data: demo.DemoDirectory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No timing assert: the dummy hash must run exactly when slapd verifies none."""
+    calls: list[str] = []
+    real = passwords.dummy_work
+    monkeypatch.setattr(passwords, "dummy_work", lambda p: (calls.append("x"), real(p))[1])
+    password = alice(demo_data).password
+    auth.authenticate(conf, "nobody@example.com", password)
+    assert len(calls) == 1
+    auth.authenticate(conf, "ALICE@example.com", password)
+    assert len(calls) == 2
+    auth.authenticate(conf, "alice@example.com", password + "x")  # slapd hashes this one
+    assert len(calls) == 2
+
+
+def test_ldap_down_is_temporary(dead_conf_path: Path, demo_data: demo.DemoDirectory) -> None:
+    conf = config.load(str(dead_conf_path))
+    result = auth.authenticate(conf, "alice@example.com", alice(demo_data).password)
+    assert result.verdict is auth.Verdict.TEMPORARY
+
+
+def test_ldap_frozen_is_temporary(tmp_path: Path, demo_data: demo.DemoDirectory) -> None:
+    server = start_slapd(tmp_path / "slapd", demo_data)
+    try:
+        conf = config.load(str(make_config(tmp_path / "c", demo_data, [server.uri], timeouts=1.0)))
+        assert auth.authenticate(conf, "alice@example.com", alice(demo_data).password).ok
+        server.freeze()
+        for login, password in [
+            ("alice@example.com", alice(demo_data).password),
+            ("alice@example.com", "wrong-password"),
+        ]:
+            assert auth.authenticate(conf, login, password).verdict is auth.Verdict.TEMPORARY
+    finally:
+        server.stop()
+
+
+def test_wrong_service_password_is_temporary_not_bad_password(
+    anon_slapd: Slapd, demo_data: demo.DemoDirectory, tmp_path: Path
+) -> None:
+    service = demo_data.account("service")
+    path = write_config(tmp_path, [anon_slapd.uri], demo_data.base_dn, service.dn, "not-the-password")
+    result = auth.authenticate(config.load(str(path)), "alice@example.com", alice(demo_data).password)
+    assert result.verdict is auth.Verdict.TEMPORARY
+
+
+def test_failover_to_second_uri(anon_slapd: Slapd, demo_data: demo.DemoDirectory, tmp_path: Path) -> None:
+    path = make_config(tmp_path, demo_data, [f"ldap://127.0.0.1:{free_port()}/", anon_slapd.uri])
+    assert auth.authenticate(config.load(str(path)), "alice@example.com", alice(demo_data).password).ok
+
+
+def test_raw_input_must_be_utf8(conf: config.Config, demo_data: demo.DemoDirectory) -> None:
+    password = alice(demo_data).password.encode()
+    assert auth.authenticate_raw(conf, b"alice@example.com", password).ok
+    assert not auth.authenticate_raw(conf, b"alice@example.com", password + b"\xff").ok
+    assert not auth.authenticate_raw(conf, b"alice@example.com\xff", password).ok
+
+
+# -- mailrouter-pam-auth --------------------------------------------------------
+def run_pam(
+    conf_path: Path, login: str | None, password: bytes, pam_type: str = "auth"
+) -> subprocess.CompletedProcess[bytes]:
+    env = {"PATH": "/usr/bin:/bin", "PAM_TYPE": pam_type, "PAM_SERVICE": "popa3d"}
+    if login is not None:
+        env["PAM_USER"] = login
+    return subprocess.run(
+        [PAM_AUTH, "--config", str(conf_path)],
+        input=password,
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_pam_auth_accepts_and_is_silent(conf_path: Path, demo_data: demo.DemoDirectory) -> None:
+    done = run_pam(conf_path, "alice@example.com", alice(demo_data).password.encode())
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    # A trailing NUL (other PAM versions) is not part of the password.
+    assert run_pam(conf_path, "alice@example.com", alice(demo_data).password.encode() + b"\0").returncode == 0
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pam_auth_refusals_exit_1(conf_path: Path, demo_data: demo.DemoDirectory, case: str) -> None:
+    login, password = refusal_cases(demo_data)[case]
+    if "\x00" in login:
+        pytest.skip("an environment variable cannot hold a NUL")
+    done = run_pam(conf_path, login, password.encode())
+    assert (done.returncode, done.stdout, done.stderr) == (1, b"", b"")
+
+
+def test_pam_auth_misuse_and_temporary(
+    conf_path: Path, dead_conf_path: Path, demo_data: demo.DemoDirectory
+) -> None:
+    password = alice(demo_data).password.encode()
+    assert run_pam(conf_path, None, password).returncode == 2
+    assert run_pam(conf_path, "alice@example.com", password, pam_type="account").returncode == 2
+    done = run_pam(dead_conf_path, "alice@example.com", password)
+    assert (done.returncode, done.stdout, done.stderr) == (75, b"", b"")
+
+
+def test_write_userdb(conf_path: Path, tmp_path: Path) -> None:
+    target = tmp_path / "userdb"
+    target.mkdir()
+    stale = {"userName": "gone@example.com", "uid": 8, "gid": 8, "service": "io.mailrouter"}
+    (target / "gone@example.com.user").write_text(json.dumps(stale))
+    (target / "admin.user").write_text(json.dumps({"userName": "admin", "uid": 1000, "gid": 1000}))
+    done = subprocess.run(
+        [PAM_AUTH, "--config", str(conf_path), "--write-userdb", str(target)],
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    files = sorted(p.name for p in target.iterdir())
+    assert "alice@example.com.user" in files and "carol@example.org.user" in files
+    assert "gone@example.com.user" not in files  # ours, user gone: removed
+    assert "admin.user" in files  # not ours: kept
+    assert DISABLED + ".user" not in files
+    record = json.loads((target / "alice@example.com.user").read_text())
+    assert record == {
+        "userName": "alice@example.com",
+        "uid": 8,
+        "gid": 8,
+        "homeDirectory": "/nonexistent",
+        "shell": "/usr/sbin/nologin",
+        "service": "io.mailrouter",
+    }
+
+
+# -- mailrouter-checkpassword ------------------------------------------------------
+def run_checkpassword(
+    conf_path: Path | None,
+    tmp_path: Path,
+    request: bytes | None,
+    prog: list[str],
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real executable with ``request`` on fd 3, as the protocol says."""
+    argv = [CHECKPASSWORD] + (["--config", str(conf_path)] if conf_path else []) + prog
+    if request is None:
+        shell = 'exec "$@" 3<&-'
+    else:
+        request_file = tmp_path / "request"
+        request_file.write_bytes(request)
+        shell = f'exec "$@" 3<"{request_file}"'
+    return subprocess.run(
+        ["/bin/sh", "-c", shell, "sh", *argv],
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def parse_env(output: bytes) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in output.decode().splitlines() if "=" in line)
+
+
+def test_checkpassword_success_execs_with_dovecot_variables(
+    conf_path: Path, demo_data: demo.DemoDirectory, tmp_path: Path
+) -> None:
+    request = b"alice@example.com\0" + alice(demo_data).password.encode() + b"\0\0"
+    done = run_checkpassword(conf_path, tmp_path, request, ["/usr/bin/env"])
+    assert done.returncode == 0, done
+    env = parse_env(done.stdout)
+    assert env["USER"] == "alice@example.com"
+    assert env["HOME"] == "/var/mail/example.com/alice"
+    assert (env["userdb_uid"], env["userdb_gid"]) == ("8", "8")
+    assert env["userdb_mail"] == "mbox:~/mail:INBOX=/var/mail/alice@example.com"
+    assert env["EXTRA"] == "userdb_uid userdb_gid userdb_mail"
+    assert "AUTHORIZED" not in env
+    assert done.stderr == b""
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_checkpassword_refusals_exit_1(
+    conf_path: Path, demo_data: demo.DemoDirectory, tmp_path: Path, case: str
+) -> None:
+    login, password = refusal_cases(demo_data)[case]
+    if "\x00" in login:
+        pytest.skip("the protocol cannot carry a NUL in the login")
+    request = login.encode() + b"\0" + password.encode() + b"\0\0"
+    done = run_checkpassword(conf_path, tmp_path, request, ["/usr/bin/env"])
+    assert (done.returncode, done.stdout, done.stderr) == (1, b"", b"")
+
+
+def test_checkpassword_misuse_and_temporary(
+    conf_path: Path, dead_conf_path: Path, demo_data: demo.DemoDirectory, tmp_path: Path
+) -> None:
+    good = b"alice@example.com\0" + alice(demo_data).password.encode() + b"\0\0"
+    assert run_checkpassword(conf_path, tmp_path, good, []).returncode == 2  # no PROG
+    assert run_checkpassword(conf_path, tmp_path, None, ["/usr/bin/env"]).returncode == 2  # no fd 3
+    assert run_checkpassword(conf_path, tmp_path, b"alice@example.com", ["/usr/bin/env"]).returncode == 2
+    assert run_checkpassword(conf_path, tmp_path, b"x" * 9000, ["/usr/bin/env"]).returncode == 2
+    done = run_checkpassword(dead_conf_path, tmp_path, good, ["/usr/bin/env"])
+    assert (done.returncode, done.stdout) == (111, b"")
+    done = run_checkpassword(conf_path, tmp_path, good, ["/nonexistent/prog"])
+    assert done.returncode == 111
+
+
+def test_checkpassword_config_from_environment(
+    conf_path: Path, demo_data: demo.DemoDirectory, tmp_path: Path
+) -> None:
+    good = b"alice@example.com\0" + alice(demo_data).password.encode() + b"\0\0"
+    done = run_checkpassword(
+        None, tmp_path, good, ["/usr/bin/env"], env={"MAILROUTER_CONFIG": str(conf_path)}
+    )
+    assert done.returncode == 0
+
+
+def test_checkpassword_authorized_lookup(conf_path: Path, tmp_path: Path) -> None:
+    """Dovecot userdb lookups: AUTHORIZED=1, no password; answer AUTHORIZED=2."""
+    done = run_checkpassword(
+        conf_path, tmp_path, b"bob@example.com\0\0\0", ["/usr/bin/env"], env={"AUTHORIZED": "1"}
+    )
+    assert done.returncode == 0
+    env = parse_env(done.stdout)
+    assert (env["USER"], env["AUTHORIZED"]) == ("bob@example.com", "2")
+    for login in (DISABLED, "nobody@example.com", "BOB@example.com"):
+        request = login.encode() + b"\0\0\0"
+        assert (
+            run_checkpassword(
+                conf_path, tmp_path, request, ["/usr/bin/env"], env={"AUTHORIZED": "1"}
+            ).returncode
+            == 1
+        )
+    # Without AUTHORIZED=1 the empty password is a plain refusal.
+    assert run_checkpassword(conf_path, tmp_path, b"bob@example.com\0\0\0", ["/usr/bin/env"]).returncode == 1
+
+
+# -- mailrouter-passwd ---------------------------------------------------------------
+def slapcat_password(server: Slapd, dn: str) -> str:
+    done = subprocess.run(
+        ["slapcat", "-f", str(server.conf_path), "-a", f"(entryDN={dn})"], capture_output=True, check=True
+    )
+    text = done.stdout.decode().replace("\n ", "")
+    for line in text.splitlines():
+        if line.startswith("userPassword:: "):
+            return base64.b64decode(line.split(" ", 1)[1]).decode()
+        if line.startswith("userPassword: "):
+            return line.split(" ", 1)[1]
+    raise AssertionError("no userPassword")
+
+
+def test_passwd_changes_own_password_hashed(tmp_path: Path, demo_data: demo.DemoDirectory) -> None:
+    from mailrouter import passwd
+
+    server = start_slapd(tmp_path / "slapd", demo_data)
+    try:
+        path = make_config(tmp_path / "c", demo_data, [server.uri])
+        secret = tmp_path / "c" / "ldap.secret"
+        secret.rename(tmp_path / "hidden")  # the tool must not need the service account
+        old = demo_data.account("bob@example.com").password
+        new = "a brand new passphrase"
+        old_file, new_file = tmp_path / "old", tmp_path / "new"
+        old_file.write_text(old + "\n")
+        new_file.write_text(new + "\n")
+        argv = [
+            "--config",
+            str(path),
+            "--login",
+            "bob@example.com",
+            "--old-password-file",
+            str(old_file),
+            "--new-password-file",
+            str(new_file),
+        ]
+        assert passwd.main(argv) == 0
+        stored = slapcat_password(server, demo_data.account("bob@example.com").dn)
+        assert stored.startswith("{ARGON2}$argon2id$") and new not in stored
+        (tmp_path / "hidden").rename(secret)
+        conf = config.load(str(path))
+        assert auth.authenticate(conf, "bob@example.com", new).ok
+        assert auth.authenticate(conf, "bob@example.com", old).verdict is auth.Verdict.REFUSED
+        # The old password is now wrong: refused, nothing changed.
+        assert passwd.main(argv) == 1
+        assert auth.authenticate(conf, "bob@example.com", new).ok
+        # Bad new passwords never reach LDAP.
+        old_file.write_text(new + "\n")
+        for bad in ("short", new, "tab\there ok?"):
+            new_file.write_text(bad + "\n")
+            assert passwd.main(argv) == 2
+        # Another user's login with bob's password: refused.
+        new_file.write_text("yet another passphrase\n")
+        argv[3] = "alice@example.com"
+        assert passwd.main(argv) == 1
+        argv[3] = "BOB@example.com"
+        assert passwd.main(argv) == 1
+        # The shipped bin/ script, both passwords on stdin.
+        done = subprocess.run(
+            [
+                str(ROOT / "bin" / "mailrouter-passwd"),
+                "--config",
+                str(path),
+                "--login",
+                "bob@example.com",
+                "--old-password-file",
+                "-",
+                "--new-password-file",
+                "-",
+            ],
+            input=f"{new}\nthe third passphrase\n".encode(),
+            capture_output=True,
+            check=False,
+        )
+        assert (done.returncode, done.stdout) == (0, b"mailrouter-passwd: password changed\n"), done.stderr
+        assert auth.authenticate(conf, "bob@example.com", "the third passphrase").ok
+        server.stop()
+        argv[3] = "bob@example.com"
+        assert passwd.main(argv) == 75
+    finally:
+        server.stop()
+
+
+def test_shipped_pam_file_names_the_installed_helper() -> None:
+    text = (ROOT / "popa3d" / "pam.d-popa3d").read_text()
+    rules = [line.split() for line in text.splitlines() if line and not line.startswith("#")]
+    auth_rules = [rule for rule in rules if rule[0] == "auth"]
+    assert auth_rules == [
+        [
+            "auth",
+            "required",
+            "pam_exec.so",
+            "expose_authtok",
+            "quiet",
+            "/opt/mailrouter/venv/bin/mailrouter-pam-auth",
+            "--config",
+            "/etc/mailrouter/mailrouter.toml",
+        ]
+    ]

@@ -1,0 +1,400 @@
+"""mailrouter-authd, the Unix-socket password check behind Exim's ${readsocket}.
+
+The real executable is started as a daemon on a socket in a temp dir; requests
+are exactly what exim/mailrouter.conf sends: ``AUTH <b64 login> <b64 password>\\n``.
+"""
+
+from __future__ import annotations
+
+import base64
+import grp
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, start_slapd
+from mailrouter import demo
+from mailrouter.testbed import Slapd, free_port
+from test_auth import CASES, alice, make_config, refusal_cases
+
+AUTHD = "/opt/mailrouter/venv/bin/mailrouter-authd"
+
+
+class Authd:
+    def __init__(self, workdir: Path, conf_path: Path, *extra: str) -> None:
+        self.socket_path = workdir / "auth.sock"
+        self.log_path = workdir / "authd.log"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [AUTHD, "--config", str(conf_path), "--socket", str(self.socket_path), *extra],
+                stdout=log,
+                stderr=log,
+                env={"PATH": "/usr/bin:/bin"},
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 10
+        while not self.socket_path.exists():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError("authd did not start: " + self.log_path.read_text())
+            time.sleep(0.02)
+
+    def ask(self, request: bytes, timeout: float = 30) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(timeout)
+            client.connect(str(self.socket_path))
+            client.sendall(request)
+            client.shutdown(socket.SHUT_WR)  # what Exim's ${readsocket} does by default
+            data = b""
+            while chunk := client.recv(100):
+                data += chunk
+            return data
+
+    def auth(self, login: str | bytes, password: str | bytes) -> bytes:
+        raw_login = login.encode() if isinstance(login, str) else login
+        raw_password = password.encode() if isinstance(password, str) else password
+        line = b"AUTH " + base64.b64encode(raw_login) + b" " + base64.b64encode(raw_password) + b"\n"
+        return self.ask(line)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def authd(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Authd]:
+    # Not under pytest's tmp dir (mode 0700): other users must be able to reach
+    # the socket for the permission test to test the socket's own mode.
+    workdir = Path(tempfile.mkdtemp(prefix="mailrouter-authd-"))
+    try:
+        workdir.chmod(0o755)
+        server = Authd(workdir, make_config(workdir / "conf", demo_data, [slapd.uri]))
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(workdir)
+
+
+def test_right_password_ok(authd: Authd, demo_data: demo.DemoDirectory) -> None:
+    assert authd.auth("alice@example.com", alice(demo_data).password) == b"OK\n"
+    assert authd.auth("dave@example.org", demo_data.account("dave@example.org").password) == b"OK\n"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.startswith("disabled")])
+def test_refusals_are_one_token(authd: Authd, demo_data: demo.DemoDirectory, case: str) -> None:
+    login, password = refusal_cases(demo_data)[case]
+    assert authd.auth(login, password) == b"NO\n"
+
+
+def test_malformed_requests_get_temp(authd: Authd, demo_data: demo.DemoDirectory) -> None:
+    good = base64.b64encode(b"alice@example.com").decode()
+    for request in [
+        b"HELLO\n",
+        b"AUTH " + good.encode() + b"\n",
+        b"AUTH " + good.encode() + b" !!notbase64!!\n",
+        b"AUTH  " + good.encode() + b" eA==\n",
+        b"auth " + good.encode() + b" eA==\n",
+        b"AUTH " + good.encode() + b" eA==",  # no newline, then EOF
+        b"A" * 5000 + b"\n",
+    ]:
+        assert authd.ask(request) == b"TEMP\n", request
+    assert authd.auth(b"alice@example.com", b"\xff\xfe") == b"NO\n"  # not UTF-8
+
+
+def test_socket_permissions(authd: Authd) -> None:
+    info = os.stat(authd.socket_path)
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o660
+    assert info.st_gid == grp.getgrnam("Debian-exim").gr_gid
+
+
+def test_other_users_cannot_ask(authd: Authd, demo_data: demo.DemoDirectory, tmp_path: Path) -> None:
+    """nobody: the socket mode stops it.  nobody in group Debian-exim: passes the
+    mode, refused by the SO_PEERCRED check (connection closed, no token)."""
+    client = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_UNIX)\n"
+        "try:\n s.connect(sys.argv[1])\nexcept PermissionError:\n print('EACCES'); sys.exit()\n"
+        "try:\n s.sendall(sys.argv[2].encode()); print(repr(s.recv(100)) or 'closed')\n"
+        "except (ConnectionResetError, BrokenPipeError):\n print('closed')\n"
+    )
+    line = "AUTH " + base64.b64encode(b"alice@example.com").decode() + " "
+    line += base64.b64encode(alice(demo_data).password.encode()).decode() + "\n"
+    outputs = []
+    for group in ("nogroup", "Debian-exim"):
+        done = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=nobody",
+                f"--regid={group}",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                client,
+                str(authd.socket_path),
+                line,
+            ],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        outputs.append(done.stdout.decode().strip() or done.stderr.decode()[-300:])
+    assert outputs == ["EACCES", "b''"] or outputs == ["EACCES", "closed"]
+
+
+def test_ldap_down_is_temp(tmp_path: Path, demo_data: demo.DemoDirectory) -> None:
+    conf = make_config(tmp_path / "c", demo_data, [f"ldap://127.0.0.1:{free_port()}/"], timeouts=1.0)
+    server = Authd(tmp_path, conf)
+    try:
+        assert server.auth("alice@example.com", alice(demo_data).password) == b"TEMP\n"
+        assert server.auth("alice@example.com", "wrong") == b"TEMP\n"
+    finally:
+        server.stop()
+
+
+def _cmdlines_containing(secret: bytes) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if secret in handle.read():
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_cmdline_scan_would_see_a_password() -> None:
+    """The scan used below can fail: a process with the secret in argv is found."""
+    marker = "pw-" + base64.b32encode(os.urandom(10)).decode()
+    # Python keeps its argv (a shell might exec "sleep" and drop the marker).
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    try:
+        deadline = time.monotonic() + 10
+        found: list[str] = []
+        while not found and time.monotonic() < deadline:  # cmdline is empty until exec is done
+            found = _cmdlines_containing(marker.encode())
+            time.sleep(0.02)
+        assert found == [str(process.pid)]
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_password_never_on_a_command_line_while_ldap_is_frozen(
+    tmp_path: Path, demo_data: demo.DemoDirectory
+) -> None:
+    slow = start_slapd(tmp_path / "slapd", demo_data)
+    try:
+        conf = make_config(tmp_path / "c", demo_data, [slow.uri], timeouts=3.0)
+        server = Authd(tmp_path, conf)
+        try:
+            password = alice(demo_data).password
+            assert server.auth("alice@example.com", password) == b"OK\n"
+            slow.freeze()
+            replies: list[bytes] = []
+            asking = threading.Thread(
+                target=lambda: replies.append(server.auth("alice@example.com", password))
+            )
+            asking.start()
+            time.sleep(1.0)  # the child now waits on the frozen slapd
+            assert asking.is_alive(), "the request did not wait on LDAP; the scan would prove nothing"
+            children = subprocess.run(
+                ["pgrep", "-P", str(server.process.pid)], capture_output=True, check=False
+            ).stdout.split()
+            assert children, "no per-request child is running"
+            assert _cmdlines_containing(password.encode()) == []
+            asking.join(timeout=30)
+            assert replies == [b"TEMP\n"]
+            slow.thaw()
+            assert server.auth("alice@example.com", password) == b"OK\n"
+        finally:
+            server.stop()
+    finally:
+        slow.stop()
+
+
+def test_log_has_login_and_verdict_never_the_password(authd: Authd, demo_data: demo.DemoDirectory) -> None:
+    password = alice(demo_data).password
+    authd.auth("alice@example.com", password)
+    authd.auth("alice@example.com", password + "typo")
+    log = authd.log_path.read_text()
+    assert "alice@example.com OK" in log and "alice@example.com NO wrong password" in log
+    assert password not in log
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/usr/bin/systemd-socket-activate"), reason="no systemd-socket-activate"
+)
+def test_systemd_socket_activation(tmp_path: Path, slapd: Slapd, demo_data: demo.DemoDirectory) -> None:
+    """The production path: systemd owns the socket (mailrouter-authd.socket, Accept=no)
+    and hands the listening fd over with LISTEN_FDS/LISTEN_PID."""
+    conf = make_config(tmp_path / "c", demo_data, [slapd.uri])
+    sock = tmp_path / "activated.sock"
+    process = subprocess.Popen(
+        [
+            "/usr/bin/systemd-socket-activate",
+            "-l",
+            str(sock),
+            AUTHD,
+            "--config",
+            str(conf),
+            "--socket",
+            str(tmp_path / "must-not-be-created.sock"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"PATH": "/usr/bin:/bin"},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        line = b"AUTH " + base64.b64encode(b"alice@example.com") + b" "
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(30)
+            client.connect(str(sock))
+            client.sendall(line + base64.b64encode(alice(demo_data).password.encode()) + b"\n")
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(100) == b"OK\n"
+        assert not (tmp_path / "must-not-be-created.sock").exists()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+# -- end to end: real Exim (shipped exim/ config) -> real authd -> real slapd ---------
+@pytest.fixture
+def exim_with_authd(demo_data: demo.DemoDirectory) -> Iterator[tuple[int, Slapd, Authd]]:
+    """Exim's submission port with STARTTLS + AUTH, asking the real mailrouter-authd."""
+    from mailrouter.exim_testbed import EXIM_USER, Exim, make_readable_dir, write_service_config
+
+    # Not pytest's tmp dir (0700): Exim's SMTP processes (Debian-exim) connect to the socket.
+    workdir = Path(tempfile.mkdtemp(prefix="mailrouter-authd-exim-"))
+    slow: Slapd | None = None
+    server: Authd | None = None
+    exim: Exim | None = None
+    try:
+        workdir.chmod(0o755)
+        slow = start_slapd(workdir / "slapd", demo_data)
+        service = demo_data.account("service")
+        conf = write_service_config(
+            workdir / "mailrouter.toml",
+            uris=[slow.uri],
+            base_dn=demo_data.base_dn,
+            bind_dn=service.dn,
+            password=service.password,
+            mbox_template=f"{workdir}/mail/{{local}}@{{domain}}",
+            connect_timeout=3.0,
+            operation_timeout=3.0,
+        )
+        authd_dir = workdir / "authd"
+        authd_dir.mkdir(mode=0o755)
+        server = Authd(authd_dir, conf)
+        tls = make_readable_dir(workdir / "tls")
+        cert, key = tls / "hub.crt", tls / "hub.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        os.chown(key, 0, grp.getgrnam(EXIM_USER).gr_gid)
+        key.chmod(0o640)
+        cert.chmod(0o644)
+        port = free_port()
+        exim = Exim(
+            workdir / "exim",
+            ROOT / "exim" / "mailrouter.conf",
+            {
+                "MAILROUTER_CONFIG": str(conf),
+                "MAILROUTER_HOSTNAME": "hub.example.net",
+                "MAILROUTER_RELAY_HOST": "127.0.0.1",
+                "MAILROUTER_RELAY_PORT": str(free_port()),
+                "MAILROUTER_TLS_CERT": str(cert),
+                "MAILROUTER_TLS_KEY": str(key),
+                "MAILROUTER_AUTH_SOCKET": str(server.socket_path),
+            },
+        )
+        exim.start_daemon([port])
+        yield port, slow, server
+    finally:
+        if exim is not None:
+            exim.close()
+        if server is not None:
+            server.stop()
+        if slow is not None:
+            slow.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _smtp_auth_plain(port: int, login: str, password: str) -> int:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a throwaway self-signed certificate
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+        client.starttls(context=context)
+        client.ehlo("client.example")
+        token = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+        return client.docmd("AUTH", "PLAIN " + token)[0]
+
+
+def test_smtp_auth_through_real_exim_and_authd(
+    exim_with_authd: tuple[int, Slapd, Authd], demo_data: demo.DemoDirectory
+) -> None:
+    port, slow, server = exim_with_authd
+    password = alice(demo_data).password
+    assert _smtp_auth_plain(port, "alice@example.com", password) == 235
+    for login, attempt in [
+        ("alice@example.com", password + "x"),
+        ("nobody@example.com", password),
+        ("ALICE@example.com", password),
+        ("../alice@example.com", password),
+        ("alice@example.com", ""),
+    ]:
+        assert _smtp_auth_plain(port, login, attempt) == 535, login
+
+    # A frozen LDAP: while Exim waits on authd, which waits on slapd, the password
+    # is on no command line -- not Exim's, not authd's, not a child's.
+    slow.freeze()
+    codes: list[int] = []
+    asking = threading.Thread(
+        target=lambda: codes.append(_smtp_auth_plain(port, "alice@example.com", password))
+    )
+    asking.start()
+    time.sleep(1.5)  # TLS, EHLO, AUTH: the request now sits in an authd child, on LDAP
+    assert asking.is_alive(), "the login did not wait on LDAP; the scan would prove nothing"
+    assert _children_of(server), "no authd child is waiting on LDAP"
+    assert _cmdlines_containing(password.encode()) == []
+    assert _cmdlines_containing(base64.b64encode(password.encode())) == []
+    asking.join(timeout=60)
+    assert codes and 400 <= codes[0] < 500, codes  # temporary, never "bad password"
+    slow.thaw()
+    assert _smtp_auth_plain(port, "alice@example.com", password) == 235
+
+
+def _children_of(server: Authd) -> str:
+    done = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, check=False)
+    return done.stdout.decode()

@@ -1,0 +1,224 @@
+"""Real Dovecot 2.3 IMAP logins through ``mailrouter-checkpassword``.
+
+Dovecot runs fully private (``dovecot -F -c FILE``: its own base_dir, state_dir,
+log, IMAPS on a free loopback port with a throwaway certificate) with
+``passdb checkpassword`` + ``userdb prefetch``, as a deployment would.  Its auth
+process runs our checkpassword as user ``dovecot``; the mailbox is an mbox under
+a private spool owned by the storage account ``mail`` (uid 8).
+"""
+
+from __future__ import annotations
+
+import grp
+import imaplib
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, needs_root
+from mailrouter import demo
+from mailrouter.popa3d_testbed import make_certificate
+from mailrouter.testbed import Slapd, free_port, wait_for_port
+from test_auth import alice, make_config
+
+pytestmark = [
+    needs_root,
+    pytest.mark.skipif(not os.path.exists("/usr/sbin/dovecot"), reason="dovecot-imapd not installed"),
+]
+
+BIN = "/opt/mailrouter/venv/bin"  # the installed venv (the one Dovecot's user can run)
+MAIL_UID = MAIL_GID = 8
+MESSAGE = (
+    b"From sender@example.net Tue Nov 24 20:40:45 2026\n"
+    b"From: sender@example.net\n"
+    b"To: alice@example.com\n"
+    b"Subject: imap test\n"
+    b"\n"
+    b"Hello over IMAP.\n"
+    b"\n"
+)
+
+DOVECOT_CONF = """\
+# Private Dovecot for the test suite: nothing under /etc or /run is used.
+base_dir = {work}/run
+state_dir = {work}/state
+log_path = {work}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl_cert = <{cert}
+ssl_key = <{cert}
+default_internal_user = dovecot
+default_login_user = dovenull
+service imap-login {{
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {port}
+    ssl = yes
+  }}
+}}
+# Test speed only: no growing penalty and no delay after each refused login.
+auth_failure_delay = 0
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+# The shipped file, with only the bin dir and the config path re-pointed:
+!include {shipped}
+"""
+
+
+def render_shipped(work: Path, config_path: Path) -> Path:
+    text = (ROOT / "dovecot" / "mailrouter.conf").read_text()
+    for shipped, ours in (
+        ("/opt/mailrouter/venv/bin", BIN),
+        ("/etc/mailrouter/mailrouter.toml", str(config_path)),
+    ):
+        assert shipped in text
+        text = text.replace(shipped, ours)
+    path = work / "90-mailrouter.conf"
+    path.write_text(text)
+    return path
+
+
+class Dovecot:
+    def __init__(self, work: Path, config_path: Path, cert: Path) -> None:
+        self.work = work
+        self.port = free_port()
+        self.conf = work / "dovecot.conf"
+        for name in ("run", "state"):
+            (work / name).mkdir(mode=0o755)
+        self.conf.write_text(
+            DOVECOT_CONF.format(
+                work=work, cert=cert, port=self.port, shipped=render_shipped(work, config_path)
+            )
+        )
+        self.process = subprocess.Popen(
+            ["/usr/sbin/dovecot", "-F", "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "dovecot.stderr").open("wb"),
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            start_new_session=True,
+        )
+        if not wait_for_port(self.port, 15, self.process):
+            self.stop()
+            raise RuntimeError("dovecot did not start: " + self.log())
+
+    def log(self) -> str:
+        parts = []
+        for name in ("dovecot.log", "dovecot.stderr"):
+            try:
+                parts.append((self.work / name).read_text(errors="replace"))
+            except OSError:
+                pass
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # dovecot's master stops its children itself
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def dovecot(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Dovecot]:
+    # World-traversable (not pytest's 0700 tmp): the auth process runs our
+    # checkpassword as "dovecot" and mail processes run as "mail".
+    work = Path(tempfile.mkdtemp(prefix="mailrouter-dovecot-"))
+    try:
+        work.chmod(0o755)
+        spool = work / "mail"
+        spool.mkdir()
+        os.chown(spool, 0, MAIL_GID)
+        spool.chmod(0o2775)
+        extra = (
+            "[spool]\n"
+            f'mbox_template = "{spool}/{{local}}@{{domain}}"\n'
+            f'maildir_template = "{spool}/{{domain}}/{{local}}/Maildir"\n'
+        )
+        conf = make_config(work / "conf", demo_data, [slapd.uri], extra=extra, secret_mode=0o640)
+        (work / "conf").chmod(0o755)
+        os.chown(work / "conf" / "ldap.secret", 0, grp.getgrnam("dovecot").gr_gid)
+        mailbox = spool / "alice@example.com"
+        mailbox.write_bytes(MESSAGE)
+        os.chown(mailbox, MAIL_UID, MAIL_GID)
+        mailbox.chmod(0o600)
+        server = Dovecot(work, conf, make_certificate(work))
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def imap(dovecot: Dovecot) -> imaplib.IMAP4_SSL:
+    context = ssl.create_default_context(cafile=str(dovecot.work / "tls.pem"))
+    return imaplib.IMAP4_SSL("localhost", dovecot.port, ssl_context=context, timeout=30)
+
+
+def test_imap_login_reads_inbox(dovecot: Dovecot, demo_data: demo.DemoDirectory) -> None:
+    client = imap(dovecot)
+    try:
+        typ, _ = client.login("alice@example.com", alice(demo_data).password)
+        assert typ == "OK", dovecot.log()
+        typ, data = client.select("INBOX", readonly=True)
+        assert (typ, data) == ("OK", [b"1"]), dovecot.log()
+        typ, fetched = client.fetch("1", "(BODY.PEEK[])")
+        assert typ == "OK"
+        assert b"Hello over IMAP." in fetched[0][1]
+    finally:
+        client.logout()
+
+
+@pytest.mark.parametrize(
+    "login, password",
+    [
+        ("alice@example.com", "wrong password"),
+        ("nobody@example.com", "whatever-password"),
+        ("ALICE@example.com", None),
+        ("../alice@example.com", None),
+    ],
+)
+def test_imap_refusals(
+    dovecot: Dovecot, demo_data: demo.DemoDirectory, login: str, password: str | None
+) -> None:
+    client = imap(dovecot)
+    try:
+        with pytest.raises(imaplib.IMAP4.error) as refused:
+            client.login(login, password or alice(demo_data).password)
+        assert b"AUTHENTICATIONFAILED" in str(refused.value).encode()
+    finally:
+        client.shutdown()
+
+
+def test_imap_ldap_down_is_temporary(dovecot: Dovecot, demo_data: demo.DemoDirectory) -> None:
+    """Same Dovecot, its config re-pointed at a dead LDAP: UNAVAILABLE, not a bad password."""
+    conf = dovecot.work / "conf" / "mailrouter.toml"
+    original = conf.read_text()
+    dead = f"ldap://127.0.0.1:{free_port()}/"
+    conf.write_text(original.replace(original.split("uris = ")[1].split("\n")[0], f'["{dead}"]'))
+    try:
+        client = imap(dovecot)
+        try:
+            with pytest.raises(imaplib.IMAP4.error) as failed:
+                client.login("alice@example.com", alice(demo_data).password)
+            message = str(failed.value)
+            assert "UNAVAILABLE" in message or "Temporary" in message, message
+        finally:
+            client.shutdown()
+    finally:
+        conf.write_text(original)

@@ -1,0 +1,241 @@
+"""POP3 and POP3S through real stock popa3d with the shipped popa3d/ files.
+
+popa3d runs inetd-style under socat (POP3) and under stunnel with the shipped
+stunnel-pop3s.conf (POP3S), in a private mount namespace that carries the
+shipped PAM service file, nss-systemd user records written by the real
+``mailrouter-pam-auth --write-userdb`` and a private /var/mail
+(``mailrouter.popa3d_testbed``).  The mailbox is a file ``/var/mail/<login>``
+owned by the storage account ``mail`` (uid 8), as the delivery hook writes it.
+"""
+
+from __future__ import annotations
+
+import os
+import poplib
+import shutil
+import ssl
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, needs_root
+from mailrouter import demo
+from mailrouter.popa3d_testbed import Popa3d
+from mailrouter.testbed import Slapd, free_port
+from test_auth import CASES, alice, make_config, refusal_cases
+
+pytestmark = needs_root
+
+MAIL_UID = MAIL_GID = 8
+REFUSAL = b"-ERR Authentication failed (bad password?)"
+MESSAGE = (
+    b"From sender@example.net Tue Nov 24 20:40:45 2026\n"
+    b"From: sender@example.net\n"
+    b"To: alice@example.com\n"
+    b"Subject: popa3d test\n"
+    b"\n"
+    b"Hello over POP3.\n"
+    b"\n"
+)
+
+
+def write_mailbox(popa3d: Popa3d, login: str, data: bytes) -> Path:
+    path = popa3d.mailbox(login)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chown(path, MAIL_UID, MAIL_GID)
+    return path
+
+
+@pytest.fixture(scope="module")
+def popa3d(
+    tmp_path_factory: pytest.TempPathFactory, slapd: Slapd, demo_data: demo.DemoDirectory
+) -> Iterator[Popa3d]:
+    workdir = tmp_path_factory.mktemp("popa3d")
+    conf = make_config(workdir / "conf", demo_data, [slapd.uri])
+    server = Popa3d(workdir / "pop", str(conf), root=ROOT)
+    server.start()
+    try:
+        write_mailbox(server, "alice@example.com", MESSAGE)
+        yield server
+    finally:
+        server.stop()
+
+
+def tls_context(popa3d: Popa3d) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(popa3d.cert))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def login_reply(client: poplib.POP3, login: str, password: str) -> bytes:
+    try:
+        client.user(login)
+        return client.pass_(password)
+    except poplib.error_proto as exc:
+        return exc.args[0]
+
+
+def test_pop3_reads_the_mailbox(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+    client = poplib.POP3("127.0.0.1", popa3d.port, timeout=30)
+    try:
+        assert login_reply(client, "alice@example.com", alice(demo_data).password).startswith(b"+OK")
+        count, size = client.stat()
+        assert count == 1 and size > 0
+        _response, lines, _octets = client.retr(1)
+        assert b"Subject: popa3d test" in lines and b"Hello over POP3." in lines
+    finally:
+        client.quit()
+
+
+def test_pop3s_reads_the_mailbox(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+    client = poplib.POP3_SSL("localhost", popa3d.tls_port, context=tls_context(popa3d), timeout=30)
+    try:
+        assert isinstance(client.sock, ssl.SSLSocket) and client.sock.version() in ("TLSv1.2", "TLSv1.3")
+        assert login_reply(client, "alice@example.com", alice(demo_data).password).startswith(b"+OK")
+        _response, lines, _octets = client.retr(1)
+        assert b"Hello over POP3." in lines
+    finally:
+        client.quit()
+
+
+def test_other_user_sees_own_empty_mailbox(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+    client = poplib.POP3("127.0.0.1", popa3d.port, timeout=30)
+    try:
+        assert login_reply(
+            client, "bob@example.com", demo_data.account("bob@example.com").password
+        ).startswith(b"+OK")
+        assert client.stat() == (0, 0)  # popa3d treats a missing mailbox as empty
+    finally:
+        client.quit()
+
+
+POP3_CASES = [
+    case
+    for case in CASES
+    # A NUL or newline cannot travel in a POP3 command line, and popa3d splits
+    # arguments on white space ("alice@example.com " is alice); the disabled
+    # account lives in test_auth's own slapd.
+    if case not in ("NUL in login", "control character", "trailing space") and not case.startswith("disabled")
+]
+# popa3d answers these itself, before PAM, with a bare "-ERR" (a 65-octet local
+# part makes the USER line too long, and "PASS " has no argument): still a
+# refusal that says nothing about the account.
+POPA3D_SYNTAX_CASES = {"over-long": b"-ERR", "empty password": b"-ERR"}
+
+
+@pytest.mark.parametrize("case", POP3_CASES)
+def test_refusals_identical(popa3d: Popa3d, demo_data: demo.DemoDirectory, case: str) -> None:
+    login, password = refusal_cases(demo_data)[case]
+    if case == "dot-dot slash":
+        # Make the traversal target exist, so only the PAM side can stop it.
+        write_mailbox(popa3d, "alice@example.com", MESSAGE)
+    client = poplib.POP3("127.0.0.1", popa3d.port, timeout=30)
+    try:
+        assert login_reply(client, login, password) == POPA3D_SYNTAX_CASES.get(case, REFUSAL)
+    finally:
+        client.close()
+
+
+def test_refusal_over_pop3s_identical(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+    client = poplib.POP3_SSL("localhost", popa3d.tls_port, context=tls_context(popa3d), timeout=30)
+    try:
+        assert login_reply(client, "alice@example.com", "wrong password") == REFUSAL
+    finally:
+        client.close()
+
+
+def test_mailbox_of_another_owner_is_not_served(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+    """popa3d's own guard, with our storage ids: a mailbox not owned by uid 8 is refused."""
+    path = write_mailbox(popa3d, "carol@example.org", MESSAGE)
+    os.chown(path, 0, 0)
+    client = poplib.POP3("127.0.0.1", popa3d.port, timeout=30)
+    try:
+        reply = login_reply(client, "carol@example.org", demo_data.account("carol@example.org").password)
+        assert not reply.startswith(b"+OK")
+    finally:
+        client.close()
+        path.unlink()
+
+
+def test_ldap_down_is_an_error(tmp_path: Path, popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+    """The same popa3d set-up, but its config points at an LDAP nobody serves."""
+    dead = make_config(tmp_path / "conf", demo_data, [f"ldap://127.0.0.1:{free_port()}/"], timeouts=1.0)
+    # The user records come from a working LDAP; only the login-time LDAP is down.
+    server = Popa3d(tmp_path / "pop", str(dead), root=ROOT, tls=False, userdb_source=popa3d.userdb)
+    server.start()
+    try:
+        write_mailbox(server, "alice@example.com", MESSAGE)
+        client = poplib.POP3("127.0.0.1", server.port, timeout=60)
+        try:
+            reply = login_reply(client, "alice@example.com", alice(demo_data).password)
+            assert reply.startswith(b"-ERR")
+        finally:
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_reads_mail_delivered_by_real_exim(slapd: Slapd, demo_data: demo.DemoDirectory) -> None:
+    """End to end with the shipped exim/ config: Exim routes and delivers (the
+    project's lookup and delivery hooks) into the spool that popa3d serves as
+    /var/mail; POP3S then returns the message."""
+    from mailrouter.exim_testbed import Exim, write_service_config
+
+    # Not pytest's tmp dir (0700): the hooks run as Debian-exim and as mail.
+    workdir = Path(tempfile.mkdtemp(prefix="mailrouter-pop3-exim-"))
+    exim: Exim | None = None
+    pop: Popa3d | None = None
+    try:
+        workdir.chmod(0o755)
+        spool = workdir / "mail"
+        spool.mkdir()
+        os.chown(spool, 0, MAIL_GID)
+        spool.chmod(0o2775)
+        service = demo_data.account("service")
+        conf = write_service_config(
+            workdir / "mailrouter.toml",
+            uris=[slapd.uri],
+            base_dn=demo_data.base_dn,
+            bind_dn=service.dn,
+            password=service.password,
+            mbox_template=f"{spool}/{{local}}@{{domain}}",
+        )
+        exim = Exim(
+            workdir / "exim",
+            ROOT / "exim" / "mailrouter.conf",
+            {
+                "MAILROUTER_CONFIG": str(conf),
+                "MAILROUTER_HOSTNAME": "hub.example.net",
+                "MAILROUTER_RELAY_HOST": "127.0.0.1",
+                "MAILROUTER_RELAY_PORT": str(free_port()),
+                "MAILROUTER_TLS_CERT": str(workdir / "absent.crt"),
+                "MAILROUTER_TLS_KEY": str(workdir / "absent.key"),
+                "MAILROUTER_AUTH_SOCKET": str(workdir / "absent.sock"),
+            },
+        )
+        body = "From: sender@example.net\nTo: carol@example.org\nSubject: via exim\n\nDelivered by Exim.\n"
+        result = exim.deliver(body, "carol@example.org", sender="sender@example.net")
+        mailbox = spool / "carol@example.org"
+        assert mailbox.exists(), result.output + exim.main_log()
+        assert os.stat(mailbox).st_uid == MAIL_UID
+        pop = Popa3d(workdir / "pop", str(conf), root=ROOT, spool=spool)
+        pop.start()
+        client = poplib.POP3_SSL("localhost", pop.tls_port, context=tls_context(pop), timeout=30)
+        try:
+            reply = login_reply(client, "carol@example.org", demo_data.account("carol@example.org").password)
+            assert reply.startswith(b"+OK")
+            assert client.stat()[0] == 1
+            _response, lines, _octets = client.retr(1)
+            assert b"Subject: via exim" in lines and b"Delivered by Exim." in lines
+        finally:
+            client.quit()
+    finally:
+        if pop is not None:
+            pop.stop()
+        if exim is not None:
+            exim.close()
+        shutil.rmtree(workdir, ignore_errors=True)
