@@ -5,6 +5,7 @@ SYNOPSIS
     mailrouter-sandbox status --dir DIR
     mailrouter-sandbox down --dir DIR [--keep]
     mailrouter-sandbox demo [--dir DIR]
+    mailrouter-sandbox ldap stop|start --dir DIR
 
 up
     In DIR (default: a new directory under /tmp) starts slapd with the project's
@@ -31,6 +32,10 @@ down
     time recorded at `up`, so a recycled PID is never signalled) and removes DIR
     unless --keep.  The host is left as it was: nothing in /etc changes and no
     system service is started or stopped, ever.
+ldap stop|start
+    Stops slapd, or starts it again on the same port with the same data, to
+    watch the hub defer (451 at SMTP time, queued deliveries) and recover
+    (`exim -qf`).
 demo
     `up`, then sends a message with STARTTLS + AUTH on the submission port and
     fetches it over POP3S, printing what happened and how to connect; the
@@ -44,6 +49,7 @@ EXIT CODES
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import poplib
@@ -145,6 +151,30 @@ def stop_group(started: Started) -> None:
 def stop_all(sandbox: Sandbox) -> None:
     for started in reversed(sandbox.started):
         stop_group(started)
+
+
+def sweep(directory: Path) -> None:
+    """Stop every process whose command line names ``directory``.
+
+    Only for a failed `up`: an interruption can land after a daemon started and
+    before its PID was recorded.  The directory is brand new, so whatever names
+    it is ours.  (`down` stops by recorded PID only.)
+    """
+    marker = os.fsencode(str(directory) + "/")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline:
+            pid = int(entry.name)
+            # SIGKILL at once: a stray of a failed start has nothing to flush.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)  # a group leader (exim -bd) and its children
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # -- bringing it up -----------------------------------------------------------
@@ -311,6 +341,7 @@ def up(directory: Path | None, log: Callable[[str], None]) -> tuple[int, dict[st
         return 0, info
     except BaseException as exc:  # noqa: BLE001 - an interrupted `up` leaves no daemon behind
         stop_all(sandbox)
+        sweep(target)
         if created:
             shutil.rmtree(target, ignore_errors=True)
         if isinstance(exc, KeyboardInterrupt):
@@ -332,6 +363,23 @@ def status(directory: Path) -> dict[str, Any]:
         "dir": str(directory),
         "daemons": {s.name: {"pid": s.pid, "running": is_running(s)} for s in sandbox.started},
     }
+
+
+def ldap(directory: Path, action: str) -> None:
+    """Stop slapd, or start it again exactly as `up` did (same port, same data)."""
+    sandbox = Sandbox.load(directory)
+    current = next(s for s in sandbox.started if s.name == "slapd")
+    if action == "stop":
+        stop_group(current)
+        return
+    if is_running(current):
+        return
+    slapd = Slapd(directory / "ldap", root=project_root())
+    slapd.port = int(sandbox.info["ldap_uri"].rsplit(":", 1)[1].strip("/"))
+    slapd.restart()
+    assert slapd.process is not None
+    sandbox.started[sandbox.started.index(current)] = Started.of("slapd", slapd.process.pid)
+    sandbox.save()
 
 
 def down(directory: Path, keep: bool) -> None:
@@ -398,22 +446,26 @@ def main(argv: list[str]) -> int:
     for name in ("up", "demo"):
         command = commands.add_parser(name)
         command.add_argument("--dir", type=Path)
-    for name in ("status", "down"):
+    for name in ("status", "down", "ldap"):
         command = commands.add_parser(name)
         command.add_argument("--dir", type=Path, required=True)
         if name == "down":
             command.add_argument("--keep", action="store_true", help="keep DIR (logs, mailboxes)")
+        if name == "ldap":
+            command.add_argument("action", choices=("stop", "start"))
     args = parser.parse_args(argv)
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    if args.command in ("status", "down"):
+    if args.command in ("status", "down", "ldap"):
         if not (args.dir / STATE_FILE).exists():
             log(f"mailrouter-sandbox: no sandbox in {args.dir}")
             return 1
         if args.command == "status":
             print(json.dumps(status(args.dir)))
+        elif args.command == "ldap":
+            ldap(args.dir, args.action)
         else:
             down(args.dir, args.keep)
         return 0

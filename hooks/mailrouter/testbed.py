@@ -155,6 +155,10 @@ class Slapd:
         if not self.conf_path.exists():
             self.configure()
         self.port = free_port()
+        self._launch("start")
+        return self
+
+    def _launch(self, what: str) -> None:
         argv = [SLAPD, "-d", "0", "-f", str(self.conf_path), "-h", self.uri]
         if self.run_as:
             argv += ["-u", self.run_as]
@@ -162,8 +166,7 @@ class Slapd:
             self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         if not wait_for_port(self.port, START_TIMEOUT, self.process):
             self.stop()
-            raise DaemonError("slapd did not start: " + self.log_path.read_text("utf-8", "replace"))
-        return self
+            raise DaemonError(f"slapd did not {what}: " + self.log_path.read_text("utf-8", "replace"))
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -179,15 +182,8 @@ class Slapd:
 
     def restart(self) -> None:
         """Stop and start again on the same port (clients keep their URI)."""
-        port = self.port
         self.stop()
-        argv = [SLAPD, "-d", "0", "-f", str(self.conf_path), "-h", f"ldap://127.0.0.1:{port}/"]
-        if self.run_as:
-            argv += ["-u", self.run_as]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
-        if not wait_for_port(port, START_TIMEOUT, self.process):
-            raise DaemonError("slapd did not restart: " + self.log_path.read_text("utf-8", "replace"))
+        self._launch("restart")
 
     def freeze(self) -> None:
         assert self.process is not None

@@ -1,0 +1,249 @@
+"""End to end through `bin/mailrouter-sandbox`: SMTP in, POP3 out, on the real daemons.
+
+The sandbox is started exactly as an admin starts it (the bin/ wrapper, as a
+subprocess) and stopped with `down` whatever happens.  Each test uses its own
+subject and checks, over POP3, that its message arrived exactly once and can be
+deleted.  Nothing leaves the machine: remote addresses are routed to a closed
+loopback port and stay queued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import poplib
+import shlex
+import signal
+import smtplib
+import ssl
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, needs_root
+from mailrouter.config import LdapConfig
+from mailrouter.directory import Session
+
+pytestmark = needs_root
+
+SANDBOX = str(ROOT / "bin" / "mailrouter-sandbox")
+CONTRACT_KEYS = {
+    "dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port", "submission_port",
+    "smtps_port", "pop3_port", "pop3s_port", "ca_cert", "spool_dir", "exim", "accounts", "aliases",
+    "catchall",
+}
+ARRIVAL_TIMEOUT = 60.0
+
+
+def sandbox_command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SANDBOX, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[dict[str, Any]]:
+    done = sandbox_command("up")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)  # the whole of stdout is one JSON object
+    try:
+        yield info
+    finally:
+        down = sandbox_command("down", "--dir", info["dir"])
+        assert down.returncode == 0, down.stderr
+
+
+def account(info: dict[str, Any], address: str) -> dict[str, str]:
+    return next(a for a in info["accounts"] if a.get("address") == address)
+
+
+def admin_session(info: dict[str, Any]) -> Session:
+    config = LdapConfig(uris=(info["ldap_uri"],), base_dn=info["base_dn"])
+    return Session(config, info["admin_dn"], info["admin_password"])
+
+
+def message(subject: str, to: str) -> EmailMessage:
+    mail = EmailMessage()
+    mail["From"] = "sender@client.example"
+    mail["To"] = to
+    mail["Subject"] = subject
+    mail.set_content(f"{subject}\nFrom the end-to-end test.\n")
+    return mail
+
+
+def connect_smtp(info: dict[str, Any]) -> smtplib.SMTP:
+    smtp = smtplib.SMTP("127.0.0.1", info["smtp_port"], local_hostname="client.example", timeout=60)
+    smtp.ehlo()  # smtplib's mail() does not greet by itself
+    return smtp
+
+
+def send(info: dict[str, Any], subject: str, *recipients: str) -> None:
+    with connect_smtp(info) as smtp:
+        refused = smtp.send_message(message(subject, ", ".join(recipients)), to_addrs=list(recipients))
+    assert refused == {}
+
+
+def pop3(info: dict[str, Any], tls: bool) -> poplib.POP3:
+    if tls:
+        context = ssl.create_default_context(cafile=info["ca_cert"])
+        return poplib.POP3_SSL("127.0.0.1", info["pop3s_port"], context=context, timeout=30)
+    return poplib.POP3("127.0.0.1", info["pop3_port"], timeout=30)
+
+
+def fetch_and_delete(info: dict[str, Any], address: str, subject: str, tls: bool = False) -> int:
+    """Wait for ``subject`` in ``address``'s mailbox; return how many copies were there, deleted."""
+    user = account(info, address)
+    deadline = time.monotonic() + ARRIVAL_TIMEOUT
+    while True:
+        session = pop3(info, tls)
+        session.user(address)
+        session.pass_(user["password"])
+        matching = []
+        for number in range(1, len(session.list()[1]) + 1):
+            lines = session.retr(number)[1]
+            if f"Subject: {subject}".encode() in lines:
+                matching.append(number)
+        for number in matching:
+            session.dele(number)
+        session.quit()  # commits the deletions
+        if matching or time.monotonic() > deadline:
+            return len(matching)
+        time.sleep(0.5)
+
+
+def exim(info: dict[str, Any], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [*shlex.split(info["exim"]), *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120, check=False)
+
+
+def subject_for(test: str) -> str:
+    return f"e2e {test} {uuid.uuid4().hex[:8]}"
+
+
+def test_up_prints_the_documented_json(hub: dict[str, Any]) -> None:
+    assert set(hub) == CONTRACT_KEYS
+    roles = sorted(a["role"] for a in hub["accounts"])
+    assert roles == ["domain-admin"] * 2 + ["global-admin"] + ["user"] * 4
+    assert hub["aliases"] == {"team@example.com": ["alice@example.com", "bob@example.com"]}
+    assert hub["catchall"] == {"example.org": ["carol@example.org"]}
+    assert all("address" in a for a in hub["accounts"] if a["role"] != "global-admin")
+    status = json.loads(sandbox_command("status", "--dir", hub["dir"]).stdout)
+    assert status["daemons"] and all(d["running"] for d in status["daemons"].values())
+
+
+def test_alias_with_two_local_targets_and_a_remote_one(hub: dict[str, Any]) -> None:
+    with admin_session(hub) as session:
+        session.add(
+            f"mailAlias=mixed,dc=example.com,{hub['base_dn']}",
+            {
+                "objectClass": ["mailAlias"],
+                "mailAlias": ["mixed"],
+                "dc": ["example.com"],
+                "mailAliasedName": ["alice@example.com", "bob@example.com", "someone@remote.example"],
+            },
+        )
+    subject = subject_for("alias")
+    send(hub, subject, "mixed@example.com")
+    assert fetch_and_delete(hub, "alice@example.com", subject) == 1
+    assert fetch_and_delete(hub, "bob@example.com", subject, tls=True) == 1
+    # The remote child is deferred (closed relay port), so the alias stays queued.
+    assert "mixed@example.com" in exim(hub, "-bp").stdout
+    mainlog = (Path(hub["dir"]) / "exim" / "log" / "mainlog").read_text()
+    assert "== someone@remote.example <mixed@example.com>" in mainlog
+
+
+def test_catchall_only_for_unknown_local_parts(hub: dict[str, Any]) -> None:
+    subject = subject_for("catchall")
+    send(hub, subject, "no-such-user@example.org")
+    assert fetch_and_delete(hub, "carol@example.org", subject) == 1
+    with connect_smtp(hub) as smtp:
+        smtp.mail("sender@client.example")
+        code, _ = smtp.rcpt("no-such-user@example.com")  # example.com has no catch-all
+    assert code == 550
+
+
+def test_full_mailbox_is_refused_at_rcpt_with_452(hub: dict[str, Any]) -> None:
+    subject = subject_for("quota")
+    send(hub, subject, "dave@example.org")
+    mailbox = Path(hub["spool_dir"]) / "dave@example.org"
+    deadline = time.monotonic() + ARRIVAL_TIMEOUT
+    while not (mailbox.exists() and mailbox.stat().st_size > 0) and time.monotonic() < deadline:
+        time.sleep(0.2)  # delivered first: a quota below its size would bounce it (77)
+    dave_dn = account(hub, "dave@example.org")["dn"]
+    with admin_session(hub) as session:
+        session.modify(dave_dn, {"mailQuota": ("replace", ["10"])})  # smaller than what he has
+    try:
+        with connect_smtp(hub) as smtp:
+            smtp.mail("sender@client.example")
+            code, text = smtp.rcpt("dave@example.org")
+        assert code == 452 and b"4.2.2" in text
+    finally:
+        with admin_session(hub) as session:
+            session.modify(dave_dn, {"mailQuota": ("replace", ["10M"])})
+    assert fetch_and_delete(hub, "dave@example.org", subject) == 1
+
+
+def test_ldap_stopped_mid_way_defers_then_delivers(hub: dict[str, Any]) -> None:
+    subject = subject_for("ldap-down")
+    # Accepted into the queue while LDAP is up ...
+    queued = exim(hub, "-odq", "-f", "sender@client.example", "alice@example.com",
+                  stdin=message(subject, "alice@example.com").as_string())
+    assert queued.returncode == 0, queued.stderr
+    assert sandbox_command("ldap", "stop", "--dir", hub["dir"]).returncode == 0
+    try:
+        # ... delivery attempted while it is down: deferred, not bounced, not lost.
+        exim(hub, "-qf")
+        assert "alice@example.com" in exim(hub, "-bp").stdout
+        with connect_smtp(hub) as smtp:
+            smtp.mail("sender@client.example")
+            code, _ = smtp.rcpt("bob@example.com")
+        assert code == 451  # LDAP trouble at SMTP time: temporary, never 5xx
+    finally:
+        assert sandbox_command("ldap", "start", "--dir", hub["dir"]).returncode == 0
+    exim(hub, "-qf")
+    assert fetch_and_delete(hub, "alice@example.com", subject) == 1
+    assert "alice@example.com" not in exim(hub, "-bp").stdout
+
+
+def test_an_interrupted_up_leaves_no_daemon_behind() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="mailrouter-e2e-"))
+    try:
+        process = subprocess.Popen([SANDBOX, "up", "--dir", str(directory)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("starting exim"):
+                break
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=60)
+        assert process.returncode == 1
+        assert "everything started was stopped" in errors
+        marker = str(directory).encode()
+        survivors = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if marker in (entry / "cmdline").read_bytes():
+                        survivors.append(entry.name)
+                except OSError:
+                    pass
+        assert survivors == []
+    finally:
+        subprocess.run(["rm", "-rf", str(directory)], check=False)
+
+
+def test_down_stops_everything_and_removes_the_directory() -> None:
+    done = sandbox_command("up")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    daemons = json.loads(sandbox_command("status", "--dir", info["dir"]).stdout)["daemons"]
+    pids = [daemon["pid"] for daemon in daemons.values()]
+    assert sandbox_command("down", "--dir", info["dir"]).returncode == 0
+    assert not os.path.exists(info["dir"])
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
