@@ -434,6 +434,7 @@ def connection_help(info: dict[str, Any]) -> str:
             f" (STARTTLS)  SMTPS :{info['smtps_port']}",
             f"  POP3        127.0.0.1:{info['pop3_port']}  POP3S :{info['pop3s_port']}",
             f"  CA          {info['ca_cert']}",
+            f"  accounts    {Path(info['dir']) / STATE_FILE} (passwords; mode 0600)",
             f"  exim        {info['exim']} -bt alice@example.com",
             f"  stop        mailrouter-sandbox down --dir {shlex.quote(info['dir'])}",
         ]
@@ -476,7 +477,6 @@ def main(argv: list[str]) -> int:
     if args.command == "up":
         print(json.dumps(info))
         return 0
-    log(connection_help(info))
     ok = run_demo(info, log)
     log(connection_help(info))
     return 0 if ok else 1
