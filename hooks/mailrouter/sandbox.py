@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import grp
 import json
 import os
 import poplib
@@ -70,6 +71,8 @@ from pathlib import Path
 from typing import Any
 
 from mailrouter import demo, tls
+from mailrouter.exim_testbed import Exim, write_service_config
+from mailrouter.popa3d_testbed import Popa3d
 from mailrouter.testbed import Slapd, free_port, project_root
 
 STATE_FILE = "sandbox.json"
@@ -179,40 +182,8 @@ def sweep(directory: Path) -> None:
 
 # -- bringing it up -----------------------------------------------------------
 def _group_readable(path: Path, group: str) -> None:
-    os.chown(path, 0, _gid(group))
+    os.chown(path, 0, grp.getgrnam(group).gr_gid)
     path.chmod(0o640)
-
-
-def _gid(group: str) -> int:
-    import grp
-
-    return grp.getgrnam(group).gr_gid
-
-
-def write_config(directory: Path, data: demo.DemoDirectory, ldap_uri: str, spool: Path) -> Path:
-    secret = directory / "ldap.secret"
-    secret.write_text(data.account("service").password + "\n", encoding="utf-8")
-    # Exim's SMTP-time lookups run as Debian-exim; deliveries as "mail" need no secret.
-    _group_readable(secret, EXIM_GROUP)
-    config = directory / "mailrouter.toml"
-    config.write_text(
-        "# mailrouter sandbox configuration (see hooks/mailrouter/config.py)\n"
-        "[ldap]\n"
-        f'uris = ["{ldap_uri}"]\n'
-        f'base_dn = "{data.base_dn}"\n'
-        f'bind_dn = "{data.account("service").dn}"\n'
-        f'bind_password_file = "{secret}"\n'
-        "connect_timeout = 2.0\n"
-        "operation_timeout = 3.0\n"
-        "\n[spool]\n"
-        f'mbox_template = "{spool}/{{local}}@{{domain}}"\n'
-        'storage_user = "mail"\n'
-        "\n[auth]\n"
-        f'auth_socket = "{directory / "auth.sock"}"\n',
-        encoding="utf-8",
-    )
-    config.chmod(0o644)
-    return config
 
 
 def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> dict[str, Any]:
@@ -233,7 +204,19 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     slapd.start()
     assert slapd.process is not None
     sandbox.record("slapd", slapd.process.pid)
-    config = write_config(directory, data, slapd.uri, spool)
+    service = data.account("service")
+    # The secret is 0640 root:Debian-exim (SMTP-time lookups); deliveries run as
+    # "mail", which never needs it.
+    config = write_service_config(
+        directory / "mailrouter.toml",
+        uris=[slapd.uri],
+        base_dn=data.base_dn,
+        bind_dn=service.dn,
+        password=service.password,
+        mbox_template=f"{spool}/{{local}}@{{domain}}",
+        auth_socket=str(directory / "auth.sock"),
+        operation_timeout=3.0,
+    )
 
     components = start_services(directory, sandbox, config, certificates, log)
 
@@ -261,9 +244,6 @@ def start_services(
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Start the auth socket, Exim and popa3d; return their part of the JSON."""
-    from mailrouter.exim_testbed import Exim
-    from mailrouter.popa3d_testbed import Popa3d
-
     root = project_root()
     bin_dir = str(Path(sys.executable).parent)
     socket_path = directory / "auth.sock"
