@@ -37,14 +37,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-import tomllib
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from mailrouter import auth, names, passwords
-from mailrouter.config import DEFAULT_CONFIG_PATH, Config, parse
-from mailrouter.directory import Directory, change_own_password
-from mailrouter.errors import ConfigError, InvalidName, NotAllowed, TemporaryFailure
+from mailrouter.config import Config, load
+from mailrouter.directory import MODIFY_REPLACE, Directory, LdapRefused, Session
+from mailrouter.errors import InvalidName, TemporaryFailure
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -56,23 +54,6 @@ MIN_PASSWORD_LENGTH = 8
 
 class Misuse(Exception):
     pass
-
-
-def load_without_service_account(path: str | None) -> Config:
-    """The configuration minus the service bind, which a user cannot read."""
-    config_path = Path(path or DEFAULT_CONFIG_PATH)
-    try:
-        with config_path.open("rb") as handle:
-            data: dict[str, Any] = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {config_path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config_path}: {exc}") from exc
-    ldap = data.get("ldap")
-    if isinstance(ldap, dict):
-        ldap.pop("bind_dn", None)
-        ldap.pop("bind_password_file", None)
-    return parse(data, base=config_path.parent, path=str(config_path))
 
 
 def _read_secret_line(source: str, stdin: TextIO) -> str:
@@ -110,12 +91,14 @@ def change_password(config: Config, login: str, old: str, new: str) -> int:
     new_hash = passwords.hash_password(new, config.auth.password_scheme)
     dn = Directory(config.ldap).user_dn(local, domain)
     try:
-        changed = change_own_password(config.ldap, dn, old, new_hash)
-    except NotAllowed:
+        # Bound as the user: only the ACL's "by self =wx" lets this through.
+        with Session(config.ldap, dn, old) as session:
+            session.modify(dn, {"userPassword": (MODIFY_REPLACE, [new_hash])})
+    except LdapRefused:  # 49: wrong old password or unknown user; 50: not allowed
         return EXIT_REFUSED
     except TemporaryFailure:
         return EXIT_TEMPORARY
-    return EXIT_OK if changed else EXIT_REFUSED
+    return EXIT_OK
 
 
 def main(argv: list[str], stdin: TextIO | None = None) -> int:
@@ -130,7 +113,7 @@ def main(argv: list[str], stdin: TextIO | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (argparse said why)
         return EXIT_OK if exc.code == 0 else EXIT_MISUSE
     try:
-        config = load_without_service_account(args.config)
+        config = load(args.config)  # never reads the service secret: it only binds as the user
     except TemporaryFailure as exc:
         print(f"mailrouter-passwd: {exc}", file=sys.stderr)
         return EXIT_TEMPORARY
