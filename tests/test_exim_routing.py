@@ -8,6 +8,11 @@ private slapd loaded from the project's ldap/ files plus the entries below.
 ``exim -bh`` runs a real SMTP session through the ACLs and routers (verify)
 without queueing anything.  Remote addresses are routed to a closed loopback
 port (MAILROUTER_RELAY_HOST), so nothing can leave the machine.
+
+Every case runs twice, once per way the config asks LDAP
+(``MAILROUTER_LOOKUP_VIA``): ``run`` (the ``mailrouter-lookup`` hook per
+lookup) and ``socket`` (``${readsocket}`` to a real ``mailrouter-lookupd``
+started by the fixture): the two must give identical outcomes.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ import grp
 import os
 import re
 import shutil
+import signal
 import smtplib
 import socketserver
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +57,7 @@ RELAY_CLIENT = "127.0.0.1"  # host_accept_relay in ldap/seed.ldif
 BLACKLISTED_CLIENT = "192.0.2.66"  # blacklisted_hosts in ldap/seed.ldif
 LONG_LOCAL = "l" * 64
 MARKER_NAME = "mailrouter-pwned"
+LOOKUPD = [sys.executable, "-m", "mailrouter.lookupd"]
 
 
 def _user(local: str, domain: str, **kwargs: object) -> entries.Entry:
@@ -111,6 +120,8 @@ class World:
     spool: Path
     marker: Path
     admin_secret: Path
+    via: str  # MAILROUTER_LOOKUP_VIA: run | socket
+    lookupd: subprocess.Popen[bytes] | None = None
 
     # -- Exim -----------------------------------------------------------------
     def route(self, *addresses: str) -> Result:
@@ -154,12 +165,46 @@ def routed(result: Result, address: str, router: str = "users") -> bool:
     return re.search(pattern, result.stdout + "\n") is not None
 
 
-@pytest.fixture(scope="module")
-def world(demo_data: demo.DemoDirectory) -> Iterator[World]:
+def start_lookupd(config: Path, sock: Path) -> subprocess.Popen[bytes]:
+    """The real mailrouter-lookupd on ``sock`` (group Debian-exim, 0660), its own session."""
+    process = subprocess.Popen(
+        [*LOOKUPD, "--config", str(config), "--socket", str(sock), "--workers", "2"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 15
+    while not sock.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise RuntimeError(f"mailrouter-lookupd did not start (rc {process.poll()})")
+        time.sleep(0.02)
+    return process
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process's own session (lookupd and its workers), by its id."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="module", params=["run", "socket"])
+def world(request: pytest.FixtureRequest, demo_data: demo.DemoDirectory) -> Iterator[World]:
+    via: str = request.param
     # Not pytest's tmp_path: /tmp/pytest-of-root is 0700 and the hooks run as Debian-exim.
-    workdir = Path(tempfile.mkdtemp(prefix="mailrouter-exim-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"mailrouter-exim-{via}-"))
     slapd: Slapd | None = None
     exim: Exim | None = None
+    lookupd: subprocess.Popen[bytes] | None = None
     try:
         workdir.chmod(0o755)
         marker = workdir / MARKER_NAME
@@ -184,6 +229,9 @@ def world(demo_data: demo.DemoDirectory) -> Iterator[World]:
         admin_secret = write_private(
             workdir / "admin.secret", demo_data.account("global-admin").password, group="root", mode=0o600
         )
+        lookup_socket = workdir / "lookup.sock"
+        if via == "socket":
+            lookupd = start_lookupd(config, lookup_socket)
         exim = Exim(
             workdir / "exim",
             ROOT / "exim" / "mailrouter.conf",
@@ -195,12 +243,16 @@ def world(demo_data: demo.DemoDirectory) -> Iterator[World]:
                 "MAILROUTER_TLS_CERT": str(workdir / "absent.crt"),
                 "MAILROUTER_TLS_KEY": str(workdir / "absent.key"),
                 "MAILROUTER_AUTH_SOCKET": str(workdir / "absent.sock"),
+                "MAILROUTER_LOOKUP_VIA": via,
+                "MAILROUTER_LOOKUP_SOCKET": str(lookup_socket),
             },
         ).prepare()
-        yield World(workdir, slapd, exim, demo_data, spool, marker, admin_secret)
+        yield World(workdir, slapd, exim, demo_data, spool, marker, admin_secret, via, lookupd)
     finally:
         if exim is not None:
             exim.close()
+        if lookupd is not None:
+            stop_process(lookupd)
         if slapd is not None:
             slapd.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -518,6 +570,90 @@ def test_ldap_frozen_gives_451(world: World) -> None:
     finally:
         world.slapd.thaw()
     assert world.smtp(["alice@example.com"]) == ["250 Accepted"]
+
+
+# -- the switch between ${run} and ${readsocket} --------------------------------------------
+
+def variant(world: World, name: str, **macros: str) -> Exim:
+    """Another Exim on the world's config with some macros changed (in its wrapper
+    file: Exim's -D handling breaks on these names when -bh re-executes Exim)."""
+    private = {"MAILROUTER_SPOOL_DIRECTORY", "MAILROUTER_LOG_FILE_PATH", "MAILROUTER_PID_FILE_PATH"}
+    base = {key: value for key, value in world.exim.macros.items() if key not in private}
+    return Exim(world.workdir / f"exim-{name}", world.exim.config_file, {**base, **macros}).prepare()
+
+
+def rcpt_replies(exim: Exim, rcpt: str) -> list[str]:
+    """RCPT reply of one ``exim -bh`` session from CLIENT."""
+    lines = ["EHLO client.example", "MAIL FROM:<someone@remote.example>", f"RCPT TO:<{rcpt}>", "QUIT"]
+    result = exim.host_test(lines, client_ip=CLIENT)
+    replies = [line for line in result.stdout.splitlines() if re.match(r"\d{3} ", line)]
+    assert replies and replies[0].startswith("220") and replies[-1].startswith("221"), result.output
+    return replies[3:-1]
+
+
+def test_the_switch_selects_the_way_lookups_are_made(world: World) -> None:
+    # Without the hook executables, only the socket way can still answer.
+    result = variant(world, "nobin", MAILROUTER_BIN="/nonexistent").address_test("alice@example.com")
+    if world.via == "socket":
+        assert result.returncode == 0, result.output
+        assert routed(result, "alice@example.com")
+    else:
+        assert result.returncode == 1, result.output
+        assert "cannot be resolved at this time" in result.stdout
+
+
+def test_unknown_switch_value_defers_everything(world: World) -> None:
+    exim = variant(world, "typo", MAILROUTER_LOOKUP_VIA="sockets")
+    result = exim.address_test("alice@example.com", "whoever@example.org")
+    assert result.returncode == 1, result.output
+    assert "undeliverable" not in result.stdout
+    assert [r[:4] for r in rcpt_replies(exim, "alice@example.com")] == ["451 "]
+
+
+class OddLookupd:
+    """A socket that answers every request with one fixed reply (not mailrouter-lookupd)."""
+
+    def __init__(self, path: Path, answer: bytes) -> None:
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                self.rfile.readline(4096)
+                self.wfile.write(answer)
+
+        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        path.chmod(0o666)  # Exim's SMTP processes run as Debian-exim
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("answer", [b"", b"MAYBE\n", b"OK\n", b"NO such thing\n", b"TEMP\n"])
+def test_socket_trouble_or_unexpected_reply_defers(world: World, answer: bytes) -> None:
+    if world.via != "socket":
+        pytest.skip("socket replies: the socket way only")
+    path = world.workdir / "odd.sock"
+    odd = OddLookupd(path, answer)
+    try:
+        exim = variant(world, "odd", MAILROUTER_LOOKUP_SOCKET=str(path))
+        result = exim.address_test("alice@example.com", "nobody@example.com")
+        assert result.returncode == 1, result.output
+        assert "undeliverable" not in result.stdout and "router = " not in result.stdout
+        assert [r[:4] for r in rcpt_replies(exim, "alice@example.com")] == ["451 "]
+    finally:
+        odd.close()
+        path.unlink()
+
+
+def test_lookup_server_down_defers(world: World) -> None:
+    if world.via != "socket":
+        pytest.skip("a missing lookup socket: the socket way only")
+    exim = variant(world, "nosocket", MAILROUTER_LOOKUP_SOCKET=str(world.workdir / "no-such.sock"))
+    result = exim.address_test("alice@example.com", "team@example.com")
+    assert result.returncode == 1, result.output
+    assert "undeliverable" not in result.stdout
+    assert [r[:4] for r in rcpt_replies(exim, "nobody@example.com")] == ["451 "]
 
 
 # -- SMTP AUTH over TLS, against the running daemon ------------------------------------------

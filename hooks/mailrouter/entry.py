@@ -69,6 +69,10 @@ def authd() -> int:
     return _guarded("mailrouter.authd", EX_TEMPFAIL, silence_stderr=False)
 
 
+def lookupd() -> int:
+    return _guarded("mailrouter.lookupd", EX_TEMPFAIL, silence_stderr=False)
+
+
 def admin() -> int:
     from mailrouter.admin import main  # an admin wants to see a traceback
 

@@ -36,6 +36,7 @@ Logging is one line per event on stderr (the journal under systemd), through
 
 from __future__ import annotations
 
+import gc
 import grp
 import os
 import pwd
@@ -290,6 +291,10 @@ def _serve_preforked(
     children: set[int] = set()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # Everything the parent loaded moves to the GC's permanent generation, so
+    # the workers' collections do not touch (and copy-on-write) those pages.
+    gc.collect()
+    gc.freeze()
     try:
         while True:
             while len(children) < workers:
