@@ -9,7 +9,8 @@ SYNOPSIS
 
 up
     In DIR (default: a new directory under /tmp) starts slapd with the project's
-    schema, ACLs and seed plus demo data; the mailrouter auth socket; the Exim
+    schema, ACLs and seed plus demo data; the auth and lookup sockets
+    (mailrouter-authd, mailrouter-lookupd: Exim uses the socket fast path); the Exim
     daemon with the project's exim/ config (SMTP, submission with STARTTLS, SMTPS);
     popa3d for POP3 (socat) and POP3S (stunnel) with the project's PAM config --
     all on free loopback ports, with a throwaway CA.  Demo data: example.com and
@@ -236,6 +237,23 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     }
 
 
+def start_socket_server(
+    sandbox: Sandbox, name: str, directory: Path, argv: list[str], socket_path: Path
+) -> None:
+    """Start one of our socket servers in its own session; wait for its socket."""
+    log_path = directory / f"{name}.log"
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+        )
+    sandbox.record(name, process.pid)
+    deadline = time.monotonic() + 10
+    while not socket_path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"mailrouter-{name} did not start: " + log_path.read_text())
+        time.sleep(0.02)
+
+
 def start_services(
     directory: Path,
     sandbox: Sandbox,
@@ -248,20 +266,19 @@ def start_services(
     bin_dir = str(Path(sys.executable).parent)
     socket_path = directory / "auth.sock"
     log("starting mailrouter-authd")
-    with (directory / "authd.log").open("ab") as authd_log:
-        authd = subprocess.Popen(
-            [f"{bin_dir}/mailrouter-authd", "--config", str(config), "--socket", str(socket_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=authd_log,
-            stderr=authd_log,
-            start_new_session=True,
-        )
-    sandbox.record("authd", authd.pid)
-    deadline = time.monotonic() + 10
-    while not socket_path.exists():
-        if authd.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("mailrouter-authd did not start: " + (directory / "authd.log").read_text())
-        time.sleep(0.02)
+    start_socket_server(
+        sandbox, "authd", directory,
+        [f"{bin_dir}/mailrouter-authd", "--config", str(config), "--socket", str(socket_path)],
+        socket_path,
+    )
+
+    lookup_socket = directory / "lookup.sock"
+    log("starting mailrouter-lookupd (the socket fast path for Exim's lookups)")
+    start_socket_server(
+        sandbox, "lookupd", directory,
+        [f"{bin_dir}/mailrouter-lookupd", "--config", str(config), "--socket", str(lookup_socket)],
+        lookup_socket,
+    )
 
     smtp_port, submission_port, smtps_port = free_port(), free_port(), free_port()
     exim = Exim(
@@ -271,6 +288,8 @@ def start_services(
             "MAILROUTER_BIN": bin_dir,
             "MAILROUTER_CONFIG": str(config),
             "MAILROUTER_AUTH_SOCKET": str(socket_path),
+            "MAILROUTER_LOOKUP_VIA": "socket",
+            "MAILROUTER_LOOKUP_SOCKET": str(lookup_socket),
             "MAILROUTER_TLS_CERT": str(certificates.cert),
             "MAILROUTER_TLS_KEY": str(certificates.key),
             "MAILROUTER_SMTP_PORTS": f"{smtp_port} : {submission_port} : {smtps_port}",
