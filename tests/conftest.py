@@ -66,3 +66,19 @@ def service_config(slapd: Slapd, data: demo.DemoDirectory, **overrides: object) 
 def directory(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Directory]:
     with Directory(service_config(slapd, demo_data)) as handle:
         yield handle
+
+
+def hook_config(path: Path, slapd: Slapd, data: demo.DemoDirectory, spool: Path, **kwargs: object) -> Path:
+    """A mailrouter.toml for the hooks (service account of ``data``, mbox spool ``spool``)."""
+    from mailrouter.exim_testbed import write_service_config
+
+    service = data.account("service")
+    return write_service_config(
+        path,
+        uris=[slapd.uri],
+        base_dn=data.base_dn,
+        bind_dn=service.dn,
+        password=service.password,
+        mbox_template=f"{spool}/{{local}}@{{domain}}",
+        **kwargs,  # type: ignore[arg-type]
+    )

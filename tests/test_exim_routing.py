@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, needs_root, start_slapd
+from conftest import ROOT, hook_config, needs_root, start_slapd
 from mailrouter import demo, entries, passwords
 from mailrouter.exim_testbed import (
     EXIM_USER,
@@ -45,7 +45,6 @@ from mailrouter.exim_testbed import (
     Result,
     make_readable_dir,
     write_private,
-    write_service_config,
 )
 from mailrouter.testbed import Slapd, free_port
 
@@ -215,15 +214,7 @@ def world(request: pytest.FixtureRequest, demo_data: demo.DemoDirectory) -> Iter
         spool.mkdir()
         os.chown(spool, 0, grp.getgrnam("mail").gr_gid)
         spool.chmod(0o775)
-        service = demo_data.account("service")
-        config = write_service_config(
-            workdir / "mailrouter.toml",
-            uris=[slapd.uri],
-            base_dn=BASE,
-            bind_dn=service.dn,
-            password=service.password,
-            mbox_template=f"{spool}/{{local}}@{{domain}}",
-        )
+        config = hook_config(workdir / "mailrouter.toml", slapd, demo_data, spool)
         # fulluser's mailbox already holds 2 KiB against a 1K quota.
         (spool / "fulluser@example.com").write_bytes(b"x" * 2048)
         admin_secret = write_private(

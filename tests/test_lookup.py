@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_root, start_slapd
+from conftest import hook_config, needs_root, start_slapd
 from mailrouter import demo, entries, passwords, routing
 from mailrouter.exim_testbed import EXIM_USER, make_readable_dir, write_private, write_service_config
 from mailrouter.testbed import Slapd
@@ -118,15 +118,7 @@ def setup(demo_data: demo.DemoDirectory) -> Iterator[Setup]:
         slapd = start_slapd(workdir / "slapd", demo_data, entries.to_ldif(extra_entries()))
         spool = make_readable_dir(workdir / "mail")
         (spool / "fulluser@example.com").write_bytes(b"x" * 2048)
-        service = demo_data.account("service")
-        config = write_service_config(
-            workdir / "mailrouter.toml",
-            uris=[slapd.uri],
-            base_dn=BASE,
-            bind_dn=service.dn,
-            password=service.password,
-            mbox_template=f"{spool}/{{local}}@{{domain}}",
-        )
+        config = hook_config(workdir / "mailrouter.toml", slapd, demo_data, spool)
         yield Setup(workdir, slapd, config, spool)
     finally:
         if slapd is not None:
@@ -228,15 +220,8 @@ def test_sender_ownership(setup: Setup) -> None:
 
 
 def test_sender_ownership_can_be_switched_off(setup: Setup, demo_data: demo.DemoDirectory) -> None:
-    service = demo_data.account("service")
-    relaxed = write_service_config(
-        setup.workdir / "relaxed.toml",
-        uris=[setup.slapd.uri],
-        base_dn=BASE,
-        bind_dn=service.dn,
-        password=service.password,
-        mbox_template=f"{setup.spool}/{{local}}@{{domain}}",
-        sender_ownership=False,
+    relaxed = hook_config(
+        setup.workdir / "relaxed.toml", setup.slapd, demo_data, setup.spool, sender_ownership=False
     )
     assert setup.run("sender-owner", "bob@example.com", "alice@example.com", config=relaxed) == (
         0,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_root, start_slapd
+from conftest import hook_config, needs_root, start_slapd
 from mailrouter import demo, entries
 from mailrouter.exim_testbed import EXIM_USER, make_readable_dir, write_service_config
 from mailrouter.testbed import Slapd, free_port
@@ -124,15 +124,7 @@ def setup(demo_data: demo.DemoDirectory) -> Iterator[Setup]:
         slapd = start_slapd(workdir / "slapd", demo_data, entries.to_ldif(extra_entries()))
         spool = make_readable_dir(workdir / "mail")
         (spool / "fulluser@example.com").write_bytes(b"x" * 2048)
-        service = demo_data.account("service")
-        config = write_service_config(
-            workdir / "mailrouter.toml",
-            uris=[slapd.uri],
-            base_dn=BASE,
-            bind_dn=service.dn,
-            password=service.password,
-            mbox_template=f"{spool}/{{local}}@{{domain}}",
-        )
+        config = hook_config(workdir / "mailrouter.toml", slapd, demo_data, spool)
         lookupd = Lookupd(config, workdir / "lookup.sock", "--workers", "2")
         yield Setup(workdir, slapd, config, lookupd)
     finally:

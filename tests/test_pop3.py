@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, needs_root
+from conftest import ROOT, hook_config, needs_root
 from mailrouter import demo
 from mailrouter.popa3d_testbed import Popa3d
 from mailrouter.testbed import Slapd, free_port
@@ -183,7 +183,7 @@ def test_reads_mail_delivered_by_real_exim(slapd: Slapd, demo_data: demo.DemoDir
     """End to end with the shipped exim/ config: Exim routes and delivers (the
     project's lookup and delivery hooks) into the spool that popa3d serves as
     /var/mail; POP3S then returns the message."""
-    from mailrouter.exim_testbed import Exim, write_service_config
+    from mailrouter.exim_testbed import Exim
 
     # Not pytest's tmp dir (0700): the hooks run as Debian-exim and as mail.
     workdir = Path(tempfile.mkdtemp(prefix="mailrouter-pop3-exim-"))
@@ -195,15 +195,7 @@ def test_reads_mail_delivered_by_real_exim(slapd: Slapd, demo_data: demo.DemoDir
         spool.mkdir()
         os.chown(spool, 0, MAIL_GID)
         spool.chmod(0o2775)
-        service = demo_data.account("service")
-        conf = write_service_config(
-            workdir / "mailrouter.toml",
-            uris=[slapd.uri],
-            base_dn=demo_data.base_dn,
-            bind_dn=service.dn,
-            password=service.password,
-            mbox_template=f"{spool}/{{local}}@{{domain}}",
-        )
+        conf = hook_config(workdir / "mailrouter.toml", slapd, demo_data, spool)
         exim = Exim(
             workdir / "exim",
             ROOT / "exim" / "mailrouter.conf",
