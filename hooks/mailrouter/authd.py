@@ -119,10 +119,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mailrouter-authd")
     parser.add_argument("--config", default=None)
     parser.add_argument("--socket", default=None, help="default: auth.auth_socket")
-    parser.add_argument("--group", default=sockserver.DEFAULT_GROUP)
-    parser.add_argument("--allow-user", action="append", default=None)
-    parser.add_argument("--max-children", type=int, default=sockserver.DEFAULT_MAX_CHILDREN)
-    parser.add_argument("--request-timeout", type=int, default=sockserver.DEFAULT_REQUEST_TIMEOUT)
+    sockserver.add_server_arguments(parser)
     args = parser.parse_args(argv)
     try:
         config = load(args.config)
@@ -130,16 +127,7 @@ def main(argv: list[str]) -> int:
     except (TemporaryFailure, OSError) as exc:
         sockserver.log(f"authd: cannot start: {exc}")
         return EXIT_TEMPORARY
-    users = args.allow_user if args.allow_user is not None else [sockserver.DEFAULT_ALLOWED_USER]
-    sockserver.log(f"authd: listening on {server.getsockname()!r}")
     # Fork per connection (workers=0): each request gets a fresh child with its
     # own LDAP connection and binds; a frozen LDAP blocks only that child.
-    sockserver.serve(
-        server,
-        lambda connection: handle(config, connection),
-        sockserver.allowed_uids(users),
-        name="authd",
-        max_children=args.max_children,
-        request_timeout=args.request_timeout,
-    )
+    sockserver.run("authd", server, lambda connection: handle(config, connection), args)
     return EXIT_OK

@@ -142,12 +142,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mailrouter-lookupd")
     parser.add_argument("--config", default=config_module.DEFAULT_CONFIG_PATH)
     parser.add_argument("--socket", default=None, help="default: the socket systemd passed")
-    parser.add_argument("--group", default=sockserver.DEFAULT_GROUP)
-    parser.add_argument("--allow-user", action="append", default=None)
+    sockserver.add_server_arguments(parser)
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     parser.add_argument("--max-requests", type=int, default=sockserver.DEFAULT_MAX_REQUESTS)
-    parser.add_argument("--max-children", type=int, default=sockserver.DEFAULT_MAX_CHILDREN)
-    parser.add_argument("--request-timeout", type=int, default=sockserver.DEFAULT_REQUEST_TIMEOUT)
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.config)
@@ -159,15 +156,11 @@ def main(argv: list[str]) -> int:
     except (MailrouterError, OSError, ImportError) as exc:
         sockserver.log(f"lookupd: cannot start: {exc}")
         return EXIT_TEMPORARY
-    users = args.allow_user if args.allow_user is not None else [sockserver.DEFAULT_ALLOWED_USER]
-    sockserver.log(f"lookupd: listening on {server.getsockname()!r}")
-    sockserver.serve(
+    sockserver.run(
+        "lookupd",
         server,
         lambda connection: handle(config, connection),
-        sockserver.allowed_uids(users),
-        name="lookupd",
-        max_children=args.max_children,
-        request_timeout=args.request_timeout,
+        args,
         workers=args.workers,
         max_requests=args.max_requests,
     )

@@ -36,6 +36,7 @@ Logging is one line per event on stderr (the journal under systemd), through
 
 from __future__ import annotations
 
+import argparse
 import gc
 import grp
 import os
@@ -171,6 +172,29 @@ def listening_socket(path: str | None, group: str) -> socket.socket:
 
 class _Stop(Exception):
     pass
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every socket server of ours takes (who may connect, limits)."""
+    parser.add_argument("--group", default=DEFAULT_GROUP)
+    parser.add_argument("--allow-user", action="append", default=None)
+    parser.add_argument("--max-children", type=int, default=DEFAULT_MAX_CHILDREN)
+    parser.add_argument("--request-timeout", type=int, default=DEFAULT_REQUEST_TIMEOUT)
+
+
+def run(name: str, server: socket.socket, handle: Handler, args: argparse.Namespace, **options: int) -> None:
+    """Log, then :func:`serve` with the limits and peers from :func:`add_server_arguments`."""
+    users = args.allow_user if args.allow_user is not None else [DEFAULT_ALLOWED_USER]
+    log(f"{name}: listening on {server.getsockname()!r}")
+    serve(
+        server,
+        handle,
+        allowed_uids(users),
+        name=name,
+        max_children=args.max_children,
+        request_timeout=args.request_timeout,
+        **options,
+    )
 
 
 def _stop(_signum: int, _frame: FrameType | None) -> None:
