@@ -16,7 +16,8 @@ import pytest
 from mailrouter import demo
 from mailrouter.config import LdapConfig
 from mailrouter.directory import Directory
-from mailrouter.testbed import Slapd
+from mailrouter.exim_testbed import Exim, write_service_config
+from mailrouter.testbed import Slapd, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,8 +71,6 @@ def directory(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Directory
 
 def hook_config(path: Path, slapd: Slapd, data: demo.DemoDirectory, spool: Path, **kwargs: object) -> Path:
     """A mailrouter.toml for the hooks (service account of ``data``, mbox spool ``spool``)."""
-    from mailrouter.exim_testbed import write_service_config
-
     service = data.account("service")
     return write_service_config(
         path,
@@ -82,3 +81,21 @@ def hook_config(path: Path, slapd: Slapd, data: demo.DemoDirectory, spool: Path,
         mbox_template=f"{spool}/{{local}}@{{domain}}",
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def hub_exim(workdir: Path, config: Path, **macros: str) -> Exim:
+    """Real Exim with the shipped exim/ config, set up as a test hub.
+
+    Remote mail goes to a closed loopback port (it defers; nothing leaves the
+    machine); TLS and the auth socket are absent unless ``macros`` name them.
+    """
+    defaults = {
+        "MAILROUTER_CONFIG": str(config),
+        "MAILROUTER_HOSTNAME": "hub.example.net",
+        "MAILROUTER_RELAY_HOST": "127.0.0.1",
+        "MAILROUTER_RELAY_PORT": str(free_port()),
+        "MAILROUTER_TLS_CERT": str(workdir / "absent.crt"),
+        "MAILROUTER_TLS_KEY": str(workdir / "absent.key"),
+        "MAILROUTER_AUTH_SOCKET": str(workdir / "absent.sock"),
+    }
+    return Exim(workdir / "exim", ROOT / "exim" / "mailrouter.conf", {**defaults, **macros})

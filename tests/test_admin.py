@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, service_config, start_slapd
+from conftest import ROOT, hook_config, hub_exim, service_config, start_slapd
 from mailrouter import admin, demo
 from mailrouter.directory import Directory, Session
 from mailrouter.testbed import Slapd, free_port
@@ -628,11 +628,7 @@ def test_test_address_with_exim_bt(hub: Hub) -> None:
     from mailrouter import exim_testbed
 
     workdir = exim_testbed.make_readable_dir(hub.workdir / "exim-conf")
-    conf = exim_testbed.write_service_config(
-        workdir / "mailrouter.toml", uris=[hub.slapd.uri], base_dn=BASE,
-        bind_dn=hub.who("service").dn, password=hub.who("service").password,
-        mbox_template=str(hub.workdir / "mail" / "{local}@{domain}"),
-    )
+    conf = hook_config(workdir / "mailrouter.toml", hub.slapd, hub.data, hub.workdir / "mail")
     result = hub.run(None, "--json", "test", "address", "team@example.com", "--exim",
                      "--mailrouter-bin", "/opt/mailrouter/venv/bin", config=conf)
     assert result.rc == 0, result
@@ -654,7 +650,7 @@ def running(hub: Hub) -> Iterator[Running]:
     """Exim (project config) and popa3d (project PAM config) on free loopback ports."""
     if os.geteuid() != 0:
         pytest.skip("needs root (Exim and popa3d)")
-    from mailrouter.exim_testbed import Exim, make_readable_dir, write_service_config
+    from mailrouter.exim_testbed import Exim, make_readable_dir
     from mailrouter.popa3d_testbed import Popa3d
 
     # Not pytest's tmp_path (0700): the hooks run as Debian-exim.
@@ -664,20 +660,8 @@ def running(hub: Hub) -> Iterator[Running]:
     try:
         workdir.chmod(0o755)
         spool = make_readable_dir(workdir / "mail")
-        service = hub.who("service")
-        conf = write_service_config(
-            workdir / "mailrouter.toml", uris=[hub.slapd.uri], base_dn=BASE, bind_dn=service.dn,
-            password=service.password, mbox_template=f"{spool}/{{local}}@{{domain}}",
-        )
-        exim = Exim(workdir / "exim", ROOT / "exim" / "mailrouter.conf", {
-            "MAILROUTER_CONFIG": str(conf),
-            "MAILROUTER_HOSTNAME": "hub.example.net",
-            "MAILROUTER_RELAY_HOST": "127.0.0.1",
-            "MAILROUTER_RELAY_PORT": str(free_port()),
-            "MAILROUTER_TLS_CERT": str(workdir / "absent.crt"),
-            "MAILROUTER_TLS_KEY": str(workdir / "absent.key"),
-            "MAILROUTER_AUTH_SOCKET": str(workdir / "absent.sock"),
-        })
+        conf = hook_config(workdir / "mailrouter.toml", hub.slapd, hub.data, spool)
+        exim = hub_exim(workdir, conf)
         (smtp_port,) = exim.start_daemon()
         pop = Popa3d(workdir / "pop", str(conf), root=ROOT, tls=False)
         pop.start()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, start_slapd
+from conftest import hook_config, hub_exim, start_slapd
 from mailrouter import demo
 from mailrouter.testbed import Slapd, free_port
 from test_auth import CASES, alice, make_config, refusal_cases
@@ -290,7 +290,7 @@ def test_systemd_socket_activation(tmp_path: Path, slapd: Slapd, demo_data: demo
 @pytest.fixture
 def exim_with_authd(demo_data: demo.DemoDirectory) -> Iterator[tuple[int, Slapd, Authd]]:
     """Exim's submission port with STARTTLS + AUTH, asking the real mailrouter-authd."""
-    from mailrouter.exim_testbed import EXIM_USER, Exim, make_readable_dir, write_service_config
+    from mailrouter.exim_testbed import EXIM_USER, Exim, make_readable_dir
 
     # Not pytest's tmp dir (0700): Exim's SMTP processes (Debian-exim) connect to the socket.
     workdir = Path(tempfile.mkdtemp(prefix="mailrouter-authd-exim-"))
@@ -300,16 +300,9 @@ def exim_with_authd(demo_data: demo.DemoDirectory) -> Iterator[tuple[int, Slapd,
     try:
         workdir.chmod(0o755)
         slow = start_slapd(workdir / "slapd", demo_data)
-        service = demo_data.account("service")
-        conf = write_service_config(
-            workdir / "mailrouter.toml",
-            uris=[slow.uri],
-            base_dn=demo_data.base_dn,
-            bind_dn=service.dn,
-            password=service.password,
-            mbox_template=f"{workdir}/mail/{{local}}@{{domain}}",
-            connect_timeout=3.0,
-            operation_timeout=3.0,
+        conf = hook_config(
+            workdir / "mailrouter.toml", slow, demo_data, workdir / "mail",
+            connect_timeout=3.0, operation_timeout=3.0,
         )
         authd_dir = workdir / "authd"
         authd_dir.mkdir(mode=0o755)
@@ -325,18 +318,12 @@ def exim_with_authd(demo_data: demo.DemoDirectory) -> Iterator[tuple[int, Slapd,
         key.chmod(0o640)
         cert.chmod(0o644)
         port = free_port()
-        exim = Exim(
-            workdir / "exim",
-            ROOT / "exim" / "mailrouter.conf",
-            {
-                "MAILROUTER_CONFIG": str(conf),
-                "MAILROUTER_HOSTNAME": "hub.example.net",
-                "MAILROUTER_RELAY_HOST": "127.0.0.1",
-                "MAILROUTER_RELAY_PORT": str(free_port()),
-                "MAILROUTER_TLS_CERT": str(cert),
-                "MAILROUTER_TLS_KEY": str(key),
-                "MAILROUTER_AUTH_SOCKET": str(server.socket_path),
-            },
+        exim = hub_exim(
+            workdir,
+            conf,
+            MAILROUTER_TLS_CERT=str(cert),
+            MAILROUTER_TLS_KEY=str(key),
+            MAILROUTER_AUTH_SOCKET=str(server.socket_path),
         )
         exim.start_daemon([port])
         yield port, slow, server

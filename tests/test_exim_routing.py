@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hook_config, needs_root, start_slapd
+from conftest import ROOT, hook_config, hub_exim, needs_root, start_slapd
 from mailrouter import demo, entries, passwords
 from mailrouter.exim_testbed import (
     EXIM_USER,
@@ -223,20 +223,11 @@ def world(request: pytest.FixtureRequest, demo_data: demo.DemoDirectory) -> Iter
         lookup_socket = workdir / "lookup.sock"
         if via == "socket":
             lookupd = start_lookupd(config, lookup_socket)
-        exim = Exim(
-            workdir / "exim",
-            ROOT / "exim" / "mailrouter.conf",
-            {
-                "MAILROUTER_CONFIG": str(config),
-                "MAILROUTER_HOSTNAME": "hub.example.net",
-                "MAILROUTER_RELAY_HOST": "127.0.0.1",
-                "MAILROUTER_RELAY_PORT": str(free_port()),  # nobody listens: remote mail defers
-                "MAILROUTER_TLS_CERT": str(workdir / "absent.crt"),
-                "MAILROUTER_TLS_KEY": str(workdir / "absent.key"),
-                "MAILROUTER_AUTH_SOCKET": str(workdir / "absent.sock"),
-                "MAILROUTER_LOOKUP_VIA": via,
-                "MAILROUTER_LOOKUP_SOCKET": str(lookup_socket),
-            },
+        exim = hub_exim(
+            workdir,
+            config,
+            MAILROUTER_LOOKUP_VIA=via,
+            MAILROUTER_LOOKUP_SOCKET=str(lookup_socket),
         ).prepare()
         yield World(workdir, slapd, exim, demo_data, spool, marker, admin_secret, via, lookupd)
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hook_config, needs_root
+from conftest import ROOT, hook_config, hub_exim, needs_root
 from mailrouter import demo
 from mailrouter.popa3d_testbed import Popa3d
 from mailrouter.testbed import Slapd, free_port
@@ -196,19 +196,7 @@ def test_reads_mail_delivered_by_real_exim(slapd: Slapd, demo_data: demo.DemoDir
         os.chown(spool, 0, MAIL_GID)
         spool.chmod(0o2775)
         conf = hook_config(workdir / "mailrouter.toml", slapd, demo_data, spool)
-        exim = Exim(
-            workdir / "exim",
-            ROOT / "exim" / "mailrouter.conf",
-            {
-                "MAILROUTER_CONFIG": str(conf),
-                "MAILROUTER_HOSTNAME": "hub.example.net",
-                "MAILROUTER_RELAY_HOST": "127.0.0.1",
-                "MAILROUTER_RELAY_PORT": str(free_port()),
-                "MAILROUTER_TLS_CERT": str(workdir / "absent.crt"),
-                "MAILROUTER_TLS_KEY": str(workdir / "absent.key"),
-                "MAILROUTER_AUTH_SOCKET": str(workdir / "absent.sock"),
-            },
-        )
+        exim = hub_exim(workdir, conf)
         body = "From: sender@example.net\nTo: carol@example.org\nSubject: via exim\n\nDelivered by Exim.\n"
         result = exim.deliver(body, "carol@example.org", sender="sender@example.net")
         mailbox = spool / "carol@example.org"
