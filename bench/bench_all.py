@@ -26,7 +26,7 @@ so that drift hits both alike, on the same slapd and data:
   real Exim into mbox: the pipe transport running ``mailrouter-deliver`` vs
   Exim's appendfile (bench/bench_delivery.py's MiniExim and ``throughput``).
 * **POP3** -- USER/PASS + STAT + QUIT through real popa3d
-  (mailrouter.popa3d_testbed): the shipped PAM file (pam_exec +
+  (mailrouter.sandbox.popa3d): the shipped PAM file (pam_exec +
   ``mailrouter-pam-auth``, the demo data's argon2 hashes as deployed) vs the
   same popa3d with ``auth required pam_permit.so`` (the floor: no password
   check at all).
@@ -66,10 +66,10 @@ import bench_scale  # noqa: E402
 
 from mailrouter import demo  # noqa: E402
 from mailrouter.config import LdapConfig  # noqa: E402
-from mailrouter.exim_testbed import Exim, write_service_config  # noqa: E402
-from mailrouter.popa3d_testbed import Popa3d  # noqa: E402
-from mailrouter.popa3d_testbed import write_config as write_popa3d_config  # noqa: E402
-from mailrouter.testbed import SLAPD, Slapd, free_port, wait_for_port  # noqa: E402
+from mailrouter.sandbox.exim import Exim, write_service_config  # noqa: E402
+from mailrouter.sandbox.popa3d import Popa3d  # noqa: E402
+from mailrouter.sandbox.popa3d import write_config as write_popa3d_config  # noqa: E402
+from mailrouter.sandbox.slapd import SLAPD, Slapd, free_port, wait_for_port  # noqa: E402
 
 VENV_BIN = "/opt/mailrouter/venv/bin"
 BASE = "o=top"
@@ -100,7 +100,7 @@ def b64(text: str) -> str:
 @contextmanager
 def lookupd(config: Path, sock: Path) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "mailrouter.lookupd", "--config", str(config), "--socket", str(sock)],
+        [sys.executable, "-m", "mailrouter.cmd.lookupd", "--config", str(config), "--socket", str(sock)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )

@@ -10,7 +10,7 @@ cases alike:
 * the whole SMTP AUTH path's server side: a request to a running
   ``mailrouter-authd`` over its Unix socket (fork, LDAP connect, binds, reply),
 * a POP3 login through real popa3d with the shipped PAM file (pam_exec starts
-  ``mailrouter-pam-auth`` per login; ``mailrouter.popa3d_testbed``),
+  ``mailrouter-pam-auth`` per login; ``mailrouter.sandbox.popa3d``),
 
 for: unknown user, wrong password, disabled-looking non-canonical login and the
 right password.  Prints medians and 90th percentiles in milliseconds.
@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hooks"))
 
 from mailrouter import auth, config, demo  # noqa: E402
-from mailrouter.popa3d_testbed import Popa3d, write_config  # noqa: E402
-from mailrouter.testbed import Slapd  # noqa: E402
+from mailrouter.sandbox.popa3d import Popa3d, write_config  # noqa: E402
+from mailrouter.sandbox.slapd import Slapd  # noqa: E402
 
 AUTHD = "/opt/mailrouter/venv/bin/mailrouter-authd"
 

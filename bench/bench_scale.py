@@ -19,10 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mailrouter import demo, entries
+from mailrouter import entries
 from mailrouter.config import LdapConfig
 from mailrouter.directory import Directory
-from mailrouter.testbed import Slapd, project_root
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.slapd import Slapd, project_root
 
 DOMAINS = 10
 

@@ -8,18 +8,22 @@ when not run as root; CI runs as root.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mailrouter import demo
 from mailrouter.config import LdapConfig
 from mailrouter.directory import Directory
-from mailrouter.exim_testbed import Exim, write_service_config
-from mailrouter.testbed import Slapd, free_port
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.exim import Exim, write_service_config
+from mailrouter.sandbox.slapd import Slapd, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+# The installed executables under test: those of the venv running pytest, so a
+# second venv (MAILROUTER_VENV=... bin/install-deps) tests its own install.
+BIN = Path(sys.executable).parent
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 

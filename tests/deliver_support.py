@@ -1,7 +1,7 @@
 """Test support for the delivery hook: spools, configs, and a tiny private Exim.
 
 ``MiniExim`` is deliberately NOT the project's Exim config (that is
-``mailrouter.exim_testbed``, owned elsewhere): it is the smallest standalone
+``mailrouter.sandbox.exim``, owned elsewhere): it is the smallest standalone
 config with two routers -- one to a pipe transport running ``mailrouter-deliver``
 with the options the hook's docstring requires, one to a stock appendfile
 transport -- so tests can compare the two byte for byte and see Exim's real
@@ -21,10 +21,11 @@ import pwd
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-VENV_BIN = "/opt/mailrouter/venv/bin"
+VENV_BIN = str(Path(sys.executable).parent)
 DELIVER = f"{VENV_BIN}/mailrouter-deliver"
 EXIM = "/usr/sbin/exim"
 MAIL_UID = pwd.getpwnam("mail").pw_uid

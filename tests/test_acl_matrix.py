@@ -17,7 +17,7 @@ import pytest
 from ldap3 import BASE, MODIFY_ADD, MODIFY_REPLACE, NONE, Connection, Server
 
 from mailrouter import entries, passwords
-from mailrouter.testbed import Slapd
+from mailrouter.sandbox.slapd import Slapd
 
 BASE_DN = "o=top"
 A, B = "a.example", "b.example"

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, hook_config, hub_exim, service_config, start_slapd
-from mailrouter import admin, demo
+from mailrouter import admin
 from mailrouter.directory import Directory, Session
-from mailrouter.testbed import Slapd, free_port
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.slapd import Slapd, free_port
 
 BASE = "o=top"
 GLOBAL = "global-admin"
@@ -254,7 +256,7 @@ def test_refusal_through_the_bin_wrapper(hub: Hub) -> None:
 
 def test_wrapper_without_a_venv_runs_the_checkout(hub: Hub, tmp_path: Path) -> None:
     env = {**os.environ, "MAILROUTER_VENV": str(tmp_path / "no-venv"),
-           "PYTHON": "/opt/mailrouter/venv/bin/python"}
+           "PYTHON": sys.executable}
     done = subprocess.run([str(ROOT / "bin" / "mailrouter-admin"), "--help"], capture_output=True,
                           text=True, timeout=60, check=False, env=env)
     assert done.returncode == 0, done
@@ -625,12 +627,12 @@ def test_test_auth(hub: Hub) -> None:
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/exim4").exists(), reason="needs root and Exim")
 def test_test_address_with_exim_bt(hub: Hub) -> None:
     # The hooks run as Debian-exim for some lookups: give it a config it can read.
-    from mailrouter import exim_testbed
+    from mailrouter.sandbox import exim as exim_testbed
 
     workdir = exim_testbed.make_readable_dir(hub.workdir / "exim-conf")
     conf = hook_config(workdir / "mailrouter.toml", hub.slapd, hub.data, hub.workdir / "mail")
     result = hub.run(None, "--json", "test", "address", "team@example.com", "--exim",
-                     "--mailrouter-bin", "/opt/mailrouter/venv/bin", config=conf)
+                     "--mailrouter-bin", str(Path(sys.executable).parent), config=conf)
     assert result.rc == 0, result
     exim = result.json()["exim"]  # type: ignore[index]
     assert exim["rc"] == 0, exim
@@ -650,8 +652,8 @@ def running(hub: Hub) -> Iterator[Running]:
     """Exim (project config) and popa3d (project PAM config) on free loopback ports."""
     if os.geteuid() != 0:
         pytest.skip("needs root (Exim and popa3d)")
-    from mailrouter.exim_testbed import Exim, make_readable_dir
-    from mailrouter.popa3d_testbed import Popa3d
+    from mailrouter.sandbox.exim import Exim, make_readable_dir
+    from mailrouter.sandbox.popa3d import Popa3d
 
     # Not pytest's tmp_path (0700): the hooks run as Debian-exim.
     workdir = Path(tempfile.mkdtemp(prefix="mailrouter-admin-hub-"))

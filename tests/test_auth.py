@@ -14,17 +14,19 @@ import base64
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, start_slapd
-from mailrouter import auth, config, demo, entries, passwords
-from mailrouter.popa3d_testbed import write_config
-from mailrouter.testbed import Slapd, free_port
+from mailrouter import auth, config, entries, passwords
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.popa3d import write_config
+from mailrouter.sandbox.slapd import Slapd, free_port
 
-BIN = Path("/opt/mailrouter/venv/bin")
+BIN = Path(sys.executable).parent
 PAM_AUTH = str(BIN / "mailrouter-pam-auth")
 CHECKPASSWORD = str(BIN / "mailrouter-checkpassword")
 DISABLED = "frozen@example.com"
@@ -417,7 +419,7 @@ def slapcat_password(server: Slapd, dn: str) -> str:
 
 
 def test_passwd_changes_own_password_hashed(tmp_path: Path, demo_data: demo.DemoDirectory) -> None:
-    from mailrouter import passwd
+    from mailrouter.cmd import passwd
 
     server = start_slapd(tmp_path / "slapd", demo_data)
     try:

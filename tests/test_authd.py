@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 
 from conftest import hook_config, hub_exim, start_slapd
-from mailrouter import demo
-from mailrouter.testbed import Slapd, free_port
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.slapd import Slapd, free_port
 from test_auth import CASES, alice, make_config, refusal_cases
 
-AUTHD = "/opt/mailrouter/venv/bin/mailrouter-authd"
+AUTHD = str(Path(sys.executable).parent / "mailrouter-authd")
 
 
 class Authd:
@@ -290,7 +290,7 @@ def test_systemd_socket_activation(tmp_path: Path, slapd: Slapd, demo_data: demo
 @pytest.fixture
 def exim_with_authd(demo_data: demo.DemoDirectory) -> Iterator[tuple[int, Slapd, Authd]]:
     """Exim's submission port with STARTTLS + AUTH, asking the real mailrouter-authd."""
-    from mailrouter.exim_testbed import EXIM_USER, Exim, make_readable_dir
+    from mailrouter.sandbox.exim import EXIM_USER, Exim, make_readable_dir
 
     # Not pytest's tmp dir (0700): Exim's SMTP processes (Debian-exim) connect to the socket.
     workdir = Path(tempfile.mkdtemp(prefix="mailrouter-authd-exim-"))

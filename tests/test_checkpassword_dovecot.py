@@ -16,6 +16,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, needs_root
-from mailrouter import demo
-from mailrouter.popa3d_testbed import make_certificate
-from mailrouter.testbed import Slapd, free_port, wait_for_port
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.popa3d import make_certificate
+from mailrouter.sandbox.slapd import Slapd, free_port, wait_for_port
 from test_auth import alice, make_config
 
 pytestmark = [
@@ -33,7 +34,7 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists("/usr/sbin/dovecot"), reason="dovecot-imapd not installed"),
 ]
 
-BIN = "/opt/mailrouter/venv/bin"  # the installed venv (the one Dovecot's user can run)
+BIN = str(Path(sys.executable).parent)  # the installed venv (the one Dovecot's user can run)
 MAIL_UID = MAIL_GID = 8
 MESSAGE = (
     b"From sender@example.net Tue Nov 24 20:40:45 2026\n"

@@ -37,8 +37,8 @@ from deliver_support import (
     run_deliver,
     write_config,
 )
-from mailrouter import mbox
-from mailrouter.testbed import free_port, wait_for_port
+from mailrouter.mailbox import mbox
+from mailrouter.sandbox.slapd import free_port, wait_for_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 

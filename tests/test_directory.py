@@ -10,10 +10,11 @@ import pytest
 from ldap3.utils.dn import escape_rdn
 
 from conftest import service_config, start_slapd
-from mailrouter import demo, entries
+from mailrouter import entries
 from mailrouter.directory import Directory, LdapRefused, Session
 from mailrouter.errors import DirectoryUnavailable, TemporaryFailure
-from mailrouter.testbed import Slapd, free_port
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.slapd import Slapd, free_port
 
 DOMAIN = "example.com"
 

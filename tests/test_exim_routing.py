@@ -1,7 +1,7 @@
 """Routing and SMTP policy of the shipped ``exim/mailrouter.conf``, with real Exim and slapd.
 
 Every test runs Debian's Exim 4.96 with the project's config file (through
-:class:`mailrouter.exim_testbed.Exim`, a trusted-config copy of /etc/exim4 in
+:class:`mailrouter.sandbox.exim.Exim`, a trusted-config copy of /etc/exim4 in
 a mount namespace) and the installed ``mailrouter-lookup`` hook, against a
 private slapd loaded from the project's ldap/ files plus the entries below.
 ``exim -bt`` shows routing (rc 0 routed, 2 undeliverable, 1 deferred);
@@ -38,15 +38,16 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, hook_config, hub_exim, needs_root, start_slapd
-from mailrouter import demo, entries, passwords
-from mailrouter.exim_testbed import (
+from mailrouter import entries, passwords
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.exim import (
     EXIM_USER,
     Exim,
     Result,
     make_readable_dir,
     write_private,
 )
-from mailrouter.testbed import Slapd, free_port
+from mailrouter.sandbox.slapd import Slapd, free_port
 
 pytestmark = needs_root
 
@@ -56,7 +57,7 @@ RELAY_CLIENT = "127.0.0.1"  # host_accept_relay in ldap/seed.ldif
 BLACKLISTED_CLIENT = "192.0.2.66"  # blacklisted_hosts in ldap/seed.ldif
 LONG_LOCAL = "l" * 64
 MARKER_NAME = "mailrouter-pwned"
-LOOKUPD = [sys.executable, "-m", "mailrouter.lookupd"]
+LOOKUPD = [sys.executable, "-m", "mailrouter.cmd.lookupd"]
 
 
 def _user(local: str, domain: str, **kwargs: object) -> entries.Entry:
@@ -77,7 +78,7 @@ def _alias(name: str, domain: str, targets: list[str]) -> entries.Entry:
 
 
 def extra_entries(marker: Path) -> list[entries.Entry]:
-    """What the routing cases need on top of the demo data (see mailrouter.demo)."""
+    """What the routing cases need on top of the demo data (see mailrouter.sandbox.demo)."""
     com, org = "example.com", "example.org"
     # Hostile targets a domain admin could write: each would make Exim run a
     # command, write a file or read one if it ever reached the redirect router.
@@ -644,7 +645,7 @@ class FakeAuthd:
     """Stands in for mailrouter-authd at the socket: records each request, answers by user.
 
     It checks the Exim side of the contract (request line format, what each
-    reply token does), not password checking, which mailrouter.authd owns.
+    reply token does), not password checking, which mailrouter.cmd.authd owns.
     """
 
     REPLIES = {"alice@example.com": "OK\n", "temp@example.com": "TEMP\n", "odd@example.com": "MAYBE\n"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ from pathlib import Path
 import pytest
 
 from conftest import hook_config, needs_root, start_slapd
-from mailrouter import demo, entries, passwords, routing
-from mailrouter.exim_testbed import EXIM_USER, make_readable_dir, write_private, write_service_config
-from mailrouter.testbed import Slapd
+from mailrouter import entries, passwords, routing
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.exim import EXIM_USER, make_readable_dir, write_private, write_service_config
+from mailrouter.sandbox.slapd import Slapd
 
 pytestmark = needs_root
 
-LOOKUP = "/opt/mailrouter/venv/bin/mailrouter-lookup"
+LOOKUP = str(Path(sys.executable).parent / "mailrouter-lookup")
 BASE = "o=top"
 RUN_TIMEOUT = 60  # Exim's own ${run} limit: the hook must always finish well inside it
 
@@ -313,14 +315,15 @@ def test_config_problems_are_temporary(setup: Setup, demo_data: demo.DemoDirecto
 def test_failed_import_is_temporary_and_silent(setup: Setup) -> None:
     # A package whose lookup module cannot be imported (a broken install), shadowing
     # the real one; the console script's guard must still answer 75 and stay silent.
-    import mailrouter.entry
+    import mailrouter.cmd.guard
 
     shadow = setup.workdir / "shadow" / "mailrouter"
-    shadow.mkdir(parents=True)
+    (shadow / "cmd").mkdir(parents=True)
     (shadow / "__init__.py").write_text("")
-    shutil.copy(mailrouter.entry.__file__, shadow / "entry.py")
-    (shadow / "lookup.py").write_text("import mailrouter_no_such_module  # noqa\n")
-    for path in (shadow.parent, shadow, *shadow.iterdir()):
+    (shadow / "cmd" / "__init__.py").write_text("")
+    shutil.copy(mailrouter.cmd.guard.__file__, shadow / "cmd" / "guard.py")
+    (shadow / "cmd" / "lookup.py").write_text("import mailrouter_no_such_module  # noqa\n")
+    for path in (shadow.parent, shadow, *shadow.iterdir(), *(shadow / "cmd").iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
     done = subprocess.run(
         [LOOKUP, "--config", str(setup.config), "domain", "example.com"],

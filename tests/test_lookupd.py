@@ -1,6 +1,6 @@
 """``mailrouter-lookupd``: the socket server gives exactly the answers of ``mailrouter-lookup``.
 
-A real lookupd (``python -m mailrouter.lookupd``, as the console script would
+A real lookupd (``python -m mailrouter.cmd.lookupd``, as the console script would
 run it) on a private socket, against a private slapd loaded from the project's
 ldap/ files plus the entries of test_lookup.py.  Each reply is compared with
 what the installed ``mailrouter-lookup`` hook says for the same question, run
@@ -31,9 +31,10 @@ from pathlib import Path
 import pytest
 
 from conftest import hook_config, needs_root, start_slapd
-from mailrouter import demo, entries
-from mailrouter.exim_testbed import EXIM_USER, make_readable_dir, write_service_config
-from mailrouter.testbed import Slapd, free_port
+from mailrouter import entries
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.exim import EXIM_USER, make_readable_dir, write_service_config
+from mailrouter.sandbox.slapd import Slapd, free_port
 from test_lookup import LOOKUP, extra_entries
 
 pytestmark = needs_root
@@ -69,7 +70,7 @@ class Lookupd:
     def __init__(self, config: Path, sock: Path, *extra: str) -> None:
         self.sock = sock
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mailrouter.lookupd", "--config", str(config), "--socket", str(sock),
+            [sys.executable, "-m", "mailrouter.cmd.lookupd", "--config", str(config), "--socket", str(sock),
              *extra],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -304,7 +305,8 @@ def test_systemd_socket_activation(setup: Setup) -> None:
     unused = setup.workdir / "must-not-be-created.sock"
     process = subprocess.Popen(
         ["/usr/bin/systemd-socket-activate", "-l", str(sock),
-         sys.executable, "-m", "mailrouter.lookupd", "--config", str(setup.config), "--socket", str(unused)],
+         sys.executable, "-m", "mailrouter.cmd.lookupd",
+         "--config", str(setup.config), "--socket", str(unused)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={"PATH": "/usr/bin:/bin"},

@@ -1,4 +1,4 @@
-"""mbox format: pure checks of mailrouter.mbox, then a byte comparison with real Exim appendfile.
+"""mbox format: pure checks of mailrouter.mailbox.mbox, then a byte comparison with real Exim appendfile.
 
 The comparison delivers every corpus message with ONE Exim run to two
 recipients: one routed to a stock appendfile transport, one to a pipe transport
@@ -25,7 +25,7 @@ from deliver_support import (
     normalise_dates,
     write_config,
 )
-from mailrouter import mbox
+from mailrouter.mailbox import mbox
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 

@@ -4,7 +4,7 @@ popa3d runs inetd-style under socat (POP3) and under stunnel with the shipped
 stunnel-pop3s.conf (POP3S), in a private mount namespace that carries the
 shipped PAM service file, nss-systemd user records written by the real
 ``mailrouter-pam-auth --write-userdb`` and a private /var/mail
-(``mailrouter.popa3d_testbed``).  The mailbox is a file ``/var/mail/<login>``
+(``mailrouter.sandbox.popa3d``).  The mailbox is a file ``/var/mail/<login>``
 owned by the storage account ``mail`` (uid 8), as the delivery hook writes it.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, hook_config, hub_exim, needs_root
-from mailrouter import demo
-from mailrouter.popa3d_testbed import Popa3d
-from mailrouter.testbed import Slapd, free_port
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.popa3d import Popa3d
+from mailrouter.sandbox.slapd import Slapd, free_port
 from test_auth import CASES, alice, make_config, refusal_cases
 
 pytestmark = needs_root
@@ -183,7 +183,7 @@ def test_reads_mail_delivered_by_real_exim(slapd: Slapd, demo_data: demo.DemoDir
     """End to end with the shipped exim/ config: Exim routes and delivers (the
     project's lookup and delivery hooks) into the spool that popa3d serves as
     /var/mail; POP3S then returns the message."""
-    from mailrouter.exim_testbed import Exim
+    from mailrouter.sandbox.exim import Exim
 
     # Not pytest's tmp dir (0700): the hooks run as Debian-exim and as mail.
     workdir = Path(tempfile.mkdtemp(prefix="mailrouter-pop3-exim-"))

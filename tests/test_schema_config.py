@@ -9,8 +9,8 @@ import ldap3
 import pytest
 
 from conftest import ROOT
-from mailrouter import schemaldif
-from mailrouter.testbed import SLAPADD, SLAPD, SLAPTEST, free_port, render_slapd_conf, wait_for_port
+from mailrouter.sandbox import schemaldif
+from mailrouter.sandbox.slapd import SLAPADD, SLAPD, SLAPTEST, free_port, render_slapd_conf, wait_for_port
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mailrouter import config, names, quota, spool
+from mailrouter import config, names, quota
 from mailrouter.errors import ConfigError, InvalidName
+from mailrouter.mailbox import spool
 
 
 def write_config(tmp_path: Path, text: str) -> str:
@@ -132,7 +133,7 @@ def test_mailbox_paths_stay_in_the_spool() -> None:
 
 def test_entry_guard_turns_a_broken_import_into_the_temporary_code() -> None:
     code = (
-        "import sys; from mailrouter.entry import _guarded; "
+        "import sys; from mailrouter.cmd.guard import _guarded; "
         "sys.exit(_guarded('mailrouter.no_such_module', 75, True))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False,

@@ -1,7 +1,7 @@
 """One exception hierarchy for the whole project.
 
 Every executable maps these classes to its caller's exit codes in exactly one
-place (see ``mailrouter.entry`` and each executable's ``EXIT_CODES``).  The split
+place (see ``mailrouter.cmd.guard`` and each executable's ``EXIT_CODES``).  The split
 that matters is *temporary* versus *definite*: only a definite answer from LDAP
 may ever turn into a permanent failure (a bounce, a 5xx, "bad password").
 """

@@ -37,9 +37,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mailrouter import names, quota, spool
+from mailrouter import names, quota
 from mailrouter.config import SpoolConfig
 from mailrouter.errors import ConfigError, InvalidName
+from mailrouter.mailbox import spool
 
 if TYPE_CHECKING:
     # Types only: importing the directory layer loads ldap3 (~75 ms), which

@@ -71,10 +71,10 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from mailrouter import demo, tls
-from mailrouter.exim_testbed import Exim, write_service_config
-from mailrouter.popa3d_testbed import Popa3d
-from mailrouter.testbed import Slapd, free_port, project_root
+from mailrouter.sandbox import demo, tls
+from mailrouter.sandbox.exim import Exim, write_service_config
+from mailrouter.sandbox.popa3d import Popa3d
+from mailrouter.sandbox.slapd import Slapd, free_port, project_root
 
 STATE_FILE = "sandbox.json"
 STOP_TIMEOUT = 10.0

@@ -17,7 +17,7 @@ Input:
                   and never from the environment, which the PAM application and
                   its modules may influence.
 
-Output: nothing on stdout or stderr (stderr is /dev/null, see ``mailrouter.entry``).
+Output: nothing on stdout or stderr (stderr is /dev/null, see ``mailrouter.cmd.guard``).
 
 Exit codes (pam_exec turns every non-zero code into a failed login; the code
 only shows up in pam_exec's syslog line, for the admin):

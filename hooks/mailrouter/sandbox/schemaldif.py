@@ -3,7 +3,7 @@
 ``ldap/mailrouter.schema`` is the single source of the schema;
 ``ldap/mailrouter.ldif`` is this module's output, checked by a test.
 
-Usage: ``python -m mailrouter.schemaldif ldap/mailrouter.schema > ldap/mailrouter.ldif``
+Usage: ``python -m mailrouter.sandbox.schemaldif ldap/mailrouter.schema > ldap/mailrouter.ldif``
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def definitions(schema_text: str) -> list[tuple[str, str]]:
 
 def to_ldif(schema_text: str, name: str) -> str:
     lines = [
-        f"# Generated from {name}.schema by mailrouter.schemaldif -- do not edit.",
+        f"# Generated from {name}.schema by mailrouter.sandbox.schemaldif -- do not edit.",
         f"dn: cn={name},cn=schema,cn=config",
         "objectClass: olcSchemaConfig",
         f"cn: {name}",
@@ -50,7 +50,7 @@ def to_ldif(schema_text: str, name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m mailrouter.schemaldif FILE.schema", file=sys.stderr)
+        print("usage: python -m mailrouter.sandbox.schemaldif FILE.schema", file=sys.stderr)
         return 2
     path = Path(args[0])
     sys.stdout.write(to_ldif(path.read_text(encoding="utf-8"), path.stem))

@@ -24,10 +24,10 @@ DESCRIPTION
     ``O_NOFOLLOW`` (a symlinked parent is refused), the mailbox likewise; it must be
     a regular file with one link, owned by ``uid``.  A missing mailbox is created
     with ``O_EXCL``, mode 0600.  Locks: dotlock ``<mailbox>.lock`` (O_EXCL) plus an
-    fcntl lock on the mailbox (see :mod:`mailrouter.locking`), retried for
+    fcntl lock on the mailbox (see :mod:`mailrouter.mailbox.locking`), retried for
     ``spool.lock_timeout`` seconds.  Under the locks: quota check against current
     size + bytes to write, ``>From`` escaping as appendfile does (see
-    :mod:`mailrouter.mbox`), every write's count checked, ``fsync``.  On any
+    :mod:`mailrouter.mailbox.mbox`), every write's count checked, ``fsync``.  On any
     failure the file is truncated back to its old size and its old mtime/atime
     restored.
 
@@ -92,9 +92,10 @@ import syslog
 from dataclasses import dataclass
 
 from mailrouter import config as config_module
-from mailrouter import locking, maildir, mbox, names, spool
+from mailrouter import names
 from mailrouter.config import Config
 from mailrouter.errors import MailrouterError, PermanentFailure, TemporaryFailure
+from mailrouter.mailbox import locking, maildir, mbox, spool
 from mailrouter.quota import GarbledQuota, parse_quota
 
 EX_OK = 0

@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import os
 
-from mailrouter import auth, spool
+from mailrouter import auth
 from mailrouter.config import Config, load
 from mailrouter.directory import User
 from mailrouter.errors import InvalidName, TemporaryFailure
+from mailrouter.mailbox import spool
 
 EXIT_REFUSED = 1
 EXIT_MISUSE = 2

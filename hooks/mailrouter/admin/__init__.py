@@ -122,7 +122,7 @@ from typing import IO, Any
 
 from mailrouter import config as config_module
 from mailrouter import directory as dirmod
-from mailrouter import entries, names, passwords, quota, spool
+from mailrouter import entries, names, passwords, quota
 from mailrouter.config import Config
 from mailrouter.directory import LdapRefused, Session
 from mailrouter.errors import (
@@ -132,6 +132,7 @@ from mailrouter.errors import (
     PermanentFailure,
     TemporaryFailure,
 )
+from mailrouter.mailbox import spool
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -1453,7 +1454,8 @@ def run_exim_bt(ctx: Context, address: str) -> dict[str, Any]:
     """``exim -bt`` with the project's Exim config and this config, in a private spool."""
     import tempfile
 
-    from mailrouter import exim_testbed, testbed
+    from mailrouter.sandbox import exim as exim_testbed
+    from mailrouter.sandbox import slapd as testbed
 
     if ctx.config.path is None or any(c.isspace() for c in ctx.config.path):
         raise AdminError("--exim needs a config file path without white space")

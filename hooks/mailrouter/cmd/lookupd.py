@@ -32,7 +32,7 @@ field).  The replies carry the exit codes of ``mailrouter-lookup``:
 
 Exim must treat any other reply (or none, or a timeout) like ``TEMP``: defer.
 
-Process model (``mailrouter.sockserver``): the parent loads the configuration
+Process model (``mailrouter.cmd.sockserver``): the parent loads the configuration
 and imports everything once, then pre-forks ``--workers`` (default 8) worker
 processes that accept on the socket and serve one connection at a time.  Each
 request opens its own LDAP connection and binds as the service account (a
@@ -73,7 +73,8 @@ import socket
 import sys
 
 from mailrouter import config as config_module
-from mailrouter import lookup, sockserver
+from mailrouter import lookup
+from mailrouter.cmd import sockserver
 from mailrouter.config import Config
 from mailrouter.errors import MailrouterError
 

@@ -20,7 +20,7 @@ trouble, a malformed request or a request that timed out.  The replies are
 fixed tokens because Exim echoes an unexpected ``${readsocket}`` result to the
 SMTP client.
 
-Process model (``mailrouter.sockserver``, fork per connection): the parent
+Process model (``mailrouter.cmd.sockserver``, fork per connection): the parent
 imports everything once, then forks one child per connection; the child does
 the whole check (its own LDAP connection and bind, ``mailrouter.auth``), writes
 the token and exits.  A slow LDAP therefore blocks only that child, and no
@@ -53,7 +53,8 @@ import base64
 import binascii
 import socket
 
-from mailrouter import auth, sockserver
+from mailrouter import auth
+from mailrouter.cmd import sockserver
 from mailrouter.config import Config, load
 from mailrouter.errors import TemporaryFailure
 

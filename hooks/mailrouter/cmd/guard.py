@@ -50,27 +50,27 @@ def _guarded(module_name: str, temporary_code: int, silence_stderr: bool) -> int
 
 
 def lookup() -> int:
-    return _guarded("mailrouter.lookup", EX_TEMPFAIL, silence_stderr=True)
+    return _guarded("mailrouter.cmd.lookup", EX_TEMPFAIL, silence_stderr=True)
 
 
 def deliver() -> int:
-    return _guarded("mailrouter.deliver", EX_TEMPFAIL, silence_stderr=True)
+    return _guarded("mailrouter.cmd.deliver", EX_TEMPFAIL, silence_stderr=True)
 
 
 def pam_auth() -> int:
-    return _guarded("mailrouter.pam_auth", PAM_EXEC_FAILURE, silence_stderr=True)
+    return _guarded("mailrouter.cmd.pam_auth", PAM_EXEC_FAILURE, silence_stderr=True)
 
 
 def checkpassword() -> int:
-    return _guarded("mailrouter.checkpassword", CHECKPASSWORD_TEMPFAIL, silence_stderr=False)
+    return _guarded("mailrouter.cmd.checkpassword", CHECKPASSWORD_TEMPFAIL, silence_stderr=False)
 
 
 def authd() -> int:
-    return _guarded("mailrouter.authd", EX_TEMPFAIL, silence_stderr=False)
+    return _guarded("mailrouter.cmd.authd", EX_TEMPFAIL, silence_stderr=False)
 
 
 def lookupd() -> int:
-    return _guarded("mailrouter.lookupd", EX_TEMPFAIL, silence_stderr=False)
+    return _guarded("mailrouter.cmd.lookupd", EX_TEMPFAIL, silence_stderr=False)
 
 
 def admin() -> int:
@@ -80,12 +80,12 @@ def admin() -> int:
 
 
 def passwd() -> int:
-    from mailrouter.passwd import main  # interactive: a user wants to see errors
+    from mailrouter.cmd.passwd import main  # interactive: a user wants to see errors
 
     return main(sys.argv[1:])
 
 
 def sandbox() -> int:
-    from mailrouter.sandbox import main
+    from mailrouter.sandbox.cli import main
 
     return main(sys.argv[1:])

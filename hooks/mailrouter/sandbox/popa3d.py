@@ -27,9 +27,10 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-from mailrouter.testbed import DaemonError, free_port, project_root, wait_for_port
+from mailrouter.sandbox.slapd import DaemonError, free_port, project_root, wait_for_port
 
 POPA3D = "/usr/sbin/popa3d"
 SOCAT = "/usr/bin/socat"
@@ -108,7 +109,7 @@ class Popa3d:
         workdir: Path,
         config_path: str,
         root: Path | None = None,
-        bin_dir: str = SHIPPED_BIN,
+        bin_dir: str | None = None,
         tls: bool = True,
         plain: bool = True,
         userdb_source: Path | None = None,
@@ -124,7 +125,8 @@ class Popa3d:
         self.workdir = Path(workdir)
         self.config_path = str(config_path)
         self.root = root or project_root()
-        self.bin_dir = bin_dir
+        # Default: the executables of the venv running this code.
+        self.bin_dir = bin_dir or str(Path(sys.executable).parent)
         self.tls = tls
         self.plain = plain
         self.userdb_source = userdb_source

@@ -1,0 +1,7 @@
+"""``python -m mailrouter.admin``: the admin CLI (used by bin/mailrouter-admin without a venv)."""
+
+import sys
+
+from mailrouter.admin import main
+
+sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,96 @@
+"""mailrouter-lookup -- the one LDAP lookup program behind Exim's ``${run}``.
+
+Synopsis::
+
+    mailrouter-lookup [--config PATH] KIND ARG...
+
+Kinds (Exim lower-cases local parts and domains before routing; keys that are
+not canonical names cannot exist and are answered "no" without a query):
+
+======================================  ==========================================================
+``domain DOMAIN``                       0 + DOMAIN if it is a local (mailDomain) domain
+``backup-mx DOMAIN``                    0 + DOMAIN if listed in the setting ``backup_mx_domains``
+``alias LOCAL DOMAIN``                  0 + Exim redirect data (``a@x, b@y`` or ``:fail: ...``)
+``user LOCAL DOMAIN``                   0 + the address data line (below) of an *active* user
+``catchall LOCAL DOMAIN``               0 + redirect data once aliases and users declined:
+                                        the catch-all's targets, or ``:fail:`` for a disabled
+                                        user/alias, an alias loop or a hostile local part
+``quota LOCAL DOMAIN SIZE``             0 + the full addresses if the message (SIZE octets, -1 =
+                                        unknown) would overfill a mailbox LOCAL@DOMAIN reaches
+                                        (directly or through aliases); 1 when none would be full
+``relay-host IP``                       0 if IP is in the setting ``host_accept_relay``
+``blacklisted-host IP``                 0 if IP is in the setting ``blacklisted_hosts``
+``blacklisted-sender ADDRESS``          0 if ADDRESS is in ``blacklisted_senders`` or its domain
+                                        (or a parent) in ``blacklisted_domains``
+``sender-owner SENDER AUTHID``          0 if AUTHID may send as SENDER (itself, or an alias of
+                                        its domain delivering to it; always 0 when
+                                        ``auth.sender_ownership`` is false)
+======================================  ==========================================================
+
+Address data (one line, the contract with ``mailrouter-deliver``)::
+
+    mailbox=<absolute path> format=<mbox|maildir> quota=<raw mailQuota or 0> uid=<int> gid=<int>
+
+The mailbox path is built from the configured template and the canonical
+local part and domain, never taken from LDAP.
+
+Exit codes:
+    0   the answer is on stdout (one line)
+    1   LDAP answered and there is no such thing (or the predicate is false)
+    75  anything else: LDAP down or slow, bad configuration, bad arguments, any
+        unexpected exception (mailrouter.cmd.guard maps escapes and import failures)
+
+fds: stdin is ignored; stdout carries only the answer; stderr is never written
+(the console-script guard points it at /dev/null first), because Exim merges
+it into ``$value``.  Environment: none used (Exim gives no PATH).  No secret is
+ever taken from argv: the service password comes from the config's
+``bind_password_file``.  LDAP timeouts come from the config and are bounded
+far inside Exim's 60 s ``${run}`` limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mailrouter import config as config_module
+from mailrouter.errors import MailrouterError, TemporaryFailure
+from mailrouter.lookup import KINDS, answer
+
+EX_OK = 0
+EX_NOTFOUND = 1
+EX_TEMPFAIL = 75
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage to stderr and exiting 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise TemporaryFailure(f"usage: {message}")
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = _Parser(prog="mailrouter-lookup", add_help=False)
+    parser.add_argument("--config", default=config_module.DEFAULT_CONFIG_PATH)
+    parser.add_argument("kind", choices=sorted(KINDS))
+    # "--" guard: keys are data, a key such as "--config" must not be an option.
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    return parser.parse_args(list(argv))
+
+
+def main(argv: list[str]) -> int:
+    try:
+        options = _parse(argv)
+        config = config_module.load(options.config)
+        result = answer(config, options.kind, list(options.args))
+    except MailrouterError:
+        # Every error we raise on purpose here is temporary for Exim: a
+        # definite "no" is a None answer, never an exception.
+        return EX_TEMPFAIL
+    if result is None:
+        return EX_NOTFOUND
+    # One line, no embedded newline: Exim's $value is the whole stdout.
+    sys.stdout.write(result.replace("\n", " ").replace("\r", " ") + "\n")
+    sys.stdout.flush()
+    return EX_OK
