@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, hook_config, hub_exim, service_config, start_slapd
-from mailrouter import admin
+from mailrouter import admin, exitcodes
 from mailrouter.directory import Directory, Session
 from mailrouter.sandbox import demo
 from mailrouter.sandbox.slapd import Slapd, free_port
@@ -132,7 +132,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 
 
 def assert_refused(result: Result, *fragments: str) -> None:
-    assert result.rc == admin.EXIT_REFUSED, result
+    assert result.rc == exitcodes.EX_REFUSED, result
     assert "Traceback" not in result.err
     lines = result.err.strip().splitlines()
     assert len(lines) == 1, result.err  # one line, never a traceback
@@ -374,11 +374,11 @@ def test_idna_u_label_becomes_a_label(hub: Hub) -> None:
 
 
 def test_no_password_in_argv_and_usage_errors(hub: Hub) -> None:
-    assert hub.run(GLOBAL, "user", "add", "x@example.com", "--password", "secret").rc == admin.EXIT_USAGE
-    assert hub.run(GLOBAL).rc == admin.EXIT_USAGE
-    assert hub.run(GLOBAL, "user", "frobnicate").rc == admin.EXIT_USAGE
+    assert hub.run(GLOBAL, "user", "add", "x@example.com", "--password", "secret").rc == exitcodes.EX_USAGE
+    assert hub.run(GLOBAL).rc == exitcodes.EX_USAGE
+    assert hub.run(GLOBAL, "user", "frobnicate").rc == exitcodes.EX_USAGE
     # Nobody said who they are.
-    assert hub.run(None, "user", "list", "example.com").rc == admin.EXIT_USAGE
+    assert hub.run(None, "user", "list", "example.com").rc == exitcodes.EX_USAGE
     # A wrong bind password is a refusal, not a traceback.
     wrong = hub.secret("wrong", "not-the-password")
     result = hub.run(None, "--bind-dn", PM_COM, "--password-file", str(wrong), "user", "list", "example.com")
@@ -389,10 +389,10 @@ def test_ldap_down_exits_75(hub: Hub, tmp_path: Path) -> None:
     dead = write_config(tmp_path / "dead.toml", f"ldap://127.0.0.1:{free_port()}/", hub.data, tmp_path)
     for argv in (("user", "add", "x@example.com", "--no-password"), ("domain", "list")):
         result = hub.run(GLOBAL, *argv, config=dead)
-        assert result.rc == admin.EXIT_UNAVAILABLE, result
+        assert result.rc == exitcodes.EX_TEMPFAIL, result
         assert "LDAP unavailable" in result.err and "Traceback" not in result.err
     result = hub.run(None, "test", "address", "alice@example.com", config=dead)
-    assert result.rc == admin.EXIT_UNAVAILABLE, result
+    assert result.rc == exitcodes.EX_TEMPFAIL, result
 
 
 # -- settings, lists, export ---------------------------------------------------------------
@@ -516,7 +516,7 @@ def test_import_qmail_refuses_program_and_file_deliveries(hub: Hub, tmp_path: Pa
     tree = qmail_tree(tmp_path / "q", {".qmail-robot": f"&joe\n{line}\n"})
     before = hub.snapshot()
     result = hub.run(GLOBAL, "import", "qmail", str(tree), "--domain", "qmail2.example", "--apply")
-    assert result.rc == admin.EXIT_REFUSED, result
+    assert result.rc == exitcodes.EX_REFUSED, result
     # One line per bad item, then the verdict; never a traceback.
     assert result.err.splitlines()[-1].endswith("nothing imported (--skip-invalid to leave them out)")
     assert ".qmail-robot:2: alias target" in result.err and "Traceback" not in result.err
@@ -568,7 +568,7 @@ def test_import_aliases_refuses_commands_files_includes(hub: Hub, tmp_path: Path
     path.write_text(f"ok: alice@example.com\nbad: alice@example.com, {bad}\n", encoding="utf-8")
     before = hub.snapshot()
     result = hub.run(GLOBAL, "import", "aliases", str(path), "--domain", "example.com", "--apply")
-    assert result.rc == admin.EXIT_REFUSED
+    assert result.rc == exitcodes.EX_REFUSED
     assert "nothing imported" in result.err and "Traceback" not in result.err
     assert hub.snapshot() == before
 
@@ -621,7 +621,7 @@ def test_test_auth(hub: Hub) -> None:
     assert hub.run(None, "test", "auth", "alice@example.com", "--secret-file", str(alice)).rc == 0
     wrong = hub.secret("alice-wrong", "wrong-password")
     result = hub.run(None, "--json", "test", "auth", "alice@example.com", "--secret-file", str(wrong))
-    assert result.rc == admin.EXIT_REFUSED and result.json()["verdict"] == "refused"  # type: ignore[index]
+    assert result.rc == exitcodes.EX_REFUSED and result.json()["verdict"] == "refused"  # type: ignore[index]
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/exim4").exists(), reason="needs root and Exim")
@@ -685,10 +685,10 @@ def test_test_smtp_reports_each_recipient(hub: Hub, running: Running) -> None:
     assert codes["RCPT TO:<alice@example.com>"] == 250 and codes["RCPT TO:<team@example.com>"] == 250
     result = hub.run(None, "test", "smtp", server, "--from", "someone@example.net",
                      "--to", "alice@example.com", "--to", "nobody@example.com")
-    assert result.rc == admin.EXIT_REFUSED, result
+    assert result.rc == exitcodes.EX_REFUSED, result
     assert "550 RCPT TO:<nobody@example.com>" in result.out
     closed = hub.run(None, "test", "smtp", f"127.0.0.1:{free_port()}", "--to", "alice@example.com")
-    assert closed.rc == admin.EXIT_UNAVAILABLE
+    assert closed.rc == exitcodes.EX_TEMPFAIL
 
 
 def test_test_pop3_logs_in(hub: Hub, running: Running) -> None:
@@ -699,4 +699,4 @@ def test_test_pop3_logs_in(hub: Hub, running: Running) -> None:
     assert result.json()["ok"] is True and result.json()["messages"] == 0  # type: ignore[index]
     wrong = hub.secret("alice-wrong-pop", "wrong-password")
     result = hub.run(None, "test", "pop3", server, "alice@example.com", "--secret-file", str(wrong))
-    assert result.rc == admin.EXIT_REFUSED, result
+    assert result.rc == exitcodes.EX_REFUSED, result

@@ -322,6 +322,9 @@ def test_failed_import_is_temporary_and_silent(setup: Setup) -> None:
     (shadow / "__init__.py").write_text("")
     (shadow / "cmd" / "__init__.py").write_text("")
     shutil.copy(mailrouter.cmd.guard.__file__, shadow / "cmd" / "guard.py")
+    import mailrouter.exitcodes
+
+    shutil.copy(mailrouter.exitcodes.__file__, shadow / "exitcodes.py")
     (shadow / "cmd" / "lookup.py").write_text("import mailrouter_no_such_module  # noqa\n")
     for path in (shadow.parent, shadow, *shadow.iterdir(), *(shadow / "cmd").iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)

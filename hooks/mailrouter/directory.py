@@ -38,7 +38,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
 from mailrouter.config import LdapConfig
-from mailrouter.errors import ConfigError, DirectoryUnavailable, NotAllowed
+from mailrouter.errors import REFUSAL_CODES, ConfigError, DirectoryUnavailable, LdapRefused
 
 RESULT_SUCCESS = 0
 RESULT_NO_SUCH_OBJECT = 32
@@ -103,19 +103,47 @@ def _plausible_key(value: str) -> bool:
     )
 
 
-def _values(attributes: dict[str, Any], name: str) -> list[str]:
-    """Attribute values by case-insensitive name, always as a list of str."""
+def values(attributes: dict[str, Any], name: str) -> list[str]:
+    """Attribute values by case-insensitive name, always as a list of str.
+
+    The one decoder of ldap3 attribute dicts (single values, lists, bytes)."""
     for key, value in attributes.items():
         if key.lower() == name.lower():
-            if isinstance(value, (list, tuple)):
-                return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value]
-            return [value.decode("utf-8") if isinstance(value, bytes) else str(value)]
+            items = value if isinstance(value, (list, tuple)) else [value]
+            return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in items]
     return []
 
 
-def _first(attributes: dict[str, Any], name: str) -> str | None:
-    values = _values(attributes, name)
-    return values[0] if values else None
+def first(attributes: dict[str, Any], name: str) -> str | None:
+    found = values(attributes, name)
+    return found[0] if found else None
+
+
+# -- DNs: the only place they are built (RDN values escaped with ldap3's escape_rdn) --
+def domain_dn(domain: str, base_dn: str) -> str:
+    return f"dc={escape_rdn(domain)},{base_dn}"
+
+
+def user_dn(local: str, domain: str, base_dn: str) -> str:
+    return f"uid={escape_rdn(local)},{domain_dn(domain, base_dn)}"
+
+
+def alias_dn(name: str, domain: str, base_dn: str) -> str:
+    return f"mailAlias={escape_rdn(name)},{domain_dn(domain, base_dn)}"
+
+
+def setting_dn(name: str, base_dn: str) -> str:
+    return f"mailSetting={escape_rdn(name)},{base_dn}"
+
+
+def admin_group_dn(domain: str | None, base_dn: str) -> str:
+    """``cn=admin,dc=DOMAIN,BASE``, or the global ``cn=admin,BASE`` for ``None``."""
+    return f"cn=admin,{domain_dn(domain, base_dn) if domain else base_dn}"
+
+
+def person_dn(uid: str, base_dn: str) -> str:
+    """A top-level account such as a global admin: ``uid=NAME,BASE``."""
+    return f"uid={escape_rdn(uid)},{base_dn}"
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -126,7 +154,7 @@ def _int_or_none(value: str | None) -> int | None:
 
 
 def _is_active(attributes: dict[str, Any]) -> bool:
-    status = _first(attributes, "mailAccountStatus")
+    status = first(attributes, "mailAccountStatus")
     return status is None or status.lower() == STATUS_ACTIVE
 
 
@@ -144,16 +172,16 @@ class Directory:
         return self._config.base_dn
 
     def domain_dn(self, domain: str) -> str:
-        return f"dc={escape_rdn(domain)},{self.base_dn}"
+        return domain_dn(domain, self.base_dn)
 
     def user_dn(self, local: str, domain: str) -> str:
-        return f"uid={escape_rdn(local)},{self.domain_dn(domain)}"
+        return user_dn(local, domain, self.base_dn)
 
     def alias_dn(self, name: str, domain: str) -> str:
-        return f"mailAlias={escape_rdn(name)},{self.domain_dn(domain)}"
+        return alias_dn(name, domain, self.base_dn)
 
     def setting_dn(self, name: str) -> str:
-        return f"mailSetting={escape_rdn(name)},{self.base_dn}"
+        return setting_dn(name, self.base_dn)
 
     # -- connection -------------------------------------------------------
     @property
@@ -267,27 +295,27 @@ class Directory:
         if not _plausible_key(domain):
             return False
         attributes = self.read(self.domain_dn(domain), "mailDomain", ["dc"])
-        return attributes is not None and domain in _values(attributes, "dc")
+        return attributes is not None and domain in values(attributes, "dc")
 
     def user(self, local: str, domain: str) -> User | None:
         if not (_plausible_key(local) and _plausible_key(domain)):
             return None
         dn = self.user_dn(local, domain)
         attributes = self.read(dn, "mailUser", USER_ATTRIBUTES)
-        if attributes is None or local not in _values(attributes, "uid"):
+        if attributes is None or local not in values(attributes, "uid"):
             return None
-        if domain not in _values(attributes, "dc"):
+        if domain not in values(attributes, "dc"):
             return None
         return User(
             dn=dn,
             local=local,
             domain=domain,
-            mail=_first(attributes, "mail"),
-            uid_number=_int_or_none(_first(attributes, "uidNumber")),
-            gid_number=_int_or_none(_first(attributes, "gidNumber")),
-            quota=_first(attributes, "mailQuota"),
+            mail=first(attributes, "mail"),
+            uid_number=_int_or_none(first(attributes, "uidNumber")),
+            gid_number=_int_or_none(first(attributes, "gidNumber")),
+            quota=first(attributes, "mailQuota"),
             active=_is_active(attributes),
-            message_store=_first(attributes, "mailMessageStore"),
+            message_store=first(attributes, "mailMessageStore"),
         )
 
     def alias(self, name: str, domain: str) -> Alias | None:
@@ -297,13 +325,13 @@ class Directory:
         attributes = self.read(
             dn, "mailAlias", ["mailAlias", "mailAliasedName", "mailAccountStatus"]
         )
-        if attributes is None or name not in _values(attributes, "mailAlias"):
+        if attributes is None or name not in values(attributes, "mailAlias"):
             return None
         return Alias(
             dn=dn,
             name=name,
             domain=domain,
-            targets=tuple(_values(attributes, "mailAliasedName")),
+            targets=tuple(values(attributes, "mailAliasedName")),
             active=_is_active(attributes),
         )
 
@@ -315,9 +343,9 @@ class Directory:
         if not _plausible_key(name):
             return ()
         attributes = self.read(self.setting_dn(name), "mailSetting", ["mailSetting", "mailSettingValue"])
-        if attributes is None or name not in _values(attributes, "mailSetting"):
+        if attributes is None or name not in values(attributes, "mailSetting"):
             return ()
-        return tuple(_values(attributes, "mailSettingValue"))
+        return tuple(values(attributes, "mailSettingValue"))
 
     def aliases_delivering_to(self, target: str, domain: str) -> list[str]:
         """Names of the aliases of ``domain`` that list ``target`` among their targets."""
@@ -329,8 +357,8 @@ class Directory:
         found = self.search_level(self.domain_dn(domain), search_filter, ["mailAlias", "mailAliasedName"])
         names = []
         for _dn, attributes in found:
-            if target in _values(attributes, "mailAliasedName"):
-                names.extend(_values(attributes, "mailAlias"))
+            if target in values(attributes, "mailAliasedName"):
+                names.extend(values(attributes, "mailAlias"))
         return sorted(set(names))
 
     # -- authentication ---------------------------------------------------
@@ -384,36 +412,6 @@ _LDAP3_MODIFY = {
     MODIFY_REPLACE: ldap3.MODIFY_REPLACE,
 }
 
-# Result codes that mean "slapd answered, and the answer is no" (RFC 4511).
-REFUSAL_CODES = {
-    16: "no such attribute",
-    19: "constraint violation",
-    20: "value already present",
-    21: "invalid attribute syntax",
-    32: "no such entry",
-    34: "invalid DN",
-    48: "inappropriate authentication",
-    49: "invalid credentials",
-    50: "insufficient access",
-    53: "unwilling to perform",
-    64: "naming violation",
-    65: "object class violation",
-    66: "not allowed on non-leaf",
-    67: "not allowed on RDN",
-    68: "entry already exists",
-    69: "object class modifications prohibited",
-}
-
-
-class LdapRefused(NotAllowed):
-    """slapd answered an operation with a refusal; ``code`` is its result code."""
-
-    def __init__(self, code: int, operation: str, dn: str, detail: str = "") -> None:
-        self.code = code
-        self.operation = operation
-        self.dn = dn
-        reason = REFUSAL_CODES.get(code, f"result {code}")
-        super().__init__(f"{operation} {dn}: {reason}" + (f" ({detail})" if detail else ""))
 
 
 class Session:

@@ -5,6 +5,7 @@ slapadd), so that every writer produces exactly the DIT of the seed:
 ``dc=DOMAIN,BASE``, ``uid=LOCAL,dc=DOMAIN,BASE``, ``mailAlias=NAME,dc=DOMAIN,BASE``,
 ``cn=admin,dc=DOMAIN,BASE``.  Values are validated as canonical names here too.
 Nothing here talks to LDAP or hashes passwords: callers pass hashes in.
+DNs come from :mod:`mailrouter.directory` (the one place they are built).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
-from ldap3.utils.dn import escape_rdn
-
 from mailrouter import names
+from mailrouter.directory import admin_group_dn, alias_dn, domain_dn, person_dn, user_dn
 
 Attributes = dict[str, list[str]]
 
@@ -23,10 +23,6 @@ Attributes = dict[str, list[str]]
 class Entry:
     dn: str
     attributes: Attributes = field(default_factory=dict)
-
-
-def domain_dn(domain: str, base_dn: str) -> str:
-    return f"dc={escape_rdn(domain)},{base_dn}"
 
 
 def domain_entry(domain: str, base_dn: str, description: str | None = None) -> Entry:
@@ -70,7 +66,7 @@ def user_entry(
         attributes["userPassword"] = [password_hash]
     if quota:
         attributes["mailQuota"] = [quota]
-    return Entry(f"uid={escape_rdn(local)},{domain_dn(domain, base_dn)}", attributes)
+    return Entry(user_dn(local, domain, base_dn), attributes)
 
 
 def alias_entry(name: str, domain: str, base_dn: str, targets: list[str]) -> Entry:
@@ -84,14 +80,13 @@ def alias_entry(name: str, domain: str, base_dn: str, targets: list[str]) -> Ent
     }
     if targets:
         attributes["mailAliasedName"] = list(targets)
-    return Entry(f"mailAlias={escape_rdn(name)},{domain_dn(domain, base_dn)}", attributes)
+    return Entry(alias_dn(name, domain, base_dn), attributes)
 
 
 def admin_group_entry(domain: str | None, base_dn: str, members: list[str]) -> Entry:
     """``cn=admin,dc=DOMAIN,BASE`` (or the global ``cn=admin,BASE`` for ``None``)."""
-    parent = domain_dn(domain, base_dn) if domain else base_dn
     return Entry(
-        f"cn=admin,{parent}",
+        admin_group_dn(domain, base_dn),
         {
             "objectClass": ["groupOfNames"],
             "cn": ["admin"],
@@ -111,7 +106,7 @@ def person_entry(uid: str, base_dn: str, password_hash: str | None) -> Entry:
     }
     if password_hash:
         attributes["userPassword"] = [password_hash]
-    return Entry(f"uid={escape_rdn(uid)},{base_dn}", attributes)
+    return Entry(person_dn(uid, base_dn), attributes)
 
 
 def _ldif_line(name: str, value: str) -> str:

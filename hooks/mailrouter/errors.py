@@ -1,22 +1,32 @@
-"""One exception hierarchy for the whole project.
+"""One exception hierarchy for the whole project: every exception class lives here.
 
 Every executable maps these classes to its caller's exit codes in exactly one
-place (see ``mailrouter.cmd.guard`` and each executable's ``EXIT_CODES``).  The split
-that matters is *temporary* versus *definite*: only a definite answer from LDAP
-may ever turn into a permanent failure (a bounce, a 5xx, "bad password").
+place (see ``mailrouter.cmd.guard``, ``mailrouter.exitcodes`` and each
+executable's ``main``).  The split that matters is *temporary* versus
+*definite*: only a definite answer from LDAP may ever turn into a permanent
+failure (a bounce, a 5xx, "bad password").
 """
+
+from __future__ import annotations
 
 
 class MailrouterError(Exception):
     """Base class of every error the project raises on purpose."""
 
 
+# -- temporary: try again later ------------------------------------------------
 class TemporaryFailure(MailrouterError):
     """Try again later: LDAP down or slow, a lock held, a disk full, a bad config."""
 
 
 class DirectoryUnavailable(TemporaryFailure):
-    """LDAP gave no answer (connection refused, timeout, server busy, bind failed)."""
+    """LDAP gave no answer (connection refused, timeout, server busy)."""
+
+
+class WriteOutcomeUnknown(DirectoryUnavailable):
+    """A write was sent but no answer came back: it may or may not have been applied.
+
+    Never retried on another server (it may have happened); reported as temporary."""
 
 
 class ConfigError(TemporaryFailure):
@@ -24,6 +34,31 @@ class ConfigError(TemporaryFailure):
     and the queued mail then goes through; bouncing it would lose it."""
 
 
+class BindRefused(TemporaryFailure):
+    """slapd refused the *service account's* bind (rc 49): a wrong secret in the
+    configuration.  Temporary for mail (an admin fixes the secret); a person's
+    own refused bind is :class:`LdapRefused` with code 49 instead."""
+
+
+class LockTimeout(TemporaryFailure):
+    """The mailbox stayed locked by another process until our deadline."""
+
+
+class MaildirError(TemporaryFailure):
+    """The maildir is unusable (not a directory, symlinked, full disk...)."""
+
+
+class MailboxRefused(TemporaryFailure):
+    """The mailbox is a symlink, hard link, non-regular file, or owned by someone else.
+
+    Temporary: an admin must look at it; bouncing would lose the mail."""
+
+
+class OverQuota(TemporaryFailure):
+    """The mailbox is too full for this message now (it may be emptied later)."""
+
+
+# -- definite answers ------------------------------------------------------------
 class PermanentFailure(MailrouterError):
     """A definite no, based on an answer from LDAP or on the input itself."""
 
@@ -34,3 +69,69 @@ class InvalidName(PermanentFailure):
 
 class NotAllowed(PermanentFailure):
     """slapd refused an operation (insufficient access and friends)."""
+
+
+# Result codes that mean "slapd answered, and the answer is no" (RFC 4511).
+REFUSAL_CODES = {
+    16: "no such attribute",
+    19: "constraint violation",
+    20: "value already present",
+    21: "invalid attribute syntax",
+    32: "no such entry",
+    34: "invalid DN",
+    48: "inappropriate authentication",
+    49: "invalid credentials",
+    50: "insufficient access",
+    53: "unwilling to perform",
+    64: "naming violation",
+    65: "object class violation",
+    66: "not allowed on non-leaf",
+    67: "not allowed on RDN",
+    68: "entry already exists",
+    69: "object class modifications prohibited",
+}
+
+
+class LdapRefused(NotAllowed):
+    """slapd answered an operation with a refusal; ``code`` is its result code."""
+
+    def __init__(self, code: int, operation: str, dn: str, detail: str = "") -> None:
+        self.code = code
+        self.operation = operation
+        self.dn = dn
+        reason = REFUSAL_CODES.get(code, f"result {code}")
+        super().__init__(f"{operation} {dn}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class TooBigForQuota(PermanentFailure):
+    """The message alone exceeds the whole quota: it can never be delivered."""
+
+
+class AdminError(PermanentFailure):
+    """An admin operation was refused or its input is invalid; the message is
+    already worded for the person acting (CLI exit 1, HTTP 4xx)."""
+
+
+# -- malformed input (not MailrouterError: each caller maps it itself) ------------
+class GarbledQuota(ValueError):
+    """A mailQuota value we cannot read."""
+
+
+class NoFromLine(ValueError):
+    """The input does not start with the ``From `` line of Exim's message_prefix."""
+
+
+class BadRequest(Exception):
+    """A socket client sent a malformed request."""
+
+
+class Misuse(Exception):
+    """The caller broke an executable's protocol (argv, fds, environment): exit 2."""
+
+
+class UsageError(Exception):
+    """Wrong use of an interactive command line (exit 2)."""
+
+
+class DaemonError(RuntimeError):
+    """A sandbox daemon could not be configured or started; the message carries its log."""

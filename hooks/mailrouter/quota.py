@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import re
 
+from mailrouter.errors import GarbledQuota
+
 UNLIMITED = 0
 _QUOTA = re.compile(r"(\d{1,15})([KMG]?)B?", re.IGNORECASE)
 _FACTORS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
-
-
-class GarbledQuota(ValueError):
-    """A mailQuota value we cannot read."""
 
 
 def parse_quota(raw: str | None) -> int:

@@ -126,18 +126,15 @@ from mailrouter import entries, names, passwords, quota
 from mailrouter.config import Config
 from mailrouter.directory import LdapRefused, Session
 from mailrouter.errors import (
+    AdminError,
     ConfigError,
     DirectoryUnavailable,
     InvalidName,
-    PermanentFailure,
     TemporaryFailure,
+    UsageError,
 )
+from mailrouter.exitcodes import EX_OK, EX_REFUSED, EX_TEMPFAIL, EX_USAGE
 from mailrouter.mailbox import spool
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 75
 
 SETTINGS = (
     "host_accept_relay",
@@ -158,14 +155,6 @@ _TARGET_LOCAL = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
 
 
 # -- errors -------------------------------------------------------------------
-class AdminError(PermanentFailure):
-    """A refusal or invalid input, already worded for the admin: exit 1."""
-
-
-class UsageError(Exception):
-    """Wrong use of the command line: exit 2."""
-
-
 # -- input normalisation ---------------------------------------------------------
 def normalise_domain(text: str) -> str:
     """The canonical A-label form of a domain typed by an admin (U-labels accepted)."""
@@ -550,7 +539,7 @@ class Context:
 
     def done(self, message: str, **data: Any) -> int:
         self.emit({"ok": True, "message": message, **data}, message)
-        return EXIT_OK
+        return EX_OK
 
 
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -626,7 +615,7 @@ def cmd_domain_list(ctx: Context) -> int:
         key=lambda r: r["domain"] or "",
     )
     ctx.emit(rows, lambda: table(rows, ["domain", "status", "description"]))
-    return EXIT_OK
+    return EX_OK
 
 
 def _domain_info(ctx: Context, domain: str) -> dict[str, Any]:
@@ -653,7 +642,7 @@ def _domain_info(ctx: Context, domain: str) -> dict[str, Any]:
 def cmd_domain_show(ctx: Context) -> int:
     info = _domain_info(ctx, normalise_domain(ctx.args.domain))
     ctx.emit(info, lambda: pairs(info))
-    return EXIT_OK
+    return EX_OK
 
 
 # -- users ------------------------------------------------------------------------------
@@ -769,7 +758,7 @@ def cmd_user_list(ctx: Context) -> int:
     found = ctx.search(ctx.domain_dn(domain), "(objectClass=mailUser)", USER_READ)
     rows = sorted((_user_row(a) for _, a in found), key=lambda r: r["address"] or "")
     ctx.emit(rows, lambda: table(rows, ["address", "status", "quota", "name"]))
-    return EXIT_OK
+    return EX_OK
 
 
 def cmd_user_show(ctx: Context) -> int:
@@ -788,7 +777,7 @@ def cmd_user_show(ctx: Context) -> int:
         "domain_admin": bool(group) and dn.lower() in (m.lower() for m in _values(group or {}, "member")),
     }
     ctx.emit(info, lambda: pairs(info))
-    return EXIT_OK
+    return EX_OK
 
 
 def _user_modify(ctx: Context, attribute: str, value: str, verb: str) -> tuple[str, str]:
@@ -878,7 +867,7 @@ def cmd_alias_list(ctx: Context) -> int:
         key=lambda r: str(r["alias"]),
     )
     ctx.emit(rows, lambda: table(rows, ["alias", "status", "catchall", "targets"]))
-    return EXIT_OK
+    return EX_OK
 
 
 def cmd_alias_show(ctx: Context) -> int:
@@ -889,7 +878,7 @@ def cmd_alias_show(ctx: Context) -> int:
     info = {"alias": f"{name}@{domain}", "dn": ctx.alias_dn(name, domain), "catchall": name == CATCHALL,
             "targets": targets}
     ctx.emit(info, lambda: pairs(info))
-    return EXIT_OK
+    return EX_OK
 
 
 def cmd_alias_targets(ctx: Context) -> int:
@@ -947,7 +936,7 @@ def cmd_catchall_show(ctx: Context) -> int:
     targets = _read_alias(ctx, CATCHALL, domain)
     info = {"domain": domain, "targets": targets or []}
     ctx.emit(info, lambda: pairs(info))
-    return EXIT_OK
+    return EX_OK
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -960,13 +949,13 @@ def cmd_setting_get(ctx: Context) -> int:
     name = setting_name(ctx.args.name)
     values = _read_setting(ctx, name) or []
     ctx.emit({"setting": name, "values": values}, lambda: "\n".join(values) or "(none)")
-    return EXIT_OK
+    return EX_OK
 
 
 def cmd_setting_list(ctx: Context) -> int:
     rows = [{"setting": name, "values": _read_setting(ctx, name) or []} for name in SETTINGS]
     ctx.emit(rows, lambda: table(rows, ["setting", "values"]))
-    return EXIT_OK
+    return EX_OK
 
 
 def cmd_setting_change(ctx: Context) -> int:
@@ -1073,7 +1062,7 @@ def cmd_admin_list(ctx: Context) -> int:
     members = sorted(_values(group or {}, "member"))
     label = domain or "(global)"
     ctx.emit({"domain": domain, "admins": members}, lambda: "\n".join(members) or f"{label}: no admins")
-    return EXIT_OK
+    return EX_OK
 
 
 # -- import ------------------------------------------------------------------------------------
@@ -1319,7 +1308,7 @@ def run_import(ctx: Context, plan: Plan) -> int:
         return "\n".join(lines)
 
     ctx.emit(data, human)
-    return EXIT_OK
+    return EX_OK
 
 
 def cmd_import_qmail(ctx: Context) -> int:
@@ -1359,7 +1348,7 @@ def cmd_export_ldif(ctx: Context) -> int:
         ctx.emit({"domain": domain, "entries": len(exported), "ldif": text}, "")
     else:
         ctx.out.write(text)
-    return EXIT_OK
+    return EX_OK
 
 
 # -- test tools --------------------------------------------------------------------------------
@@ -1447,7 +1436,7 @@ def cmd_test_address(ctx: Context) -> int:
         return text
 
     ctx.emit(info, human)
-    return EXIT_OK
+    return EX_OK
 
 
 def run_exim_bt(ctx: Context, address: str) -> dict[str, Any]:
@@ -1490,7 +1479,7 @@ def cmd_test_auth(ctx: Context) -> int:
         raise DirectoryUnavailable(result.reason)
     info = {"login": login, "verdict": result.verdict.name.lower(), "reason": result.reason}
     ctx.emit(info, lambda: pairs(info))
-    return EXIT_OK if result.ok else EXIT_REFUSED
+    return EX_OK if result.ok else EX_REFUSED
 
 
 def _decode(value: bytes | str) -> str:
@@ -1559,7 +1548,7 @@ def cmd_test_smtp(ctx: Context) -> int:
     ctx.emit({"server": f"{host}:{port}", "ok": ok, "transcript": transcript},
              lambda: "\n".join(f"{t['code']} {t['step']}: {t['text'].splitlines()[0] if t['text'] else ''}"
                                for t in transcript))
-    return EXIT_OK if ok else EXIT_REFUSED
+    return EX_OK if ok else EX_REFUSED
 
 
 def cmd_test_pop3(ctx: Context) -> int:
@@ -1597,7 +1586,7 @@ def cmd_test_pop3(ctx: Context) -> int:
     except (OSError, poplib.error_proto) as exc:
         raise TemporaryFailure(f"POP3 server {host}:{port}: {exc}") from None
     ctx.emit(info, lambda: pairs(info))
-    return EXIT_OK if info.get("ok") else EXIT_REFUSED
+    return EX_OK if info.get("ok") else EX_REFUSED
 
 
 # -- argument parsing ---------------------------------------------------------------------------
@@ -1781,9 +1770,9 @@ def main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        return fail(EXIT_USAGE, str(exc))
+        return fail(EX_USAGE, str(exc))
     except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        return exc.code if isinstance(exc.code, int) else EX_USAGE
     ctx: Context | None = None
     try:
         configuration = config_module.load(getattr(args, "config", None))
@@ -1791,19 +1780,19 @@ def main(argv: list[str]) -> int:
         code = int(args.handler(ctx))
         return code
     except UsageError as exc:
-        return fail(EXIT_USAGE, str(exc))
+        return fail(EX_USAGE, str(exc))
     except (AdminError, InvalidName, LdapRefused) as exc:
-        return fail(EXIT_REFUSED, _with_rollback(ctx, str(exc)))
+        return fail(EX_REFUSED, _with_rollback(ctx, str(exc)))
     except DirectoryUnavailable as exc:
-        return fail(EXIT_UNAVAILABLE, _with_rollback(ctx, f"LDAP unavailable, try again later: {exc}"))
+        return fail(EX_TEMPFAIL, _with_rollback(ctx, f"LDAP unavailable, try again later: {exc}"))
     except ConfigError as exc:
-        return fail(EXIT_REFUSED, f"bad configuration: {exc}")
+        return fail(EX_REFUSED, f"bad configuration: {exc}")
     except TemporaryFailure as exc:
-        return fail(EXIT_UNAVAILABLE, _with_rollback(ctx, f"temporary failure, try again later: {exc}"))
+        return fail(EX_TEMPFAIL, _with_rollback(ctx, f"temporary failure, try again later: {exc}"))
     except KeyboardInterrupt:
-        return fail(EXIT_REFUSED, _with_rollback(ctx, "interrupted"))
+        return fail(EX_REFUSED, _with_rollback(ctx, "interrupted"))
     except (EOFError, OSError) as exc:
-        return fail(EXIT_REFUSED, _with_rollback(ctx, str(exc)))
+        return fail(EX_REFUSED, _with_rollback(ctx, str(exc)))
     finally:
         if ctx is not None:
             ctx.close()

@@ -57,9 +57,7 @@ from mailrouter import auth
 from mailrouter.cmd import sockserver
 from mailrouter.config import Config, load
 from mailrouter.errors import TemporaryFailure
-
-EXIT_OK = 0
-EXIT_TEMPORARY = 75
+from mailrouter.exitcodes import EX_OK, EX_TEMPFAIL
 
 MAX_REQUEST = 2048
 TOKENS = {
@@ -127,8 +125,8 @@ def main(argv: list[str]) -> int:
         server = sockserver.listening_socket(args.socket or config.auth.auth_socket, args.group)
     except (TemporaryFailure, OSError) as exc:
         sockserver.log(f"authd: cannot start: {exc}")
-        return EXIT_TEMPORARY
+        return EX_TEMPFAIL
     # Fork per connection (workers=0): each request gets a fresh child with its
     # own LDAP connection and binds; a frozen LDAP blocks only that child.
     sockserver.run("authd", server, lambda connection: handle(config, connection), args)
-    return EXIT_OK
+    return EX_OK

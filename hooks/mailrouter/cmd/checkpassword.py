@@ -47,12 +47,9 @@ import os
 from mailrouter import auth
 from mailrouter.config import Config, load
 from mailrouter.directory import User
-from mailrouter.errors import InvalidName, TemporaryFailure
+from mailrouter.errors import InvalidName, Misuse, TemporaryFailure
+from mailrouter.exitcodes import CHECKPASSWORD_MISUSE, CHECKPASSWORD_REFUSED, CHECKPASSWORD_TEMPFAIL
 from mailrouter.mailbox import spool
-
-EXIT_REFUSED = 1
-EXIT_MISUSE = 2
-EXIT_TEMPORARY = 111
 
 INPUT_FD = 3
 # The protocol says "at most 512 bytes", but a client may send a longer
@@ -60,10 +57,6 @@ INPUT_FD = 3
 # password limit), not a protocol error.  Only beyond this is the caller broken.
 MAX_INPUT = 8192
 CONFIG_ENV = "MAILROUTER_CONFIG"
-
-
-class Misuse(Exception):
-    """The caller broke the protocol."""
 
 
 def read_request(fd: int = INPUT_FD) -> tuple[bytes, bytes]:
@@ -115,35 +108,35 @@ def main(argv: list[str]) -> int:
     config_path = os.environ.get(CONFIG_ENV) or None
     if argv[:1] == ["--config"]:
         if len(argv) < 2:
-            return EXIT_MISUSE
+            return CHECKPASSWORD_MISUSE
         config_path, argv = argv[1], argv[2:]
     if not argv:
-        return EXIT_MISUSE
+        return CHECKPASSWORD_MISUSE
     try:
         login, password = read_request()
     except Misuse:
-        return EXIT_MISUSE
+        return CHECKPASSWORD_MISUSE
     try:
         config = load(config_path)
     except TemporaryFailure:
-        return EXIT_TEMPORARY
+        return CHECKPASSWORD_TEMPFAIL
     authorized = os.environ.get("AUTHORIZED") == "1"
     if authorized:
         try:
             login_text = login.decode("utf-8")
         except UnicodeDecodeError:
-            return EXIT_REFUSED
+            return CHECKPASSWORD_REFUSED
         result = auth.lookup(config, login_text)
     else:
         result = auth.authenticate_raw(config, login, password)
     if result.verdict is auth.Verdict.TEMPORARY:
-        return EXIT_TEMPORARY
+        return CHECKPASSWORD_TEMPFAIL
     if result.verdict is not auth.Verdict.OK or result.user is None:
-        return EXIT_REFUSED
+        return CHECKPASSWORD_REFUSED
     try:
         environment = user_environment(config, result.user)
     except TemporaryFailure:
-        return EXIT_TEMPORARY
+        return CHECKPASSWORD_TEMPFAIL
     os.environ.update(environment)
     if authorized:
         os.environ["AUTHORIZED"] = "2"
@@ -151,5 +144,5 @@ def main(argv: list[str]) -> int:
         # execvp, like qmail's checkpassword: PROG may be a bare name found on PATH.
         os.execvp(argv[0], argv)  # noqa: S606 - exec without a shell is the point
     except OSError:
-        return EXIT_TEMPORARY
-    return EXIT_TEMPORARY  # not reached: execv does not return
+        return CHECKPASSWORD_TEMPFAIL
+    return CHECKPASSWORD_TEMPFAIL  # not reached: execv does not return

@@ -94,32 +94,21 @@ from dataclasses import dataclass
 from mailrouter import config as config_module
 from mailrouter import names
 from mailrouter.config import Config
-from mailrouter.errors import MailrouterError, PermanentFailure, TemporaryFailure
+from mailrouter.errors import (
+    MailboxRefused,
+    MailrouterError,
+    OverQuota,
+    TemporaryFailure,
+    TooBigForQuota,
+)
+from mailrouter.exitcodes import EX_NOPERM, EX_OK, EX_TEMPFAIL
 from mailrouter.mailbox import locking, maildir, mbox, spool
 from mailrouter.quota import GarbledQuota, parse_quota
-
-EX_OK = 0
-EX_NOPERM = 77
-EX_TEMPFAIL = 75
 
 _DATA_KEYS = ("mailbox", "format", "quota", "uid", "gid")
 _OPEN_MAILBOX = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _IDENTITY_RETRIES = 3
 _SAFE_LOG = re.compile(r"[^\x21-\x7e]")
-
-
-class MailboxRefused(TemporaryFailure):
-    """The mailbox is a symlink, hard link, non-regular file, or owned by someone else.
-
-    Temporary: an admin must look at it; bouncing would lose the mail."""
-
-
-class OverQuota(TemporaryFailure):
-    """The mailbox is too full for this message now (it may be emptied later)."""
-
-
-class TooBigForQuota(PermanentFailure):
-    """The message alone exceeds the whole quota: it can never be delivered."""
 
 
 @dataclass(frozen=True)

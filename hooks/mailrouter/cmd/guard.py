@@ -4,7 +4,8 @@ Why a guard module: Exim bounces mail on any pipe exit code but 75/73 and
 treats ``${run}`` output (stderr merged in) as the answer.  A traceback exits 1
 and prints to stderr -- both fatal.  So each entry point here
 
-* imports nothing but the standard library at module level,
+* imports nothing but the standard library and ``mailrouter.exitcodes`` (constants)
+  at module level,
 * for hooks, points fd 2 at /dev/null *before* importing anything else,
 * imports the real module inside a ``try`` (a broken install is an exception too),
 * maps every exception that escapes ``main`` -- and a ``SystemExit`` from argparse --
@@ -20,10 +21,8 @@ import importlib
 import os
 import sys
 
-# Caller's temporary-failure code for "something unexpected happened".
-EX_TEMPFAIL = 75  # Exim pipe transport and ${run} hooks (sysexits.h)
-CHECKPASSWORD_TEMPFAIL = 111  # checkpassword / Dovecot
-PAM_EXEC_FAILURE = 1  # pam_exec: any non-zero is a failed authentication
+# The one project import at module level: constants only, no dependencies.
+from mailrouter.exitcodes import CHECKPASSWORD_TEMPFAIL, EX_TEMPFAIL, PAM_EXEC_FAILURE
 
 
 def _silence_stderr() -> None:

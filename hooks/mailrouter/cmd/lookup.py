@@ -56,11 +56,8 @@ from collections.abc import Sequence
 
 from mailrouter import config as config_module
 from mailrouter.errors import MailrouterError, TemporaryFailure
+from mailrouter.exitcodes import EX_NOTFOUND, EX_OK, EX_TEMPFAIL
 from mailrouter.lookup import KINDS, answer
-
-EX_OK = 0
-EX_NOTFOUND = 1
-EX_TEMPFAIL = 75
 
 
 class _Parser(argparse.ArgumentParser):

@@ -77,9 +77,8 @@ from mailrouter import lookup
 from mailrouter.cmd import sockserver
 from mailrouter.config import Config
 from mailrouter.errors import MailrouterError
+from mailrouter.exitcodes import EX_OK, EX_TEMPFAIL
 
-EXIT_OK = 0
-EXIT_TEMPORARY = 75
 MAX_REQUEST = 4096
 DEFAULT_WORKERS = 8
 TEMP = b"TEMP\n"
@@ -156,7 +155,7 @@ def main(argv: list[str]) -> int:
         server = sockserver.listening_socket(args.socket, args.group)
     except (MailrouterError, OSError, ImportError) as exc:
         sockserver.log(f"lookupd: cannot start: {exc}")
-        return EXIT_TEMPORARY
+        return EX_TEMPFAIL
     sockserver.run(
         "lookupd",
         server,
@@ -165,7 +164,7 @@ def main(argv: list[str]) -> int:
         workers=args.workers,
         max_requests=args.max_requests,
     )
-    return EXIT_OK
+    return EX_OK
 
 
 if __name__ == "__main__":

@@ -53,16 +53,12 @@ from mailrouter import auth, names
 from mailrouter.config import Config, load
 from mailrouter.directory import Directory
 from mailrouter.errors import TemporaryFailure
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_MISUSE = 2
-EXIT_TEMPORARY = 75
+from mailrouter.exitcodes import EX_OK, EX_REFUSED, EX_TEMPFAIL, EX_USAGE
 
 EXIT_CODES = {
-    auth.Verdict.OK: EXIT_OK,
-    auth.Verdict.REFUSED: EXIT_REFUSED,
-    auth.Verdict.TEMPORARY: EXIT_TEMPORARY,
+    auth.Verdict.OK: EX_OK,
+    auth.Verdict.REFUSED: EX_REFUSED,
+    auth.Verdict.TEMPORARY: EX_TEMPFAIL,
 }
 
 # PAM_MAX_RESP_SIZE is 512; read a little more so an over-long token is seen as such.
@@ -76,7 +72,7 @@ NO_HOME = "/nonexistent"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise SystemExit(EXIT_MISUSE)
+        raise SystemExit(EX_USAGE)
 
 
 def _read_password(stream: int) -> bytes:
@@ -198,15 +194,15 @@ def main(argv: list[str]) -> int:
     try:
         config = load(args.config)
     except TemporaryFailure:
-        return EXIT_TEMPORARY
+        return EX_TEMPFAIL
     if args.write_userdb:
         try:
             write_userdb(config, args.write_userdb)
         except (TemporaryFailure, OSError):
-            return EXIT_TEMPORARY
-        return EXIT_OK
+            return EX_TEMPFAIL
+        return EX_OK
     login = os.environ.get("PAM_USER")
     if not login or os.environ.get("PAM_TYPE", "auth") != "auth":
-        return EXIT_MISUSE
+        return EX_USAGE
     password = _read_password(sys.stdin.fileno())
     return check(config, login, password)

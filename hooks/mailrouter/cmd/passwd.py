@@ -42,18 +42,10 @@ from typing import TextIO
 from mailrouter import auth, names, passwords
 from mailrouter.config import Config, load
 from mailrouter.directory import MODIFY_REPLACE, Directory, LdapRefused, Session
-from mailrouter.errors import InvalidName, TemporaryFailure
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_MISUSE = 2
-EXIT_TEMPORARY = 75
+from mailrouter.errors import InvalidName, Misuse, TemporaryFailure
+from mailrouter.exitcodes import EX_OK, EX_REFUSED, EX_TEMPFAIL, EX_USAGE
 
 MIN_PASSWORD_LENGTH = 8
-
-
-class Misuse(Exception):
-    pass
 
 
 def _read_secret_line(source: str, stdin: TextIO) -> str:
@@ -86,7 +78,7 @@ def change_password(config: Config, login: str, old: str, new: str) -> int:
     try:
         local, domain = names.address(login)
     except InvalidName:
-        return EXIT_REFUSED
+        return EX_REFUSED
     check_new_password(new, old)
     new_hash = passwords.hash_password(new, config.auth.password_scheme)
     dn = Directory(config.ldap).user_dn(local, domain)
@@ -95,10 +87,10 @@ def change_password(config: Config, login: str, old: str, new: str) -> int:
         with Session(config.ldap, dn, old) as session:
             session.modify(dn, {"userPassword": (MODIFY_REPLACE, [new_hash])})
     except LdapRefused:  # 49: wrong old password or unknown user; 50: not allowed
-        return EXIT_REFUSED
+        return EX_REFUSED
     except TemporaryFailure:
-        return EXIT_TEMPORARY
-    return EXIT_OK
+        return EX_TEMPFAIL
+    return EX_OK
 
 
 def main(argv: list[str], stdin: TextIO | None = None) -> int:
@@ -111,12 +103,12 @@ def main(argv: list[str], stdin: TextIO | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (argparse said why)
-        return EXIT_OK if exc.code == 0 else EXIT_MISUSE
+        return EX_OK if exc.code == 0 else EX_USAGE
     try:
         config = load(args.config)  # never reads the service secret: it only binds as the user
     except TemporaryFailure as exc:
         print(f"mailrouter-passwd: {exc}", file=sys.stderr)
-        return EXIT_TEMPORARY
+        return EX_TEMPFAIL
     try:
         login = args.login if args.login is not None else input("Login (local@domain): ").strip()
         if args.old_password_file:
@@ -132,16 +124,16 @@ def main(argv: list[str], stdin: TextIO | None = None) -> int:
         code = change_password(config, login, old, new)
     except Misuse as exc:
         print(f"mailrouter-passwd: {exc}", file=sys.stderr)
-        return EXIT_MISUSE
+        return EX_USAGE
     except (EOFError, KeyboardInterrupt):
         print("mailrouter-passwd: aborted", file=sys.stderr)
-        return EXIT_MISUSE
+        return EX_USAGE
     messages = {
-        EXIT_OK: "password changed",
-        EXIT_REFUSED: "refused: wrong login or password",
-        EXIT_TEMPORARY: "the directory is unavailable; try again later",
+        EX_OK: "password changed",
+        EX_REFUSED: "refused: wrong login or password",
+        EX_TEMPFAIL: "the directory is unavailable; try again later",
     }
-    print(f"mailrouter-passwd: {messages[code]}", file=sys.stdout if code == EXIT_OK else sys.stderr)
+    print(f"mailrouter-passwd: {messages[code]}", file=sys.stdout if code == EX_OK else sys.stderr)
     return code
 
 

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 
-from mailrouter.errors import TemporaryFailure
+from mailrouter.errors import BadRequest, TemporaryFailure
 
 DEFAULT_GROUP = "Debian-exim"
 DEFAULT_ALLOWED_USER = "Debian-exim"
@@ -63,10 +63,6 @@ BACKLOG = 64
 SD_LISTEN_FDS_START = 3
 
 Handler = Callable[[socket.socket], None]
-
-
-class BadRequest(Exception):
-    """The request line does not follow the protocol."""
 
 
 def log(message: str) -> None:

@@ -37,16 +37,12 @@ import stat
 import time
 from collections.abc import Callable
 
-from mailrouter.errors import TemporaryFailure
+from mailrouter.errors import LockTimeout
 
 LOCK_SUFFIX = ".lock"
 _OWN_PREFIX = b"mailrouter-deliver pid="
 _MAX_LOCK_CONTENT = 256
 _MAX_PAUSE = 0.1  # seconds between lock attempts at most
-
-
-class LockTimeout(TemporaryFailure):
-    """The mailbox stayed locked by another process until our deadline."""
 
 
 def _own_content() -> bytes:

@@ -24,14 +24,10 @@ import socket
 import stat
 import time
 
-from mailrouter.errors import TemporaryFailure
+from mailrouter.errors import MaildirError
 
 _counter = itertools.count(1)  # per-process sequence for unique names, not config state
 SUBDIRS = ("tmp", "new", "cur")
-
-
-class MaildirError(TemporaryFailure):
-    """The maildir is unusable (not a directory, symlinked, full disk...)."""
 
 
 def _host() -> str:

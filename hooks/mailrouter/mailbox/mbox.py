@@ -28,6 +28,8 @@ from __future__ import annotations
 import re
 import time
 
+from mailrouter.errors import NoFromLine
+
 CHECK_STRING = b"From "
 ESCAPE_STRING = b">From "
 SUFFIX = b"\n"
@@ -40,10 +42,6 @@ _BSD_DATE = (
 )
 _FROM_LINE = re.compile(rb"From [^\x00-\x1f\x7f]{1,998} " + _BSD_DATE + rb"\n")
 _SENDER_OK = re.compile(r"[\x21-\x7e]{1,512}")
-
-
-class NoFromLine(ValueError):
-    """The input does not start with the ``From `` line of Exim's message_prefix."""
 
 
 def escape(message: bytes) -> bytes:

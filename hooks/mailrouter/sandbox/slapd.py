@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from mailrouter.errors import DaemonError
+
 SLAPD = "/usr/sbin/slapd"
 SLAPTEST = "/usr/sbin/slaptest"
 SLAPADD = "/usr/sbin/slapadd"
@@ -56,10 +58,6 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | 
         except OSError:
             time.sleep(0.02)
     return False
-
-
-class DaemonError(RuntimeError):
-    """A daemon could not be configured or started; the message carries its log."""
 
 
 def render_slapd_conf(template: str, root: Path, workdir: Path) -> str:

@@ -1,0 +1,23 @@
+"""Every exit code of every executable, spelled once.
+
+The caller decides what a code means, so the codes are grouped by caller.
+Exim bounces on any pipe exit code but 75/73 (``temp_errors``); pam_exec turns
+any non-zero code into a failed login; checkpassword servers use 1/2/111.
+Each executable's module docstring says which of these it uses and when.
+"""
+
+# sysexits.h, as Exim's pipe transport and ${run} callers read them
+EX_OK = 0
+EX_NOTFOUND = 1  # mailrouter-lookup: LDAP answered "no such thing"
+EX_REFUSED = 1  # interactive tools and pam-auth: refused / invalid
+EX_USAGE = 2  # interactive tools and pam-auth: misuse
+EX_TEMPFAIL = 75  # try again later (sysexits EX_TEMPFAIL)
+EX_NOPERM = 77  # mailrouter-deliver: the message can never fit the quota
+
+# checkpassword protocol (qmail, Dovecot 2.3)
+CHECKPASSWORD_REFUSED = 1
+CHECKPASSWORD_MISUSE = 2
+CHECKPASSWORD_TEMPFAIL = 111
+
+# pam_exec: every non-zero code is a failed authentication
+PAM_EXEC_FAILURE = 1
