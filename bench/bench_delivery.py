@@ -37,7 +37,7 @@ from deliver_support import (  # noqa: E402 - the test helpers live in tests/
     run_deliver,
     write_config,
 )
-from mailrouter import mbox  # noqa: E402
+from mailrouter.mailbox import mbox  # noqa: E402
 
 
 def sample_message(n: int, size: int = 4000) -> bytes:

@@ -166,20 +166,6 @@ def lookup(
     return AuthResult(Verdict.OK, user, "ok")
 
 
-def storage_ids(config: Config, user: User) -> tuple[int, int]:
-    """uid/gid the user's mail is stored under (same rule as the lookup hook)."""
-    if config.spool.per_user_ids:
-        if (
-            user.uid_number is None
-            or user.gid_number is None
-            or user.uid_number < config.spool.min_uid
-            or user.gid_number < config.spool.min_uid
-        ):
-            raise TemporaryFailure(f"{user.address}: uidNumber/gidNumber missing or below min_uid")
-        return user.uid_number, user.gid_number
-    return config.spool.storage_uid, config.spool.storage_gid
-
-
 def authenticate_raw(
     config: Config,
     login: bytes,

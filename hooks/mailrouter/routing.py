@@ -24,15 +24,13 @@ Rules, and why:
   full mailbox behind an alias gets ``452`` before the data is sent (no
   backscatter).  The check is a best effort: when the storage cannot be read by
   the SMTP process it says "not full" and the delivery hook, which is the
-  authority, decides.
+  authority, decides.  Both count with :mod:`mailrouter.mailbox.usage`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -40,7 +38,8 @@ from typing import TYPE_CHECKING
 from mailrouter import names, quota
 from mailrouter.config import SpoolConfig
 from mailrouter.errors import ConfigError, InvalidName
-from mailrouter.mailbox import spool
+from mailrouter.mailbox import spool, usage
+from mailrouter.mailbox.addressdata import AddressData, format_address_data
 
 if TYPE_CHECKING:
     # Types only: importing the directory layer loads ldap3 (~75 ms), which
@@ -146,19 +145,8 @@ def catchall_answer(directory: Directory, local: str, domain: str) -> str | None
 
 # -- address data for the delivery hook -------------------------------------
 
-def storage_ids(user: User, spool_config: SpoolConfig) -> tuple[int, int]:
-    """uid/gid the delivery runs as: the storage account unless per-user ids are on."""
-    if not spool_config.per_user_ids:
-        return spool_config.storage_uid, spool_config.storage_gid
-    if user.uid_number is None or user.gid_number is None:
-        raise ConfigError(f"{user.dn} has no usable uidNumber/gidNumber")
-    if user.uid_number < spool_config.min_uid or user.gid_number < spool_config.min_uid:
-        raise ConfigError(f"{user.dn}: uid/gid below min_uid {spool_config.min_uid}")
-    return user.uid_number, user.gid_number
-
-
-def address_data(user: User, spool_config: SpoolConfig) -> str:
-    """The one-line ``$address_data`` contract between the router and the pipe transport."""
+def mailbox_target(user: User, spool_config: SpoolConfig) -> AddressData:
+    """Where and as whom ``user``'s mail is stored (the delivery's target)."""
     path = spool.mailbox_path(spool_config.template(), user.local, user.domain)
     raw_quota = (user.quota or "0").strip() or "0"
     try:
@@ -166,8 +154,13 @@ def address_data(user: User, spool_config: SpoolConfig) -> str:
     except quota.GarbledQuota as exc:
         # Temporary: an admin fixes the entry and the queued mail goes through.
         raise ConfigError(str(exc)) from exc
-    uid, gid = storage_ids(user, spool_config)
-    return f"mailbox={path} format={spool_config.format} quota={raw_quota} uid={uid} gid={gid}"
+    uid, gid = spool.storage_ids(user.uid_number, user.gid_number, spool_config, who=user.dn)
+    return AddressData(mailbox=path, format=spool_config.format, quota_raw=raw_quota, uid=uid, gid=gid)
+
+
+def address_data(user: User, spool_config: SpoolConfig) -> str:
+    """The one-line ``$address_data`` for the pipe transport (:mod:`mailrouter.mailbox.addressdata`)."""
+    return format_address_data(mailbox_target(user, spool_config))
 
 
 # -- quota at RCPT time ------------------------------------------------------
@@ -225,36 +218,6 @@ def expand(directory: Directory, local: str, domain: str) -> Expansion:
     return Expansion(users=tuple(users.values()), other=tuple(other))
 
 
-def mailbox_size(path: str, spool_format: str) -> int | None:
-    """Bytes in the mailbox at ``path``; 0 when absent; ``None`` when unreadable.
-
-    Never follows symlinks: a symlinked mailbox counts as unreadable here and
-    is the delivery hook's problem to refuse.
-    """
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return 0
-    except OSError:
-        return None
-    if spool_format == "mbox":
-        return info.st_size if stat.S_ISREG(info.st_mode) else None
-    if not stat.S_ISDIR(info.st_mode):
-        return None
-    total = 0
-    for sub in ("cur", "new"):
-        try:
-            with os.scandir(os.path.join(path, sub)) as entries:
-                for entry in entries:
-                    if entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return None
-    return total
-
-
 def is_over_quota(used: int, message_size: int, limit: int) -> bool:
     """Whether a message of ``message_size`` (<0: unknown) would exceed ``limit`` (0: none)."""
     if limit <= quota.UNLIMITED:
@@ -278,7 +241,7 @@ def full_mailboxes(
             path = spool.mailbox_path(spool_config.template(), user.local, user.domain)
         except InvalidName:
             continue
-        used = mailbox_size(path, spool_config.format)
+        used = usage.mailbox_usage(path, spool_config.format)
         if used is not None and is_over_quota(used, message_size, limit):
             full.append(user.address)
     return full

@@ -1362,6 +1362,7 @@ def route_address(config: Config, local: str, domain: str) -> dict[str, Any]:
     (``mailrouter.lookup.answer``, the code behind every ``${run}``) asked in the
     order of exim/mailrouter.conf -- local domain, aliases, users, catchall."""
     from mailrouter import lookup, routing
+    from mailrouter.mailbox.usage import mailbox_usage
 
     result: dict[str, Any] = {"address": f"{local}@{domain}"}
 
@@ -1386,7 +1387,7 @@ def route_address(config: Config, local: str, domain: str) -> dict[str, Any]:
         if kind == "user":
             fields = dict(item.split("=", 1) for item in data.split())
             limit = quota.parse_quota(fields.get("quota"))
-            used = routing.mailbox_size(fields["mailbox"], fields["format"])
+            used = mailbox_usage(fields["mailbox"], fields["format"])
             result.update(
                 address_data=data,
                 mailbox=fields["mailbox"],

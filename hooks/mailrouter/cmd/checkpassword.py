@@ -84,7 +84,7 @@ def read_request(fd: int = INPUT_FD) -> tuple[bytes, bytes]:
 
 def user_environment(config: Config, user: User) -> dict[str, str]:
     """The variables handed to PROG for an authenticated ``user``."""
-    uid, gid = auth.storage_ids(config, user)
+    uid, gid = spool.storage_ids(user.uid_number, user.gid_number, config.spool, who=user.address)
     try:
         maildir = spool.mailbox_path(config.spool.maildir_template, user.local, user.domain)
         if config.spool.format == "maildir":

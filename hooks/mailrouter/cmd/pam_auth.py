@@ -54,6 +54,7 @@ from mailrouter.config import Config, load
 from mailrouter.directory import Directory
 from mailrouter.errors import TemporaryFailure
 from mailrouter.exitcodes import EX_OK, EX_REFUSED, EX_TEMPFAIL, EX_USAGE
+from mailrouter.mailbox.spool import storage_ids
 
 EXIT_CODES = {
     auth.Verdict.OK: EX_OK,
@@ -117,7 +118,7 @@ def userdb_records(config: Config, directory: Directory) -> dict[str, dict[str, 
                     if user is None or not user.active:
                         continue
                     try:
-                        uid, gid = auth.storage_ids(config, user)
+                        uid, gid = storage_ids(user.uid_number, user.gid_number, config.spool)
                     except TemporaryFailure:
                         continue  # a user with bad ids gets no POP3, not everyone
                     records[user.address] = {

@@ -10,7 +10,7 @@ The classic safe sequence (D. J. Bernstein's maildir(5)):
 The message is stored without the ``From `` line and without ``>From``
 escaping (maildir needs neither).  Unique names are
 ``<sec>.M<usec>P<pid>Q<n>R<random>.<host>,S=<size>``; ``S=`` lets Dovecot's
-quota code skip a stat.
+quota code skip a stat (and :mod:`mailrouter.mailbox.usage` too).
 
 All file operations go through directory descriptors opened with
 ``O_NOFOLLOW``, so a symlinked ``tmp``/``new`` is refused, not followed.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-import stat
 import time
 
 from mailrouter.errors import MaildirError
@@ -73,31 +72,6 @@ def write_all(fd: int, data: bytes) -> None:
         if written <= 0:
             raise OSError(f"write returned {written}")
         offset += written
-
-
-def usage(maildir_fd: int) -> int:
-    """Bytes in ``new`` and ``cur`` (``S=`` from the name where present, else lstat)."""
-    total = 0
-    for sub in ("new", "cur"):
-        try:
-            fd = open_dir(sub, maildir_fd, create=False)
-        except FileNotFoundError:
-            continue
-        try:
-            for entry in os.scandir(fd):
-                size_field = entry.name.rsplit(",S=", 1)
-                if len(size_field) == 2 and size_field[1].split(":", 1)[0].split(",")[0].isdigit():
-                    total += int(size_field[1].split(":", 1)[0].split(",")[0])
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # moved to cur/ meanwhile
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
-        finally:
-            os.close(fd)
-    return total
 
 
 def deliver(maildir_fd: int, message: bytes) -> str:

@@ -20,7 +20,7 @@ message_prefix but does *no* escaping (check_string unset) -- so the hook
 escapes here, and ``message_suffix`` must be set empty in the pipe transport
 because the hook writes the separator itself.
 
-These functions are pure (bytes in, bytes out); the delivery hook does the I/O.
+These functions are pure (bytes in, bytes out); :mod:`mailrouter.mailbox.store` does the I/O.
 """
 
 from __future__ import annotations
@@ -68,9 +68,14 @@ def split_from_line(data: bytes) -> tuple[bytes, bytes]:
     happens when message_prefix was changed, and guessing would corrupt the mbox.
     """
     end = data.find(b"\n")
-    if end < 0 or not _FROM_LINE.fullmatch(data, 0, end + 1):
+    if end < 0 or not is_from_line(data[: end + 1]):
         raise NoFromLine("input does not start with Exim's 'From <sender> <date>' line")
     return data[: end + 1], data[end + 1 :]
+
+
+def is_from_line(line: bytes) -> bool:
+    """Whether ``line`` is one well-formed ``From <sender> <bsd date>\\n`` line."""
+    return _FROM_LINE.fullmatch(line) is not None
 
 
 def entry(prefix: bytes, message: bytes) -> bytes:

@@ -1,18 +1,35 @@
-"""Mailbox locations, built from the configured template -- never taken from LDAP.
+"""Mailbox locations and the storage ids: built from the configuration, never taken from LDAP.
 
 Why: a domain admin can write any attribute of their users, including
 ``mailMessageStore``; trusting it would let them point delivery at any file
 the storage account can write.  The path is built from the template and the
 *canonical* local part and domain only, and checked to stay inside the
 template's fixed directory prefix.
+
+The storage-id rule (:func:`storage_ids` for the side that reads LDAP,
+:func:`check_ids` for the side that delivers; one rule, stated once):
+
+* mail is never stored as root: uid 0 and gid 0 are refused;
+* with ``spool.per_user_ids`` off (the default, as the seed mandates) every
+  mailbox belongs to the one storage account (``spool.storage_user``);
+* with it on, to the user's own ``uidNumber``/``gidNumber``, both at or
+  above ``spool.min_uid``.
+
+Errors are :class:`~mailrouter.errors.ConfigError` (temporary: an admin fixes
+the entry or the configuration and the queued mail goes through).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from typing import TYPE_CHECKING
 
 from mailrouter import names
-from mailrouter.errors import InvalidName
+from mailrouter.errors import ConfigError, InvalidName, TemporaryFailure
+
+if TYPE_CHECKING:
+    from mailrouter.config import SpoolConfig
 
 
 def spool_root(template: str) -> str:
@@ -31,3 +48,69 @@ def mailbox_path(template: str, local: str, domain: str) -> str:
     if normal != path or not normal.startswith(root) or "/." in normal[len(root) - 1 :]:
         raise InvalidName(f"mailbox path for {local}@{domain} leaves the spool {root}")
     return path
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    pattern = ""
+    seen: set[str] = set()
+    for literal, field in re.findall(r"([^{]*)(\{local\}|\{domain\}|$)", template):
+        pattern += re.escape(literal)
+        if field:
+            name = field[1:-1]
+            pattern += f"(?P={name})" if name in seen else f"(?P<{name}>[^/]+)"
+            seen.add(name)
+    return re.compile(pattern)
+
+
+def check_mailbox_path(spool_config: SpoolConfig, path: str, mailbox_format: str) -> str:
+    """The template of ``mailbox_format`` must produce exactly ``path``; return the template.
+
+    The inverse of :func:`mailbox_path`, for the delivery side, which trusts no
+    path it is given.  A mismatch or a non-canonical name is a
+    :class:`TemporaryFailure` (a broken router, never a definite "no such user").
+    """
+    template = spool_config.maildir_template if mailbox_format == "maildir" else spool_config.mbox_template
+    match = _template_regex(template).fullmatch(path)
+    if not match:
+        raise TemporaryFailure("mailbox path does not match the configured template")
+    try:
+        if mailbox_path(template, match.group("local"), match.group("domain")) != path:
+            raise TemporaryFailure("mailbox path is not the canonical one")
+    except InvalidName as exc:
+        raise TemporaryFailure(f"mailbox path: {exc}") from exc
+    return template
+
+
+def check_ids(uid: int, gid: int, spool_config: SpoolConfig) -> None:
+    """Refuse ``uid``/``gid`` unless the storage-id rule (module docstring) allows them."""
+    if uid <= 0 or gid <= 0:
+        raise ConfigError(f"uid/gid {uid}/{gid}: mail is never stored as root")
+    if spool_config.per_user_ids:
+        if uid < spool_config.min_uid or gid < spool_config.min_uid:
+            raise ConfigError(f"uid/gid {uid}/{gid} below spool.min_uid {spool_config.min_uid}")
+    elif (uid, gid) != (spool_config.storage_uid, spool_config.storage_gid):
+        raise ConfigError(
+            f"uid/gid {uid}/{gid} are not the storage account's ({spool_config.storage_user})"
+        )
+
+
+def storage_ids(
+    uid_number: int | None, gid_number: int | None, spool_config: SpoolConfig, *, who: str = "user"
+) -> tuple[int, int]:
+    """uid/gid the mail of a user with these LDAP ids is stored under.
+
+    ``uid_number``/``gid_number`` are the user's ``uidNumber``/``gidNumber``
+    (``None`` when absent); they matter only with ``spool.per_user_ids``.
+    ``who`` names the user in the error message.
+    """
+    if not spool_config.per_user_ids:
+        uid, gid = spool_config.storage_uid, spool_config.storage_gid
+    elif uid_number is None or gid_number is None:
+        raise ConfigError(f"{who} has no usable uidNumber/gidNumber")
+    else:
+        uid, gid = uid_number, gid_number
+    try:
+        check_ids(uid, gid, spool_config)
+    except ConfigError as exc:
+        raise ConfigError(f"{who}: {exc}") from exc
+    return uid, gid
