@@ -70,17 +70,15 @@ MAX_KEY_LENGTH = 255
 
 STATUS_ACTIVE = "active"
 
+# What the hooks need of a user; mailMessageStore is never read (delivery builds
+# the path from the configured template: a domain admin could otherwise point it anywhere).
 USER_ATTRIBUTES = (
     "uid",
     "dc",
-    "mail",
-    "cn",
     "uidNumber",
     "gidNumber",
     "mailQuota",
     "mailAccountStatus",
-    "mailMessageStore",
-    "homeDirectory",
 )
 
 T = TypeVar("T")
@@ -91,12 +89,10 @@ class User:
     dn: str
     local: str
     domain: str
-    mail: str | None
     uid_number: int | None
     gid_number: int | None
     quota: str | None  # raw mailQuota, e.g. "32M"; parsed by the caller that enforces it
     active: bool
-    message_store: str | None  # informational only: delivery builds paths from the template
 
     @property
     def address(self) -> str:
@@ -361,12 +357,10 @@ class Directory:
             dn=dn,
             local=local,
             domain=domain,
-            mail=first(attributes, "mail"),
             uid_number=_int_or_none(first(attributes, "uidNumber")),
             gid_number=_int_or_none(first(attributes, "gidNumber")),
             quota=first(attributes, "mailQuota"),
             active=_is_active(attributes),
-            message_store=first(attributes, "mailMessageStore"),
         )
 
     def alias(self, name: str, domain: str) -> Alias | None:
