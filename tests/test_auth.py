@@ -515,6 +515,29 @@ def test_passwd_changes_own_password_hashed(tmp_path: Path, demo_data: demo.Demo
         server.stop()
 
 
+def test_passwd_says_when_the_outcome_is_unknown(
+    tmp_path: Path, demo_data: demo.DemoDirectory, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A change sent with no answer back (directory.Session raises it, see
+    test_directory) is 75, but never "try again later" as if nothing happened."""
+    from mailrouter.cmd import passwd
+    from mailrouter.errors import WriteOutcomeUnknown
+
+    def no_answer(self: object, dn: str, changes: object) -> None:
+        raise WriteOutcomeUnknown(f"modify {dn}: the outcome is unknown")
+
+    monkeypatch.setattr(passwd.Session, "modify", no_answer)
+    path = make_config(tmp_path / "c", demo_data, [f"ldap://127.0.0.1:{free_port()}/"])
+    (tmp_path / "pw").write_text(demo_data.account("bob@example.com").password + "\na brand new passphrase\n")
+    argv = ["--config", str(path), "--login", "bob@example.com",
+            "--old-password-file", "-", "--new-password-file", "-"]
+    with (tmp_path / "pw").open() as stdin:
+        assert passwd.main(argv, stdin=stdin) == 75
+    err = capsys.readouterr().err
+    assert "may have been applied" in err and "unavailable" not in err
+
+
 def test_shipped_pam_file_names_the_installed_helper() -> None:
     text = (ROOT / "popa3d" / "pam.d-popa3d").read_text()
     rules = [line.split() for line in text.splitlines() if line and not line.startswith("#")]

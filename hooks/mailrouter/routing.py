@@ -1,8 +1,8 @@
 """Routing and policy decisions, free of I/O except through a :class:`Directory`.
 
-``mailrouter.lookup`` (the ``${run}`` hook of the Exim config) is a thin shell
-around these functions; the rules live here so that they can be read, and
-tested, in one place.
+``mailrouter.lookup`` (the decision table behind ``mailrouter-lookup``, Exim's
+``${run}`` hook, and ``mailrouter-lookupd``) is a thin shell around these
+functions; the rules live here so that they can be read, and tested, in one place.
 
 Rules, and why:
 

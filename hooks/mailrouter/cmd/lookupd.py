@@ -11,7 +11,7 @@ imports ldap3 (~75 ms, ~90 ms per lookup in all).  Exim's ``${readsocket}``
 to this server costs one fork of an already warm process plus the LDAP
 request itself.  The decisions are the very same code: each request is
 answered by :func:`mailrouter.lookup.answer`, so the kinds, their arguments
-and their meanings are those of ``pydoc mailrouter.lookup``.  Select the
+and their meanings are those of ``pydoc mailrouter.cmd.lookup``.  Select the
 socket path in Exim with ``MAILROUTER_LOOKUP_VIA = socket``
 (exim/mailrouter.conf).
 
@@ -54,13 +54,16 @@ server's own uid, or a user named with ``--allow-user`` (default
 expansions run as Debian-exim.
 
 Socket: ``--socket PATH``, or the listening socket handed over by systemd
-(``systemd/mailrouter-lookupd.socket``), which then sets the permissions.
+(``systemd/mailrouter-lookupd.socket``), which then sets the permissions and
+wins over ``--socket``.
 
-Logging: stderr (the journal), one line per TEMP answer with the reason,
-and start-up problems.  Answers to ordinary requests are not logged.
+Logging: stderr (the journal): the socket at start, or why it cannot start;
+one line per TEMP answer with the reason; refused peers; replaced workers.
+Answers to ordinary requests are not logged.
 
-Exit codes: 0 after SIGTERM/SIGINT; 75 on bad configuration or when the
-socket cannot be set up.  Nothing is ever read from the environment except
+Exit codes: 0 after SIGTERM/SIGINT; 2 bad arguments (argparse's message on
+stderr); 75 on bad configuration, when the socket cannot be set up, or on
+any unexpected error.  Nothing is ever read from the environment except
 systemd's LISTEN_FDS/LISTEN_PID.
 """
 
