@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from mailrouter import names, quota
 from mailrouter.config import SpoolConfig
-from mailrouter.errors import ConfigError, InvalidName
+from mailrouter.errors import ConfigError, GarbledQuota, InvalidName
 from mailrouter.mailbox import spool
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ def address_data(user: User, spool_config: SpoolConfig) -> str:
     raw_quota = (user.quota or "0").strip() or "0"
     try:
         quota.parse_quota(raw_quota)
-    except quota.GarbledQuota as exc:
+    except GarbledQuota as exc:
         # Temporary: an admin fixes the entry and the queued mail goes through.
         raise ConfigError(str(exc)) from exc
     uid, gid = storage_ids(user, spool_config)
@@ -270,7 +270,7 @@ def full_mailboxes(
     for user in expand(directory, local, domain).users:
         try:
             limit = quota.parse_quota(user.quota)
-        except quota.GarbledQuota as exc:
+        except GarbledQuota as exc:
             raise ConfigError(str(exc)) from exc
         if limit == quota.UNLIMITED:
             continue

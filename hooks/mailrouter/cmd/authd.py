@@ -61,7 +61,7 @@ import socket
 from mailrouter import auth
 from mailrouter.cmd import sockserver
 from mailrouter.config import Config, load
-from mailrouter.errors import TemporaryFailure
+from mailrouter.errors import BadRequest, TemporaryFailure
 from mailrouter.exitcodes import EX_OK, EX_TEMPFAIL
 
 MAX_REQUEST = 2048
@@ -70,8 +70,6 @@ TOKENS = {
     auth.Verdict.REFUSED: b"NO\n",
     auth.Verdict.TEMPORARY: b"TEMP\n",
 }
-
-BadRequest = sockserver.BadRequest
 
 
 def parse_request(line: bytes) -> tuple[bytes, bytes]:

@@ -96,15 +96,17 @@ from mailrouter import config as config_module
 from mailrouter import names
 from mailrouter.config import Config
 from mailrouter.errors import (
+    GarbledQuota,
     MailboxRefused,
     MailrouterError,
+    NoFromLine,
     OverQuota,
     TemporaryFailure,
     TooBigForQuota,
 )
 from mailrouter.exitcodes import EX_NOPERM, EX_OK, EX_TEMPFAIL
 from mailrouter.mailbox import locking, maildir, mbox, spool
-from mailrouter.quota import GarbledQuota, parse_quota
+from mailrouter.quota import parse_quota
 
 _DATA_KEYS = ("mailbox", "format", "quota", "uid", "gid")
 _OPEN_MAILBOX = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -357,7 +359,7 @@ def run(config: Config, data: AddressData, raw: bytes) -> str:
         raise TemporaryFailure(str(exc)) from exc
     try:
         prefix, message = mbox.split_from_line(raw)
-    except mbox.NoFromLine as exc:
+    except NoFromLine as exc:
         raise TemporaryFailure(f"{exc}; keep the pipe transport's default message_prefix") from exc
     become(data.uid, data.gid)
     if data.format == "maildir":

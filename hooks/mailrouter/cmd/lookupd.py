@@ -79,7 +79,7 @@ from mailrouter import config as config_module
 from mailrouter import lookup
 from mailrouter.cmd import sockserver
 from mailrouter.config import Config
-from mailrouter.errors import MailrouterError
+from mailrouter.errors import BadRequest, MailrouterError
 from mailrouter.exitcodes import EX_OK, EX_TEMPFAIL
 
 MAX_REQUEST = 4096
@@ -89,15 +89,15 @@ NO = b"NO\n"
 
 
 def parse_request(line: bytes) -> tuple[str, list[str]]:
-    """``(kind, args)`` from ``KIND b64 b64 ...``; :class:`sockserver.BadRequest` if malformed."""
+    """``(kind, args)`` from ``KIND b64 b64 ...``; :class:`BadRequest` if malformed."""
     fields = line.rstrip(b"\r").split(b" ")
     try:
         kind = fields[0].decode("ascii")
         args = [base64.b64decode(field, validate=True).decode("utf-8") for field in fields[1:]]
     except (binascii.Error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise sockserver.BadRequest(f"bad request: {exc}") from exc
+        raise BadRequest(f"bad request: {exc}") from exc
     if kind not in lookup.KINDS:
-        raise sockserver.BadRequest(f"unknown kind {kind[:40]!r}")
+        raise BadRequest(f"unknown kind {kind[:40]!r}")
     return kind, args
 
 
@@ -106,7 +106,7 @@ def reply(config: Config, line: bytes) -> tuple[bytes, str]:
     try:
         kind, args = parse_request(line)
         result = lookup.answer(config, kind, args)
-    except sockserver.BadRequest as exc:
+    except BadRequest as exc:
         return TEMP, str(exc)
     except MailrouterError as exc:
         return TEMP, f"{type(exc).__name__}: {exc}"
@@ -120,7 +120,7 @@ def handle(config: Config, connection: socket.socket) -> None:
     """One connection, in a forked child."""
     try:
         line = sockserver.read_line(connection, MAX_REQUEST)
-    except (sockserver.BadRequest, OSError) as exc:
+    except (BadRequest, OSError) as exc:
         sockserver.log(f"lookupd: TEMP bad request: {exc}")
         try:
             sockserver.drain(connection)

@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailrouter.sandbox.slapd import DaemonError, free_port, wait_for_port
+from mailrouter.errors import DaemonError
+from mailrouter.sandbox.slapd import free_port, wait_for_port
 
 EXIM = "/usr/sbin/exim4"
 EXIM_USER = "Debian-exim"

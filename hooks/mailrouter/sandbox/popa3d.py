@@ -30,7 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mailrouter.sandbox.slapd import DaemonError, free_port, project_root, wait_for_port
+from mailrouter.errors import DaemonError
+from mailrouter.sandbox.slapd import free_port, project_root, wait_for_port
 
 POPA3D = "/usr/sbin/popa3d"
 SOCAT = "/usr/bin/socat"
