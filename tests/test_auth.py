@@ -28,6 +28,7 @@ from mailrouter.sandbox.slapd import Slapd, free_port
 
 BIN = Path(sys.executable).parent
 PAM_AUTH = str(BIN / "mailrouter-pam-auth")
+USERDB = str(BIN / "mailrouter-userdb")
 CHECKPASSWORD = str(BIN / "mailrouter-checkpassword")
 DISABLED = "frozen@example.com"
 DISABLED_PASSWORD = "disabled-but-correct-1"
@@ -234,13 +235,14 @@ def test_raw_input_must_be_utf8(conf: config.Config, demo_data: demo.DemoDirecto
 
 # -- mailrouter-pam-auth --------------------------------------------------------
 def run_pam(
-    conf_path: Path, login: str | None, password: bytes, pam_type: str = "auth"
+    conf_path: Path, login: str | None, password: bytes, pam_type: str = "auth",
+    extra_args: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     env = {"PATH": "/usr/bin:/bin", "PAM_TYPE": pam_type, "PAM_SERVICE": "popa3d"}
     if login is not None:
         env["PAM_USER"] = login
     return subprocess.run(
-        [PAM_AUTH, "--config", str(conf_path)],
+        [PAM_AUTH, "--config", str(conf_path), *extra_args],
         input=password,
         env=env,
         capture_output=True,
@@ -275,18 +277,43 @@ def test_pam_auth_misuse_and_temporary(
     assert (done.returncode, done.stdout, done.stderr) == (75, b"", b"")
 
 
+@pytest.mark.parametrize(
+    "extra_args",
+    [("--no-such-option",), ("surplus",), ("--config",), ("--write-userdb", "/tmp")],
+    ids=repr,
+)
+def test_pam_auth_usage_errors_exit_2(
+    conf_path: Path, demo_data: demo.DemoDirectory, extra_args: tuple[str, ...]
+) -> None:
+    """Through the installed console script and its guard: argv misuse is 2, silently,
+    even with the right password (``--write-userdb`` is mailrouter-userdb's now)."""
+    done = run_pam(conf_path, "alice@example.com", alice(demo_data).password.encode(), extra_args=extra_args)
+    assert (done.returncode, done.stdout, done.stderr) == (2, b"", b"")
+
+
+def run_userdb(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([USERDB, *argv], env={"PATH": "/usr/bin:/bin"}, capture_output=True, check=False)
+
+
+def test_userdb_usage_and_temporary(conf_path: Path, dead_conf_path: Path, tmp_path: Path) -> None:
+    assert run_userdb("--config", str(conf_path)).returncode == 2  # no DIR
+    assert run_userdb("--config", str(conf_path), str(tmp_path), "surplus").returncode == 2
+    assert run_userdb("--config", str(conf_path), "--no-such-option", str(tmp_path)).returncode == 2
+    done = run_userdb("--config", str(dead_conf_path), str(tmp_path))
+    assert (done.returncode, done.stdout) == (75, b"")
+    assert done.stderr.startswith(b"mailrouter-userdb: not updated: ")
+    assert list(tmp_path.glob("*.user")) == []
+    assert run_userdb("--config", str(conf_path), str(tmp_path / "missing")).returncode == 75
+
+
 def test_write_userdb(conf_path: Path, tmp_path: Path) -> None:
     target = tmp_path / "userdb"
     target.mkdir()
     stale = {"userName": "gone@example.com", "uid": 8, "gid": 8, "service": "io.mailrouter"}
     (target / "gone@example.com.user").write_text(json.dumps(stale))
     (target / "admin.user").write_text(json.dumps({"userName": "admin", "uid": 1000, "gid": 1000}))
-    done = subprocess.run(
-        [PAM_AUTH, "--config", str(conf_path), "--write-userdb", str(target)],
-        capture_output=True,
-        check=False,
-    )
-    assert done.returncode == 0
+    done = run_userdb("--config", str(conf_path), str(target))
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
     files = sorted(p.name for p in target.iterdir())
     assert "alice@example.com.user" in files and "carol@example.org.user" in files
     assert "gone@example.com.user" not in files  # ours, user gone: removed
@@ -486,6 +513,29 @@ def test_passwd_changes_own_password_hashed(tmp_path: Path, demo_data: demo.Demo
         assert passwd.main(argv) == 75
     finally:
         server.stop()
+
+
+def test_passwd_says_when_the_outcome_is_unknown(
+    tmp_path: Path, demo_data: demo.DemoDirectory, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A change sent with no answer back (directory.Session raises it, see
+    test_directory) is 75, but never "try again later" as if nothing happened."""
+    from mailrouter.cmd import passwd
+    from mailrouter.errors import WriteOutcomeUnknown
+
+    def no_answer(self: object, dn: str, changes: object) -> None:
+        raise WriteOutcomeUnknown(f"modify {dn}: the outcome is unknown")
+
+    monkeypatch.setattr(passwd.Session, "modify", no_answer)
+    path = make_config(tmp_path / "c", demo_data, [f"ldap://127.0.0.1:{free_port()}/"])
+    (tmp_path / "pw").write_text(demo_data.account("bob@example.com").password + "\na brand new passphrase\n")
+    argv = ["--config", str(path), "--login", "bob@example.com",
+            "--old-password-file", "-", "--new-password-file", "-"]
+    with (tmp_path / "pw").open() as stdin:
+        assert passwd.main(argv, stdin=stdin) == 75
+    err = capsys.readouterr().err
+    assert "may have been applied" in err and "unavailable" not in err
 
 
 def test_shipped_pam_file_names_the_installed_helper() -> None:

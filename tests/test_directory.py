@@ -12,7 +12,7 @@ from ldap3.utils.dn import escape_rdn
 from conftest import service_config, start_slapd
 from mailrouter import entries
 from mailrouter.directory import Directory, LdapRefused, Session
-from mailrouter.errors import DirectoryUnavailable, TemporaryFailure
+from mailrouter.errors import BindRefused, DirectoryUnavailable, TemporaryFailure, WriteOutcomeUnknown
 from mailrouter.sandbox import demo
 from mailrouter.sandbox.slapd import Slapd, free_port
 
@@ -173,8 +173,66 @@ def test_failover_to_the_next_uri(slapd: Slapd, demo_data: demo.DemoDirectory) -
 
 def test_wrong_service_password_is_temporary(slapd: Slapd, demo_data: demo.DemoDirectory) -> None:
     config = service_config(slapd, demo_data, bind_password="wrong")
-    with Directory(config) as directory, pytest.raises(TemporaryFailure):
+    with Directory(config) as directory, pytest.raises(BindRefused) as refused:
         directory.is_local_domain(DOMAIN)
+    assert isinstance(refused.value, TemporaryFailure)
+
+
+@pytest.fixture
+def two_slapds(tmp_path: Path) -> Iterator[tuple[Slapd, Slapd, demo.DemoDirectory]]:
+    """Two independent servers with the same data: a failover pair."""
+    data = demo.build(scheme="ssha")
+    first = start_slapd(tmp_path / "first", data)
+    try:
+        second = start_slapd(tmp_path / "second", data)
+        try:
+            yield first, second, data
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def test_write_to_a_frozen_server_is_unknown_and_never_sent_to_the_next(
+    two_slapds: tuple[Slapd, Slapd, demo.DemoDirectory],
+) -> None:
+    first, second, data = two_slapds
+    admin = data.account("global-admin")
+    config = service_config(first, data, uris=(first.uri, second.uri), operation_timeout=1.0)
+    entry = entries.alias_entry("written", DOMAIN, data.base_dn, ["alice@example.com"])
+    with Session(config, admin.dn, admin.password) as session:
+        session.bind()  # bound on the first server, which then freezes mid-request
+        first.freeze()
+        started = time.monotonic()
+        with pytest.raises(WriteOutcomeUnknown) as unknown:
+            session.add(entry.dn, entry.attributes)
+        assert time.monotonic() - started < 10
+    assert isinstance(unknown.value, DirectoryUnavailable)  # temporary for every caller
+    assert "outcome is unknown" in str(unknown.value)
+    with Directory(service_config(second, data)) as on_second:
+        assert on_second.alias("written", DOMAIN) is None
+    # A fresh session whose first server does not even connect: nothing was
+    # sent there, so the write goes to the next URI.
+    dead = f"ldap://127.0.0.1:{free_port()}/"
+    config = service_config(first, data, uris=(dead, second.uri), connect_timeout=1.0)
+    with Session(config, admin.dn, admin.password) as session:
+        session.add(entry.dn, entry.attributes)
+    with Directory(service_config(second, data)) as on_second:
+        assert on_second.alias("written", DOMAIN) is not None
+
+
+def test_read_from_a_frozen_server_fails_over(
+    two_slapds: tuple[Slapd, Slapd, demo.DemoDirectory],
+) -> None:
+    first, second, data = two_slapds
+    admin = data.account("global-admin")
+    config = service_config(first, data, uris=(first.uri, second.uri), operation_timeout=1.0)
+    with Session(config, admin.dn, admin.password) as session:
+        session.bind()
+        first.freeze()
+        assert session.directory.user("alice", DOMAIN) is not None  # answered by the second
+        found = session.search(session.directory.domain_dn(DOMAIN), "(uid=bob)", ["uid"])
+        assert [dn for dn, _ in found] == [f"uid=bob,dc={DOMAIN},o=top"]
 
 
 def test_check_password(directory: Directory, demo_data: demo.DemoDirectory) -> None:

@@ -30,8 +30,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs a
 
 def make_user(local: str, quota: str | None = None) -> User:
     return User(dn=f"uid={local},dc=example.com,o=top", local=local, domain="example.com",
-                mail=f"{local}@example.com", uid_number=None, gid_number=None, quota=quota,
-                active=True, message_store=None)
+                uid_number=None, gid_number=None, quota=quota, active=True)
 
 
 # --- the $address_data contract --------------------------------------------

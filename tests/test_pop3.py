@@ -3,7 +3,7 @@
 popa3d runs inetd-style under socat (POP3) and under stunnel with the shipped
 stunnel-pop3s.conf (POP3S), in a private mount namespace that carries the
 shipped PAM service file, nss-systemd user records written by the real
-``mailrouter-pam-auth --write-userdb`` and a private /var/mail
+``mailrouter-userdb`` and a private /var/mail
 (``mailrouter.sandbox.popa3d``).  The mailbox is a file ``/var/mail/<login>``
 owned by the storage account ``mail`` (uid 8), as the delivery hook writes it.
 """

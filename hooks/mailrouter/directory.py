@@ -15,13 +15,25 @@ The error split is strict:
   thing does not exist (or the key cannot possibly name an entry);
 * :class:`~mailrouter.errors.DirectoryUnavailable` is raised whenever no answer
   was obtained: every URI refused or timed out, the server was busy, the service
-  bind failed, or any other result code came back.
+  bind failed, or any other result code came back;
+* :class:`~mailrouter.errors.BindRefused` (a temporary ``ConfigError``) when
+  slapd refused the *service account's* bind (rc 49: a wrong secret in the
+  configuration); a *person's* refused bind (:class:`Session`) is
+  :class:`~mailrouter.errors.LdapRefused` with code 49, slapd's answer.
 
 Timeouts: each URI gets ``connect_timeout`` to connect and ``operation_timeout``
 per operation (ldap3 ``receive_timeout``), so a frozen slapd costs at most
 ``len(uris) * (connect + operation)`` seconds, far inside Exim's 60 s.
 Nothing connects at import time or in ``__init__``; the connection is made on
 first use and reused for the life of the object (one request).
+
+Failover differs for reads and writes.  A read that gets no answer is simply
+asked again of the next URI.  A *write* (add, delete, modify, password change)
+that was sent and got no answer -- a timeout, a lost connection -- may have
+been applied: it is never sent to another server but raises
+:class:`~mailrouter.errors.WriteOutcomeUnknown` (temporary; the message says
+the outcome is unknown).  Only a failure *before* the write was sent (connect
+or bind) moves on to the next URI.
 """
 
 from __future__ import annotations
@@ -38,7 +50,13 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
 from mailrouter.config import LdapConfig
-from mailrouter.errors import REFUSAL_CODES, ConfigError, DirectoryUnavailable, LdapRefused
+from mailrouter.errors import (
+    REFUSAL_CODES,
+    BindRefused,
+    DirectoryUnavailable,
+    LdapRefused,
+    WriteOutcomeUnknown,
+)
 
 RESULT_SUCCESS = 0
 RESULT_NO_SUCH_OBJECT = 32
@@ -52,17 +70,15 @@ MAX_KEY_LENGTH = 255
 
 STATUS_ACTIVE = "active"
 
+# What the hooks need of a user; mailMessageStore is never read (delivery builds
+# the path from the configured template: a domain admin could otherwise point it anywhere).
 USER_ATTRIBUTES = (
     "uid",
     "dc",
-    "mail",
-    "cn",
     "uidNumber",
     "gidNumber",
     "mailQuota",
     "mailAccountStatus",
-    "mailMessageStore",
-    "homeDirectory",
 )
 
 T = TypeVar("T")
@@ -73,12 +89,10 @@ class User:
     dn: str
     local: str
     domain: str
-    mail: str | None
     uid_number: int | None
     gid_number: int | None
     quota: str | None  # raw mailQuota, e.g. "32M"; parsed by the caller that enforces it
     active: bool
-    message_store: str | None  # informational only: delivery builds paths from the template
 
     @property
     def address(self) -> str:
@@ -158,13 +172,28 @@ def _is_active(attributes: dict[str, Any]) -> bool:
     return status is None or status.lower() == STATUS_ACTIVE
 
 
-class Directory:
-    """One request's view of LDAP.  Use as a context manager to close the connection."""
+def _discard(connection: Connection) -> None:
+    """Unbind a connection that may already be broken; nothing to report."""
+    try:
+        connection.unbind()
+    except (LDAPException, OSError):
+        pass
 
-    def __init__(self, config: LdapConfig, read_only: bool = True) -> None:
+
+class Directory:
+    """One request's view of LDAP.  Use as a context manager to close the connection.
+
+    ``as_person``: the configured ``bind_dn`` is a person binding as themself
+    (:class:`Session`), so a refused bind is their wrong password
+    (:class:`LdapRefused` 49), not a wrong service secret (:class:`BindRefused`).
+    """
+
+    def __init__(self, config: LdapConfig, read_only: bool = True, *, as_person: bool = False) -> None:
         self._config = config
         self._read_only = read_only  # hooks only ever read: ldap3 then refuses any write
+        self._as_person = as_person
         self._connection: Connection | None = None
+        self._connected_uri = ""
 
     # -- DNs --------------------------------------------------------------
     @property
@@ -204,19 +233,30 @@ class Directory:
         )
         if not connection.bind():
             code = connection.result.get("result")
-            connection.unbind()
+            _discard(connection)
             if code == RESULT_INVALID_CREDENTIALS:
-                raise ConfigError(f"service bind as {self._config.bind_dn} refused (rc 49)")
-            raise DirectoryUnavailable(f"{uri}: service bind failed (rc {code})")
+                who = self._config.bind_dn or "anonymous"
+                if self._as_person:
+                    raise LdapRefused(RESULT_INVALID_CREDENTIALS, "bind", who)
+                raise BindRefused(f"service bind as {who} refused (rc 49)")
+            raise DirectoryUnavailable(f"{uri}: bind failed (rc {code})")
         return connection
 
-    def _with_connection(self, operation: Callable[[Connection], T]) -> T:
-        """Run ``operation`` on a bound connection, failing over across the URI list."""
+    def _with_connection(self, operation: Callable[[Connection], T], *, write: str | None = None) -> T:
+        """Run ``operation`` on a bound connection, failing over across the URI list.
+
+        ``write`` names a write (``"add DN"``); ``None`` for a read.  A read that
+        gets no answer is retried on the next URI; a write that was sent is not
+        (see the module docstring): :class:`WriteOutcomeUnknown`.
+        """
         if self._connection is not None:
             try:
                 return operation(self._connection)
-            except (LDAPException, OSError):
-                self.close()  # fall through: try every URI afresh
+            except (LDAPException, OSError) as exc:
+                uri = self._connected_uri
+                self.close()  # a read falls through: try every URI afresh
+                if write is not None:
+                    raise self._unknown(write, uri, exc) from exc
         problems = []
         for uri in self._config.uris:
             try:
@@ -230,19 +270,26 @@ class Directory:
             try:
                 result = operation(connection)
             except (LDAPException, OSError) as exc:
-                connection.unbind()
+                _discard(connection)
+                if write is not None:
+                    raise self._unknown(write, uri, exc) from exc
                 problems.append(f"{uri}: {type(exc).__name__}")
                 continue
             self._connection = connection
+            self._connected_uri = uri
             return result
         raise DirectoryUnavailable("no LDAP server answered: " + "; ".join(problems))
 
+    @staticmethod
+    def _unknown(write: str, uri: str, exc: BaseException) -> WriteOutcomeUnknown:
+        return WriteOutcomeUnknown(
+            f"{write}: sent to {uri}, no answer ({type(exc).__name__}): the outcome is unknown,"
+            " check before trying again (not retried on another server)"
+        )
+
     def close(self) -> None:
         if self._connection is not None:
-            try:
-                self._connection.unbind()
-            except (LDAPException, OSError):
-                pass
+            _discard(self._connection)
             self._connection = None
 
     def __enter__(self) -> Directory:
@@ -310,12 +357,10 @@ class Directory:
             dn=dn,
             local=local,
             domain=domain,
-            mail=first(attributes, "mail"),
             uid_number=_int_or_none(first(attributes, "uidNumber")),
             gid_number=_int_or_none(first(attributes, "gidNumber")),
             quota=first(attributes, "mailQuota"),
             active=_is_active(attributes),
-            message_store=first(attributes, "mailMessageStore"),
         )
 
     def alias(self, name: str, domain: str) -> Alias | None:
@@ -385,17 +430,13 @@ class Directory:
                 problems.append(f"{uri}: {type(exc).__name__}")
                 continue
             code = connection.result.get("result")
-            try:
-                connection.unbind()
-            except (LDAPException, OSError):
-                pass
+            _discard(connection)
             if ok:
                 return True
             if code == RESULT_INVALID_CREDENTIALS:
                 return False
             problems.append(f"{uri}: bind rc {code}")
         raise DirectoryUnavailable("no LDAP server answered the bind: " + "; ".join(problems))
-
 
 
 # -- writing, as the acting admin or user -----------------------------------
@@ -413,12 +454,13 @@ _LDAP3_MODIFY = {
 }
 
 
-
 class Session:
     """A connection bound as one person (admin or user) for writes and reads.
 
     ``Session(config, dn, password)`` binds on first use, failing over across the
-    URIs; a wrong password raises :class:`LdapRefused` with code 49.
+    URIs; a wrong password raises :class:`LdapRefused` with code 49.  A write
+    that was sent and got no answer raises :class:`WriteOutcomeUnknown` and is
+    never sent to another URI.
     """
 
     def __init__(self, config: LdapConfig, dn: str | None, password: str | None) -> None:
@@ -434,6 +476,7 @@ class Session:
                 operation_timeout=config.operation_timeout,
             ),
             read_only=False,
+            as_person=True,
         )
         self.dn = dn
 
@@ -462,24 +505,21 @@ class Session:
 
     def bind(self) -> None:
         """Bind now (normally done on first use) to report bad credentials early."""
-        try:
-            self._directory._with_connection(lambda connection: None)
-        except ConfigError as exc:  # the bind was refused with rc 49
-            raise LdapRefused(49, "bind", self.dn or "anonymous") from exc
+        self._directory._with_connection(lambda connection: None)
 
     def add(self, dn: str, attributes: dict[str, list[str]]) -> None:
         def operation(connection: Connection) -> None:
             connection.add(dn, attributes=attributes)
             self._check(connection, "add", dn)
 
-        self._run(operation)
+        self._directory._with_connection(operation, write=f"add {dn}")
 
     def delete(self, dn: str) -> None:
         def operation(connection: Connection) -> None:
             connection.delete(dn)
             self._check(connection, "delete", dn)
 
-        self._run(operation)
+        self._directory._with_connection(operation, write=f"delete {dn}")
 
     def modify(self, dn: str, changes: dict[str, tuple[str, list[str]]]) -> None:
         """``changes``: attribute -> (MODIFY_ADD | MODIFY_DELETE | MODIFY_REPLACE, values)."""
@@ -492,7 +532,7 @@ class Session:
             connection.modify(dn, ldap3_changes)
             self._check(connection, "modify", dn)
 
-        self._run(operation)
+        self._directory._with_connection(operation, write=f"modify {dn}")
 
     def password_modify(self, dn: str, new_password: str, old_password: str | None = None) -> None:
         """RFC 3062 Password Modify: slapd hashes with its ``password-hash`` ({ARGON2})."""
@@ -503,7 +543,7 @@ class Session:
             connection.extend.standard.modify_password(dn, old_password, new_password)
             self._check(connection, "password change", dn)
 
-        self._run(operation)
+        self._directory._with_connection(operation, write=f"password change {dn}")
 
     def search(
         self, base: str, search_filter: str, attributes: Sequence[str], subtree: bool = False
@@ -526,13 +566,7 @@ class Session:
                 if r.get("type") == "searchResEntry"
             ]
 
-        return self._run(operation)
-
-    def _run(self, operation: Callable[[Connection], T]) -> T:
-        try:
-            return self._directory._with_connection(operation)
-        except ConfigError as exc:
-            raise LdapRefused(49, "bind", self.dn or "anonymous") from exc
+        return self._directory._with_connection(operation)
 
 
 def escape_filter_value(value: str) -> str:

@@ -34,10 +34,14 @@ class ConfigError(TemporaryFailure):
     and the queued mail then goes through; bouncing it would lose it."""
 
 
-class BindRefused(TemporaryFailure):
+class BindRefused(ConfigError):
     """slapd refused the *service account's* bind (rc 49): a wrong secret in the
     configuration.  Temporary for mail (an admin fixes the secret); a person's
-    own refused bind is :class:`LdapRefused` with code 49 instead."""
+    own refused bind is :class:`LdapRefused` with code 49 instead.
+
+    A :class:`ConfigError` because that is what it is: every caller that treats
+    a broken configuration in its own way (the admin CLI's "bad configuration")
+    treats this one the same, and a caller that must tell it apart can."""
 
 
 class LockTimeout(TemporaryFailure):

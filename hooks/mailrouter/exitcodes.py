@@ -10,7 +10,7 @@ Each executable's module docstring says which of these it uses and when.
 EX_OK = 0
 EX_NOTFOUND = 1  # mailrouter-lookup: LDAP answered "no such thing"
 EX_REFUSED = 1  # interactive tools and pam-auth: refused / invalid
-EX_USAGE = 2  # interactive tools and pam-auth: misuse
+EX_USAGE = 2  # interactive tools, pam-auth and userdb: misuse
 EX_TEMPFAIL = 75  # try again later (sysexits EX_TEMPFAIL)
 EX_NOPERM = 77  # mailrouter-deliver: the message can never fit the quota
 
@@ -18,6 +18,3 @@ EX_NOPERM = 77  # mailrouter-deliver: the message can never fit the quota
 CHECKPASSWORD_REFUSED = 1
 CHECKPASSWORD_MISUSE = 2
 CHECKPASSWORD_TEMPFAIL = 111
-
-# pam_exec: every non-zero code is a failed authentication
-PAM_EXEC_FAILURE = 1

@@ -17,7 +17,6 @@ from mailrouter.errors import InvalidName
 
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 MAX_DOMAIN = 253  # RFC 1035 textual form, without the trailing dot
-MAX_LABEL = 63
 MAX_ADDRESS = 254  # RFC 5321 path limit minus the angle brackets
 
 # Our allowed set is a subset of RFC 5321 atext: no '/', no quotes, no shell or

@@ -26,9 +26,9 @@ def hash_password(password: str, scheme: str = "argon2") -> str:
         raise ValueError("refusing to hash an empty password")
     if scheme == "argon2":
         # argon2id; slapd's {ARGON2} verifies the PHC string passlib produces.
-        return "{ARGON2}" + argon2.using(type="ID").hash(password)
+        return "{ARGON2}" + str(argon2.using(type="ID").hash(password))
     if scheme == "sha512_crypt":
-        return "{CRYPT}" + sha512_crypt.using(rounds=100_000).hash(password)
+        return "{CRYPT}" + str(sha512_crypt.using(rounds=100_000).hash(password))
     if scheme == "ssha":
         salt = os.urandom(SSHA_SALT_BYTES)
         digest = hashlib.sha1(password.encode("utf-8") + salt).digest()  # noqa: S324 - RFC 2307 SSHA

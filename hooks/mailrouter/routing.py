@@ -1,8 +1,8 @@
 """Routing and policy decisions, free of I/O except through a :class:`Directory`.
 
-``mailrouter.lookup`` (the ``${run}`` hook of the Exim config) is a thin shell
-around these functions; the rules live here so that they can be read, and
-tested, in one place.
+``mailrouter.lookup`` (the decision table behind ``mailrouter-lookup``, Exim's
+``${run}`` hook, and ``mailrouter-lookupd``) is a thin shell around these
+functions; the rules live here so that they can be read, and tested, in one place.
 
 Rules, and why:
 
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from mailrouter import names, quota
 from mailrouter.config import SpoolConfig
-from mailrouter.errors import ConfigError, InvalidName
+from mailrouter.errors import ConfigError, GarbledQuota, InvalidName
 from mailrouter.mailbox import spool, usage
 from mailrouter.mailbox.addressdata import AddressData, format_address_data
 
@@ -151,7 +151,7 @@ def mailbox_target(user: User, spool_config: SpoolConfig) -> AddressData:
     raw_quota = (user.quota or "0").strip() or "0"
     try:
         quota.parse_quota(raw_quota)
-    except quota.GarbledQuota as exc:
+    except GarbledQuota as exc:
         # Temporary: an admin fixes the entry and the queued mail goes through.
         raise ConfigError(str(exc)) from exc
     uid, gid = spool.storage_ids(user.uid_number, user.gid_number, spool_config, who=user.dn)
@@ -233,7 +233,7 @@ def full_mailboxes(
     for user in expand(directory, local, domain).users:
         try:
             limit = quota.parse_quota(user.quota)
-        except quota.GarbledQuota as exc:
+        except GarbledQuota as exc:
             raise ConfigError(str(exc)) from exc
         if limit == quota.UNLIMITED:
             continue

@@ -3,6 +3,7 @@
 Usage::
 
     mailrouter-authd [--config CONF] [--socket PATH] [--group GROUP] [--allow-user USER]...
+                     [--max-children N] [--request-timeout SECONDS]
 
 Why a socket: ``${run{prog $auth2 $auth3}}`` would put the password on a
 command line, readable by every local user in ``ps`` and ``/proc/PID/cmdline``.
@@ -16,7 +17,9 @@ Protocol (one request per connection; the Exim side is in exim/mailrouter.conf):
 
 ``OK`` authenticated; ``NO`` refused (unknown user, wrong or empty password,
 disabled account, non-canonical login -- one answer on purpose); ``TEMP`` LDAP
-trouble, a malformed request or a request that timed out.  The replies are
+trouble, a malformed request or one not sent within 10 seconds.  A check that
+takes longer than ``--request-timeout`` gets no reply at all (its child is
+killed): Exim must treat that, like any other reply, as a failure.  The replies are
 fixed tokens because Exim echoes an unexpected ``${readsocket}`` result to the
 SMTP client.
 
@@ -38,12 +41,14 @@ Who may connect:
 Socket: ``--socket PATH`` (default ``auth.auth_socket`` from the config), or a
 listening socket handed over by systemd (``LISTEN_FDS``/``LISTEN_PID``,
 ``systemd/mailrouter-authd.socket``), in which case systemd sets the permissions.
+``--config`` defaults to ``/etc/mailrouter/mailrouter.toml``.
 
 Logging: one line per request on stderr (the journal under systemd): the login
 as received (escaped), the verdict and the reason.  Never the password.
 
-Exit codes: 0 after SIGTERM/SIGINT, 75 on bad configuration or when the
-socket cannot be set up.
+Exit codes: 0 after SIGTERM/SIGINT; 2 bad arguments (argparse's message on
+stderr); 75 on bad configuration, when the socket cannot be set up, or on
+any unexpected error.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ import socket
 from mailrouter import auth
 from mailrouter.cmd import sockserver
 from mailrouter.config import Config, load
-from mailrouter.errors import TemporaryFailure
+from mailrouter.errors import BadRequest, TemporaryFailure
 from mailrouter.exitcodes import EX_OK, EX_TEMPFAIL
 
 MAX_REQUEST = 2048
@@ -65,8 +70,6 @@ TOKENS = {
     auth.Verdict.REFUSED: b"NO\n",
     auth.Verdict.TEMPORARY: b"TEMP\n",
 }
-
-BadRequest = sockserver.BadRequest
 
 
 def parse_request(line: bytes) -> tuple[bytes, bytes]:

@@ -17,7 +17,7 @@ the user the server runs this as (``dovecot``).
 Input:
     fd 3   ``LOGIN\\0PASSWORD\\0`` then anything (a timestamp, or Dovecot's empty
            field).  The protocol's limit is 512 bytes; up to 8192 are read, so
-           that an over-long password is a plain refusal.
+           that an over-long password is a plain refusal; more is misuse.
     ``AUTHORIZED=1`` (environment, Dovecot userdb lookups and passdb lookups with
            no password): check that the user exists and is active, do not check
            the password, and set ``AUTHORIZED=2`` before the exec, as Dovecot asks.
@@ -36,8 +36,10 @@ Nothing is written to stdout or stderr.
 Exit codes (checkpassword convention):
     1    refused: unknown user, wrong or empty password, disabled account,
          non-canonical login -- all the same on purpose
-    2    misuse: no PROG, fd 3 missing or malformed
-    111  temporary: LDAP down or slow, bad configuration, the exec failed
+    2    misuse: no PROG, ``--config`` without a path, fd 3 missing, malformed
+         or longer than 8192 bytes
+    111  temporary: LDAP down or slow, bad configuration, the exec failed, any
+         unexpected error (``mailrouter.cmd.guard``)
 """
 
 from __future__ import annotations

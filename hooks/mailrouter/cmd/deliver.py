@@ -1,7 +1,7 @@
 """mailrouter-deliver -- local delivery hook for Exim's pipe transport.
 
 SYNOPSIS
-    mailrouter-deliver --config CONF --address-data "mailbox=PATH format=mbox|maildir quota=RAW uid=N gid=N"
+    mailrouter-deliver [--config CONF] --address-data "mailbox=PATH format=mbox|maildir quota=RAW uid=N gid=N"
 
 DESCRIPTION
     Appends the message on stdin to one mailbox, as carefully as Exim's own
@@ -75,7 +75,8 @@ EXIT CODES
     75  temporary, Exim retries: mailbox locked, over quota, garbled quota,
         disk full or any I/O error (mailbox restored), refused mailbox (symlink,
         hard link, not a regular file, wrong owner, path outside the template),
-        bad address data or config, missing From_ line, any unexpected exception
+        bad arguments, address data or config, missing From_ line, any
+        unexpected exception
     77  permanent: the message alone is larger than the mailbox's whole quota
     (67 is never used here: only a definite "no such user" from LDAP may be
     permanent, and this hook does not query LDAP.)

@@ -8,8 +8,12 @@ and prints to stderr -- both fatal.  So each entry point here
   at module level,
 * for hooks, points fd 2 at /dev/null *before* importing anything else,
 * imports the real module inside a ``try`` (a broken install is an exception too),
-* maps every exception that escapes ``main`` -- and a ``SystemExit`` from argparse --
-  to the caller's temporary-failure code.
+* returns whatever integer ``main`` returns, unchanged: that is how an executable
+  gives its documented codes, usage errors (``EX_USAGE``) included,
+* maps every exception that escapes ``main`` to the caller's temporary-failure
+  code -- for a hook with silenced stderr also a ``SystemExit`` other than 0
+  (argparse's exit 2 is not an answer anyone chose; a hook that means "usage
+  error" returns ``EX_USAGE`` from ``main``).
 
 The per-executable exit codes of the *expected* outcomes live in each module's
 docstring and ``main``; this file holds only the "anything else" code.
@@ -22,7 +26,7 @@ import os
 import sys
 
 # The one project import at module level: constants only, no dependencies.
-from mailrouter.exitcodes import CHECKPASSWORD_TEMPFAIL, EX_TEMPFAIL, PAM_EXEC_FAILURE
+from mailrouter.exitcodes import CHECKPASSWORD_TEMPFAIL, EX_TEMPFAIL
 
 
 def _silence_stderr() -> None:
@@ -40,7 +44,7 @@ def _guarded(module_name: str, temporary_code: int, silence_stderr: bool) -> int
     try:
         module = importlib.import_module(module_name)
         code = module.main(sys.argv[1:])
-    except SystemExit as exc:  # argparse usage errors and explicit exits
+    except SystemExit as exc:  # argparse's own exits (--help, a usage error)
         code = exc.code if isinstance(exc.code, int) else temporary_code
         return code if code == 0 or not silence_stderr else temporary_code
     except BaseException:  # noqa: BLE001 - the whole point: nothing escapes as rc 1
@@ -57,7 +61,11 @@ def deliver() -> int:
 
 
 def pam_auth() -> int:
-    return _guarded("mailrouter.cmd.pam_auth", PAM_EXEC_FAILURE, silence_stderr=True)
+    return _guarded("mailrouter.cmd.pam_auth", EX_TEMPFAIL, silence_stderr=True)
+
+
+def userdb() -> int:
+    return _guarded("mailrouter.cmd.userdb", EX_TEMPFAIL, silence_stderr=False)
 
 
 def checkpassword() -> int:

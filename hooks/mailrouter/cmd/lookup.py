@@ -4,8 +4,15 @@ Synopsis::
 
     mailrouter-lookup [--config PATH] KIND ARG...
 
+``--config`` defaults to ``/etc/mailrouter/mailrouter.toml``.  Everything after
+KIND is data, never an option.  The decisions themselves live in
+:mod:`mailrouter.lookup` (shared with ``mailrouter-lookupd`` and
+``mailrouter-admin test address``); this is their manual.
+
 Kinds (Exim lower-cases local parts and domains before routing; keys that are
-not canonical names cannot exist and are answered "no" without a query):
+not canonical names, or longer than 1024 characters, cannot exist and are
+answered "no" without a query).  The predicates -- ``relay-host``,
+``blacklisted-host``, ``blacklisted-sender``, ``sender-owner`` -- print ``yes``:
 
 ======================================  ==========================================================
 ``domain DOMAIN``                       0 + DOMAIN if it is a local (mailDomain) domain
@@ -37,8 +44,10 @@ local part and domain, never taken from LDAP.
 Exit codes:
     0   the answer is on stdout (one line)
     1   LDAP answered and there is no such thing (or the predicate is false)
-    75  anything else: LDAP down or slow, bad configuration, bad arguments, any
-        unexpected exception (mailrouter.cmd.guard maps escapes and import failures)
+    75  anything else: LDAP down or slow, bad configuration (a garbled mailQuota
+        or unusable per-user ids included), bad arguments (unknown KIND, wrong
+        number of ARGs), any unexpected exception (mailrouter.cmd.guard maps
+        escapes and import failures)
 
 fds: stdin is ignored; stdout carries only the answer; stderr is never written
 (the console-script guard points it at /dev/null first), because Exim merges

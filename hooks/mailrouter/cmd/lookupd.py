@@ -11,7 +11,7 @@ imports ldap3 (~75 ms, ~90 ms per lookup in all).  Exim's ``${readsocket}``
 to this server costs one fork of an already warm process plus the LDAP
 request itself.  The decisions are the very same code: each request is
 answered by :func:`mailrouter.lookup.answer`, so the kinds, their arguments
-and their meanings are those of ``pydoc mailrouter.lookup``.  Select the
+and their meanings are those of ``pydoc mailrouter.cmd.lookup``.  Select the
 socket path in Exim with ``MAILROUTER_LOOKUP_VIA = socket``
 (exim/mailrouter.conf).
 
@@ -54,13 +54,16 @@ server's own uid, or a user named with ``--allow-user`` (default
 expansions run as Debian-exim.
 
 Socket: ``--socket PATH``, or the listening socket handed over by systemd
-(``systemd/mailrouter-lookupd.socket``), which then sets the permissions.
+(``systemd/mailrouter-lookupd.socket``), which then sets the permissions and
+wins over ``--socket``.
 
-Logging: stderr (the journal), one line per TEMP answer with the reason,
-and start-up problems.  Answers to ordinary requests are not logged.
+Logging: stderr (the journal): the socket at start, or why it cannot start;
+one line per TEMP answer with the reason; refused peers; replaced workers.
+Answers to ordinary requests are not logged.
 
-Exit codes: 0 after SIGTERM/SIGINT; 75 on bad configuration or when the
-socket cannot be set up.  Nothing is ever read from the environment except
+Exit codes: 0 after SIGTERM/SIGINT; 2 bad arguments (argparse's message on
+stderr); 75 on bad configuration, when the socket cannot be set up, or on
+any unexpected error.  Nothing is ever read from the environment except
 systemd's LISTEN_FDS/LISTEN_PID.
 """
 
@@ -76,7 +79,7 @@ from mailrouter import config as config_module
 from mailrouter import lookup
 from mailrouter.cmd import sockserver
 from mailrouter.config import Config
-from mailrouter.errors import MailrouterError
+from mailrouter.errors import BadRequest, MailrouterError
 from mailrouter.exitcodes import EX_OK, EX_TEMPFAIL
 
 MAX_REQUEST = 4096
@@ -86,15 +89,15 @@ NO = b"NO\n"
 
 
 def parse_request(line: bytes) -> tuple[str, list[str]]:
-    """``(kind, args)`` from ``KIND b64 b64 ...``; :class:`sockserver.BadRequest` if malformed."""
+    """``(kind, args)`` from ``KIND b64 b64 ...``; :class:`BadRequest` if malformed."""
     fields = line.rstrip(b"\r").split(b" ")
     try:
         kind = fields[0].decode("ascii")
         args = [base64.b64decode(field, validate=True).decode("utf-8") for field in fields[1:]]
     except (binascii.Error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise sockserver.BadRequest(f"bad request: {exc}") from exc
+        raise BadRequest(f"bad request: {exc}") from exc
     if kind not in lookup.KINDS:
-        raise sockserver.BadRequest(f"unknown kind {kind[:40]!r}")
+        raise BadRequest(f"unknown kind {kind[:40]!r}")
     return kind, args
 
 
@@ -103,7 +106,7 @@ def reply(config: Config, line: bytes) -> tuple[bytes, str]:
     try:
         kind, args = parse_request(line)
         result = lookup.answer(config, kind, args)
-    except sockserver.BadRequest as exc:
+    except BadRequest as exc:
         return TEMP, str(exc)
     except MailrouterError as exc:
         return TEMP, f"{type(exc).__name__}: {exc}"
@@ -117,7 +120,7 @@ def handle(config: Config, connection: socket.socket) -> None:
     """One connection, in a forked child."""
     try:
         line = sockserver.read_line(connection, MAX_REQUEST)
-    except (sockserver.BadRequest, OSError) as exc:
+    except (BadRequest, OSError) as exc:
         sockserver.log(f"lookupd: TEMP bad request: {exc}")
         try:
             sockserver.drain(connection)

@@ -27,9 +27,13 @@ Exit codes:
     0   password changed
     1   refused: wrong old password, unknown or non-canonical login, slapd
         refused the write
-    2   misuse: bad arguments, new password empty, too long, with a NUL, equal to
-        the old one, or the two entries differ
-    75  temporary: LDAP down or slow, bad configuration
+    2   misuse: bad arguments, a password file that cannot be read, a new
+        password shorter than 8 characters, longer than 1024 bytes, with control
+        characters, equal to the old one, or the two entries differ; input
+        ended or interrupted at a prompt
+    75  temporary: LDAP down or slow, bad configuration; also when the change
+        was sent but no answer came back (the message says so: it may have
+        been applied, try the new password before trying again)
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ from typing import TextIO
 
 from mailrouter import auth, names, passwords
 from mailrouter.config import Config, load
-from mailrouter.directory import MODIFY_REPLACE, Directory, LdapRefused, Session
-from mailrouter.errors import InvalidName, Misuse, TemporaryFailure
+from mailrouter.directory import MODIFY_REPLACE, Session, user_dn
+from mailrouter.errors import InvalidName, LdapRefused, Misuse, TemporaryFailure, WriteOutcomeUnknown
 from mailrouter.exitcodes import EX_OK, EX_REFUSED, EX_TEMPFAIL, EX_USAGE
 
 MIN_PASSWORD_LENGTH = 8
@@ -81,13 +85,15 @@ def change_password(config: Config, login: str, old: str, new: str) -> int:
         return EX_REFUSED
     check_new_password(new, old)
     new_hash = passwords.hash_password(new, config.auth.password_scheme)
-    dn = Directory(config.ldap).user_dn(local, domain)
+    dn = user_dn(local, domain, config.ldap.base_dn)
     try:
         # Bound as the user: only the ACL's "by self =wx" lets this through.
         with Session(config.ldap, dn, old) as session:
             session.modify(dn, {"userPassword": (MODIFY_REPLACE, [new_hash])})
     except LdapRefused:  # 49: wrong old password or unknown user; 50: not allowed
         return EX_REFUSED
+    except WriteOutcomeUnknown:
+        raise  # not a plain "try again later": main says what happened
     except TemporaryFailure:
         return EX_TEMPFAIL
     return EX_OK
@@ -128,6 +134,13 @@ def main(argv: list[str], stdin: TextIO | None = None) -> int:
     except (EOFError, KeyboardInterrupt):
         print("mailrouter-passwd: aborted", file=sys.stderr)
         return EX_USAGE
+    except WriteOutcomeUnknown:
+        print(
+            "mailrouter-passwd: the change was sent but no answer came back: it may have been"
+            " applied; try the new password before trying again",
+            file=sys.stderr,
+        )
+        return EX_TEMPFAIL
     messages = {
         EX_OK: "password changed",
         EX_REFUSED: "refused: wrong login or password",

@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailrouter.sandbox.slapd import DaemonError, free_port, wait_for_port
+from mailrouter.errors import DaemonError
+from mailrouter.sandbox.slapd import free_port, wait_for_port
 
 EXIM = "/usr/sbin/exim4"
 EXIM_USER = "Debian-exim"
@@ -260,11 +261,6 @@ class Exim:
             extra = ["-oMaa", authenticator, "-oMai", authenticated_id]
         return self.run(*extra, "-bh", client_ip, stdin=script)
 
-    def smtp_session(self, smtp: str | Sequence[str]) -> Result:
-        """``exim -bs``: a local SMTP session on stdin/stdout (messages are queued for real)."""
-        lines = [smtp] if isinstance(smtp, str) else list(smtp)
-        return self.run("-bs", stdin="".join(line + "\r\n" for line in lines))
-
     def deliver(self, message: str | bytes, *recipients: str, sender: str | None = None) -> Result:
         """``exim -odi``: accept ``message`` for ``recipients`` and deliver it now."""
         extra = ["-f", sender] if sender is not None else []
@@ -328,9 +324,6 @@ class Exim:
 
     def main_log(self) -> str:
         return self.log("main")
-
-    def reject_log(self) -> str:
-        return self.log("reject")
 
     def panic_log(self) -> str:
         return self.log("panic")

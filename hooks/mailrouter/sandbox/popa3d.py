@@ -11,7 +11,7 @@ its work directory.  The host's /etc is never modified:
 * ``/etc/nsswitch.conf``  the host's, with the ``passwd:`` line of
                           ``popa3d/nsswitch.conf.passwd``
 * ``/run/userdb``         (on a private tmpfs /run) a directory of systemd JSON user
-                          records written by the real ``mailrouter-pam-auth --write-userdb``
+                          records written by the real ``mailrouter-userdb``
 * ``/var/mail``           a private spool directory (root:mail 2775, like Debian's)
 
 Plain POP3 runs inetd-style under ``socat`` (one popa3d per connection), POP3S
@@ -30,7 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mailrouter.sandbox.slapd import DaemonError, free_port, project_root, wait_for_port
+from mailrouter.errors import DaemonError
+from mailrouter.sandbox.slapd import free_port, project_root, wait_for_port
 
 POPA3D = "/usr/sbin/popa3d"
 SOCAT = "/usr/bin/socat"
@@ -182,16 +183,19 @@ class Popa3d:
         """(Re)generate the user records popa3d's getpwnam() reads, with the real executable."""
         done = subprocess.run(
             [
-                os.path.join(self.bin_dir, "mailrouter-pam-auth"),
+                os.path.join(self.bin_dir, "mailrouter-userdb"),
                 "--config", self.config_path,
-                "--write-userdb", str(self.userdb),
+                str(self.userdb),
             ],
             env={"PATH": CLEAN_PATH},
             capture_output=True,
             check=False,
         )
         if done.returncode != 0:
-            raise DaemonError(f"mailrouter-pam-auth --write-userdb failed (rc {done.returncode})")
+            raise DaemonError(
+                f"mailrouter-userdb failed (rc {done.returncode}): "
+                + done.stderr.decode("utf-8", "replace")
+            )
 
     def mounts(self) -> list[tuple[Path, str]]:
         return [
