@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -60,10 +59,6 @@ MAX_ALIAS_DEPTH = 10
 # An alias fan-out larger than this is not followed further for the quota check.
 MAX_EXPANDED_TARGETS = 200
 
-# A redirect target we hand to Exim: a conservative dot-atom local part
-# (upper case kept: remote local parts may be case-sensitive) and a domain.
-_TARGET_LOCAL = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
-
 
 def redirect_target(raw: str) -> str | None:
     """``raw`` as a safe Exim redirect item ``local@domain``, or ``None`` to drop it.
@@ -76,7 +71,7 @@ def redirect_target(raw: str) -> str | None:
         return None
     local, _, domain = value.partition("@")
     domain = domain.lower()
-    if len(local.encode("utf-8")) > names.MAX_LOCAL_PART or not _TARGET_LOCAL.fullmatch(local):
+    if not names.is_target_local_part(local):  # a dot-atom, upper case kept
         return None
     if not names.is_domain(domain):
         return None

@@ -73,7 +73,7 @@ def lookupd() -> int:
 
 
 def admin() -> int:
-    from mailrouter.admin import main  # an admin wants to see a traceback
+    from mailrouter.admin.cli import main  # an admin wants to see a traceback
 
     return main(sys.argv[1:])
 
