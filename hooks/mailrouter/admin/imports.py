@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mailrouter.admin import aliases, users
-from mailrouter.admin.normalise import normalise_domain, normalise_local, normalise_target
+from mailrouter.admin.normalise import merge_targets, normalise_domain, normalise_local, normalise_target
 from mailrouter.admin.session import AdminSession
 from mailrouter.directory import first, values
 from mailrouter.errors import AdminError
@@ -97,15 +97,14 @@ def parse_dot_qmail(name: str, text: str, where: str, plan: Plan) -> None:
         except AdminError as exc:
             plan.invalid.append(f"{where}:{number}: {exc}")
             continue
-        if target not in targets:
-            targets.append(target)
+        merge_targets(targets, [target])
     if targets:
         _plan_alias(plan, alias, targets)
 
 
 def _plan_alias(plan: Plan, alias: str, targets: list[str]) -> None:
     merged = plan.aliases.setdefault(alias, [])
-    merged.extend(t for t in targets if t not in merged)
+    merge_targets(merged, targets)
 
 
 def parse_aliases(text: str, where: str, plan: Plan) -> None:
@@ -138,8 +137,7 @@ def parse_aliases(text: str, where: str, plan: Plan) -> None:
                 plan.invalid.append(f"{where}:{number}: {exc}")
                 bad = True
                 continue
-            if target not in targets:
-                targets.append(target)
+            merge_targets(targets, [target])
         if not targets and not bad:
             plan.invalid.append(f"{where}:{number}: alias {alias} has no target")
         if targets:

@@ -102,15 +102,22 @@ def normalise_target(text: str, default_domain: str | None = None, field: str = 
     return result
 
 
+def merge_targets(into: list[str], targets: Iterable[str]) -> None:
+    """Append the ``targets`` that ``into`` lacks.  Compared case-insensitively, as
+    LDAP compares ``mailAliasedName`` values: it refuses a second spelling of one."""
+    seen = {t.lower() for t in into}
+    for target in targets:
+        if target.lower() not in seen:
+            seen.add(target.lower())
+            into.append(target)
+
+
 def normalise_targets(
     values: Iterable[str], default_domain: str | None = None, field: str = "targets"
 ) -> list[str]:
-    """Each target normalised, duplicates dropped, order kept."""
+    """Each target normalised, duplicates dropped (the first spelling kept), order kept."""
     result: list[str] = []
-    for value in values:
-        target = normalise_target(value, default_domain, field)
-        if target not in result:
-            result.append(target)
+    merge_targets(result, (normalise_target(value, default_domain, field) for value in values))
     return result
 
 

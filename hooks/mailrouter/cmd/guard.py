@@ -82,9 +82,3 @@ def passwd() -> int:
     from mailrouter.cmd.passwd import main  # interactive: a user wants to see errors
 
     return main(sys.argv[1:])
-
-
-def sandbox() -> int:
-    from mailrouter.sandbox.cli import main
-
-    return main(sys.argv[1:])
