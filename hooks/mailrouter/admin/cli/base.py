@@ -116,7 +116,7 @@ Handler = Callable[[Cli], int]
 
 # -- parsing -------------------------------------------------------------------------------
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
