@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, hook_config, hub_exim, service_config, start_slapd
-from mailrouter import admin, exitcodes
+from mailrouter import exitcodes
+from mailrouter.admin import cli as admin_cli
 from mailrouter.directory import Directory, Session
 from mailrouter.sandbox import demo
 from mailrouter.sandbox.slapd import Slapd, free_port
@@ -70,7 +71,7 @@ class Hub:
             args += ["--bind-dn", self.who(actor).dn, "--password-file", str(self.password_files[actor])]
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = admin.main([*args, *argv])
+            rc = admin_cli.main([*args, *argv])
         return Result(rc, out.getvalue(), err.getvalue())
 
     def directory(self) -> Directory:
@@ -632,6 +633,7 @@ def test_test_address_with_exim_bt(hub: Hub) -> None:
     workdir = exim_testbed.make_readable_dir(hub.workdir / "exim-conf")
     conf = hook_config(workdir / "mailrouter.toml", hub.slapd, hub.data, hub.workdir / "mail")
     result = hub.run(None, "--json", "test", "address", "team@example.com", "--exim",
+                     "--exim-config", str(ROOT / "exim" / "mailrouter.conf"),
                      "--mailrouter-bin", str(Path(sys.executable).parent), config=conf)
     assert result.rc == 0, result
     exim = result.json()["exim"]  # type: ignore[index]

@@ -113,7 +113,27 @@ class TooBigForQuota(PermanentFailure):
 
 class AdminError(PermanentFailure):
     """An admin operation was refused or its input is invalid; the message is
-    already worded for the person acting (CLI exit 1, HTTP 4xx)."""
+    already worded for the person acting (CLI exit 1, HTTP 4xx).
+
+    ``kind`` says which 4xx, so a front end never parses the message:
+
+    ``"invalid"``    bad input, nothing sent to LDAP (HTTP 422); ``field`` names the input
+    ``"refused"``    slapd said no: insufficient access, invalid credentials (403)
+    ``"not_found"``  no such domain, user, alias, account... (404)
+    ``"exists"``     the entry (or value) is already there (409)
+    ``"conflict"``   the change contradicts the directory's state: a domain that still
+                     has entries, an alias's last target, the last global admin (409)
+    """
+
+    KINDS = ("invalid", "refused", "not_found", "exists", "conflict")
+
+    def __init__(self, message: str, kind: str = "invalid", field: str | None = None) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"AdminError kind must be one of {self.KINDS}, not {kind!r}")
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.field = field
 
 
 # -- malformed input (not MailrouterError: each caller maps it itself) ------------

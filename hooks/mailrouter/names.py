@@ -25,6 +25,14 @@ MAX_ADDRESS = 254  # RFC 5321 path limit minus the angle brackets
 _LOCAL_PART = re.compile(r"[a-z0-9_+=-]+(?:\.[a-z0-9_+=-]+)*")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
+# The local part of an alias (redirect) target: the same conservative atext
+# subset as our own names, but with upper case kept (a remote server may care).
+# Nothing Exim's redirect router could read as a file, pipe, include, comment or
+# list syntax: the first character is a letter, digit or one of ``_+=-``.
+# The one definition, used where targets are written (admin) and where they are
+# handed to Exim (routing).
+TARGET_LOCAL_PART = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
+
 
 def local_part(value: str) -> str:
     """Return ``value`` if it is a canonical local part, else raise :class:`InvalidName`."""
@@ -72,3 +80,11 @@ def is_domain(value: str) -> bool:
     except InvalidName:
         return False
     return True
+
+
+def is_target_local_part(value: str) -> bool:
+    """True if ``value`` may be the local part of an alias target (1..64 octets)."""
+    return (
+        0 < len(value.encode("utf-8", "surrogatepass")) <= MAX_LOCAL_PART
+        and TARGET_LOCAL_PART.fullmatch(value) is not None
+    )

@@ -30,7 +30,6 @@ Rules, and why:
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -59,10 +58,6 @@ MAX_ALIAS_DEPTH = 10
 # An alias fan-out larger than this is not followed further for the quota check.
 MAX_EXPANDED_TARGETS = 200
 
-# A redirect target we hand to Exim: a conservative dot-atom local part
-# (upper case kept: remote local parts may be case-sensitive) and a domain.
-_TARGET_LOCAL = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
-
 
 def redirect_target(raw: str) -> str | None:
     """``raw`` as a safe Exim redirect item ``local@domain``, or ``None`` to drop it.
@@ -75,7 +70,7 @@ def redirect_target(raw: str) -> str | None:
         return None
     local, _, domain = value.partition("@")
     domain = domain.lower()
-    if len(local.encode("utf-8")) > names.MAX_LOCAL_PART or not _TARGET_LOCAL.fullmatch(local):
+    if not names.is_target_local_part(local):  # a dot-atom, upper case kept
         return None
     if not names.is_domain(domain):
         return None

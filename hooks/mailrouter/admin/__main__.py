@@ -2,6 +2,6 @@
 
 import sys
 
-from mailrouter.admin import main
+from mailrouter.admin.cli import main
 
 sys.exit(main(sys.argv[1:]))

@@ -81,18 +81,12 @@ def lookupd() -> int:
 
 
 def admin() -> int:
-    from mailrouter.admin import main  # an admin wants to see a traceback
+    from mailrouter.admin.cli import main  # an admin wants to see a traceback
 
     return main(sys.argv[1:])
 
 
 def passwd() -> int:
     from mailrouter.cmd.passwd import main  # interactive: a user wants to see errors
-
-    return main(sys.argv[1:])
-
-
-def sandbox() -> int:
-    from mailrouter.sandbox.cli import main
 
     return main(sys.argv[1:])

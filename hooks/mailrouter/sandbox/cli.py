@@ -440,6 +440,12 @@ def connection_help(info: dict[str, Any]) -> str:
     )
 
 
+def console() -> int:
+    """The ``mailrouter-sandbox`` console script.  Here, not in mailrouter.cmd.guard:
+    the sandbox is no hook, and nothing outside this package imports it."""
+    return main(sys.argv[1:])
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mailrouter-sandbox", description="the whole hub on loopback")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -1,0 +1,153 @@
+"""What every command module of mailrouter-admin shares: the parser pieces, the
+per-run context (config, arguments, the acting admin's session, output) and the
+reading of secrets from files or a terminal -- never from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from mailrouter import config as config_module
+from mailrouter.admin.cli.output import Output
+from mailrouter.admin.session import AdminSession, resolve_login
+from mailrouter.config import Config
+from mailrouter.errors import AdminError, UsageError
+
+PROG = "mailrouter-admin"
+
+
+# -- secrets -------------------------------------------------------------------------------
+def read_secret_file(path: str, what: str) -> str:
+    """The first line of ``path`` (``-`` = stdin), which must not be empty."""
+    try:
+        if path == "-":
+            text = sys.stdin.readline()
+        else:
+            text = Path(path).read_text(encoding="utf-8").split("\n", 1)[0]
+    except OSError as exc:
+        raise AdminError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    text = text.rstrip("\r\n")
+    if not text:
+        raise AdminError(f"{what} file {path} is empty")
+    return text
+
+
+def prompt_secret(prompt: str, confirm: bool) -> str:
+    # getpass falls back to echoing stdin without a terminal: never do that.
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        raise AdminError("no terminal to ask for a password: use a --*password-file option") from None
+    secret = getpass.getpass(prompt)
+    if not secret:
+        raise AdminError("empty password refused")
+    if confirm and getpass.getpass("again: ") != secret:
+        raise AdminError("the two passwords differ")
+    return secret
+
+
+# -- one run ----------------------------------------------------------------------------------
+class Cli:
+    """One run: the loaded config, the parsed arguments, output, and the session
+    (bound on first use, so commands that need none never ask for a password)."""
+
+    def __init__(self, config: Config, args: argparse.Namespace, out: IO[str], err: IO[str]) -> None:
+        self.config = config
+        self.args = args
+        self.err = err
+        self.output = Output(bool(getattr(args, "json", False)), out)
+        self._session: AdminSession | None = None
+
+    @property
+    def json(self) -> bool:
+        return self.output.json
+
+    def session(self) -> AdminSession:
+        """Bound as --bind-dn (password from --password-file or a prompt), or as the
+        service account with --use-service-account."""
+        if self._session is None:
+            if getattr(self.args, "use_service_account", False):
+                self._session = AdminSession.service(self.config)
+            else:
+                who = getattr(self.args, "bind_dn", None) or os.environ.get("MAILROUTER_BIND_DN")
+                if not who:
+                    raise UsageError("say who you are: --bind-dn DN|ADDRESS|NAME (or $MAILROUTER_BIND_DN)")
+                dn = resolve_login(self.config, who)
+                password_file = getattr(self.args, "password_file", None)
+                if password_file:
+                    password = read_secret_file(password_file, "password")
+                else:
+                    password = prompt_secret(f"LDAP password for {dn}: ", confirm=False)
+                self._session = AdminSession(self.config, dn, password)
+        return self._session
+
+    def new_password(self, allow_none: bool = False) -> str | None:
+        """--new-password-file, or --no-password (when allowed: None), or a prompt asked twice."""
+        path = getattr(self.args, "new_password_file", None)
+        if path:
+            return read_secret_file(path, "new password")
+        if allow_none and getattr(self.args, "no_password", False):
+            return None
+        return prompt_secret("new password: ", confirm=True)
+
+    def secret(self, prompt: str) -> str:
+        """--secret-file, or a prompt."""
+        path = getattr(self.args, "secret_file", None)
+        return read_secret_file(path, "secret") if path else prompt_secret(prompt, confirm=False)
+
+    def rollback_note(self) -> str:
+        """Undo a failed operation's earlier steps; the suffix for its error message."""
+        return self._session.rollback_note() if self._session is not None else ""
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+Handler = Callable[[Cli], int]
+
+
+# -- parsing -------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def common_options(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS defaults: the options work before or after the subcommand
+    # without the subparser's defaults overwriting the top level's values.
+    s = argparse.SUPPRESS
+    parser.add_argument("--config", default=s,
+                        help=f"TOML config (default {config_module.DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--bind-dn", default=s, help="who acts: DN, address or global admin name")
+    parser.add_argument("--password-file", default=s, help="bind password: first line of FILE ('-' = stdin)")
+    parser.add_argument("--use-service-account", action="store_true", default=s,
+                        help="bind as the config's read-only service account")
+    parser.add_argument("--json", action="store_true", default=s, help="JSON output for scripts")
+
+
+def group(top: Any, name: str, help_text: str) -> Any:
+    """A command group (``domain``, ``user``...): returns its subparsers."""
+    sub = top.add_parser(name, help=help_text, allow_abbrev=False)
+    return sub.add_subparsers(dest="command2", required=True, parser_class=Parser)
+
+
+def leaf(commands: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    """One subcommand, run by ``handler``; the common options work here too."""
+    sub: argparse.ArgumentParser = commands.add_parser(name, help=help_text, allow_abbrev=False)
+    common_options(sub)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def page_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--contains", help=f"only {what} containing TEXT")
+    parser.add_argument("--offset", type=int, default=0, help="skip the first N rows")
+    parser.add_argument("--limit", type=int, help="at most N rows")

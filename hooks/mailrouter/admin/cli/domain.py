@@ -1,0 +1,47 @@
+"""``mailrouter-admin domain add|remove|list|show``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailrouter.admin import domains
+from mailrouter.admin.cli.base import Cli, group, leaf, page_options
+from mailrouter.admin.cli.output import pairs
+from mailrouter.exitcodes import EX_OK
+
+
+def add(cli: Cli) -> int:
+    return cli.output.done(domains.add_domain(cli.session(), cli.args.domain, cli.args.description))
+
+
+def remove(cli: Cli) -> int:
+    return cli.output.done(domains.remove_domain(cli.session(), cli.args.domain, cli.args.recursive))
+
+
+def list_(cli: Cli) -> int:
+    page = domains.list_domains(cli.session(), cli.args.contains, cli.args.offset, cli.args.limit,
+                                counts=cli.args.counts)
+    columns = ["domain", "status", "users", "aliases", "description"] if cli.args.counts else \
+        ["domain", "status", "description"]
+    return cli.output.page(page, columns)
+
+
+def show(cli: Cli) -> int:
+    info = domains.show_domain(cli.session(), cli.args.domain)
+    cli.output.emit(info, lambda: pairs(info))
+    return EX_OK
+
+
+def register(top: Any) -> None:
+    g = group(top, "domain", "virtual domains")
+    p = leaf(g, "add", add, "add a domain")
+    p.add_argument("domain")
+    p.add_argument("--description")
+    p = leaf(g, "remove", remove, "remove a domain")
+    p.add_argument("domain")
+    p.add_argument("--recursive", action="store_true", help="also its users, aliases and admin group")
+    p = leaf(g, "list", list_, "list domains")
+    page_options(p, "domains")
+    p.add_argument("--counts", action="store_true", help="also count each domain's users and aliases")
+    p = leaf(g, "show", show, "show a domain")
+    p.add_argument("domain")

@@ -1,0 +1,39 @@
+"""``mailrouter-admin setting get|list|set|add|remove``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailrouter.admin import settings
+from mailrouter.admin.cli.base import Cli, group, leaf
+from mailrouter.admin.cli.output import table
+from mailrouter.exitcodes import EX_OK
+
+
+def get(cli: Cli) -> int:
+    info = settings.get_setting(cli.session(), cli.args.name)
+    values: list[str] = info["values"]
+    cli.output.emit(info, lambda: "\n".join(values) or "(none)")
+    return EX_OK
+
+
+def list_(cli: Cli) -> int:
+    rows = settings.list_settings(cli.session())
+    cli.output.emit(rows, lambda: table(rows, ["setting", "values"]))
+    return EX_OK
+
+
+def change(cli: Cli) -> int:
+    return cli.output.done(settings.change_setting(cli.session(), cli.args.name, cli.args.command2,
+                                                   cli.args.values))
+
+
+def register(top: Any) -> None:
+    g = group(top, "setting", "system settings")
+    p = leaf(g, "get", get, "values of a setting")
+    p.add_argument("name")
+    leaf(g, "list", list_, "every setting")
+    for mode in settings.MODES:
+        p = leaf(g, mode, change, f"{mode} values")
+        p.add_argument("name")
+        p.add_argument("values", nargs="+" if mode != "set" else "*")

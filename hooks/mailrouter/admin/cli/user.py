@@ -1,0 +1,84 @@
+"""``mailrouter-admin user add|remove|list|show|passwd|quota|enable|disable|name``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailrouter.admin import users
+from mailrouter.admin.cli.base import Cli, group, leaf, page_options
+from mailrouter.admin.cli.output import pairs
+from mailrouter.exitcodes import EX_OK
+
+
+def add(cli: Cli) -> int:
+    args = cli.args
+    session = cli.session()  # bind (and ask for the admin's password) before asking for the new one
+    password = cli.new_password(allow_none=True)
+    return cli.output.done(users.add_user(session, args.address, password, quota=args.quota, name=args.name,
+                                          enabled=not args.disabled, admin=args.admin))
+
+
+def remove(cli: Cli) -> int:
+    return cli.output.done(users.remove_user(cli.session(), cli.args.address))
+
+
+def list_(cli: Cli) -> int:
+    args = cli.args
+    page = users.list_users(cli.session(), args.domain, args.contains, args.offset, args.limit)
+    return cli.output.page(page, ["address", "status", "quota", "name"])
+
+
+def show(cli: Cli) -> int:
+    info = users.show_user(cli.session(), cli.args.address)
+    cli.output.emit(info, lambda: pairs(info))
+    return EX_OK
+
+
+def passwd(cli: Cli) -> int:
+    session = cli.session()
+    password = cli.new_password()
+    assert password is not None
+    return cli.output.done(users.set_password(session, cli.args.address, password))
+
+
+def quota(cli: Cli) -> int:
+    return cli.output.done(users.set_quota(cli.session(), cli.args.address, cli.args.quota))
+
+
+def enable(cli: Cli) -> int:
+    return cli.output.done(users.set_enabled(cli.session(), cli.args.address, cli.args.command2 == "enable"))
+
+
+def name(cli: Cli) -> int:
+    return cli.output.done(users.set_name(cli.session(), cli.args.address, cli.args.name))
+
+
+def register(top: Any) -> None:
+    g = group(top, "user", "mailbox users")
+    p = leaf(g, "add", add, "add a user")
+    p.add_argument("address")
+    p.add_argument("--new-password-file", help="the user's password: first line of FILE")
+    p.add_argument("--no-password", action="store_true", help="no password (cannot log in yet)")
+    p.add_argument("--quota")
+    p.add_argument("--name", help="full name (cn)")
+    p.add_argument("--disabled", action="store_true")
+    p.add_argument("--admin", action="store_true", help="also make the user an admin of the domain")
+    p = leaf(g, "remove", remove, "remove a user")
+    p.add_argument("address")
+    p = leaf(g, "list", list_, "list the users of a domain")
+    p.add_argument("domain")
+    page_options(p, "local parts")
+    p = leaf(g, "show", show, "show a user")
+    p.add_argument("address")
+    p = leaf(g, "passwd", passwd, "set a user's password")
+    p.add_argument("address")
+    p.add_argument("--new-password-file", help="first line of FILE; default: prompt")
+    p = leaf(g, "quota", quota, "set a user's quota")
+    p.add_argument("address")
+    p.add_argument("quota")
+    for verb in ("enable", "disable"):
+        p = leaf(g, verb, enable, f"{verb} an account")
+        p.add_argument("address")
+    p = leaf(g, "name", name, "set a user's full name (cn)")
+    p.add_argument("address")
+    p.add_argument("name")

@@ -1,0 +1,116 @@
+"""Virtual domains: ``dc=DOMAIN,BASE`` (mailDomain) and everything below it.
+
+Functions take a bound :class:`~mailrouter.admin.session.AdminSession` first and
+return JSON-ready data; they raise only AdminError, DirectoryUnavailable or
+TemporaryFailure.  Changes return ``{"ok": True, "message": ..., ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailrouter import entries
+from mailrouter.admin.normalise import normalise_domain
+from mailrouter.admin.session import AdminSession, Page
+from mailrouter.directory import CATCHALL_NAME, first, values
+from mailrouter.errors import AdminError
+
+DOMAIN_READ = ("dc", "description", "mailAccountStatus")
+
+
+def add_domain(s: AdminSession, domain: str, description: str | None = None) -> dict[str, Any]:
+    name = normalise_domain(domain)
+    entry = entries.domain_entry(name, s.base_dn, description)
+    s.add(entry, f"add domains under {s.base_dn}", f"domain {name}")
+    s.commit()
+    return {"ok": True, "message": f"added domain {name}", "domain": name, "dn": entry.dn}
+
+
+def remove_domain(s: AdminSession, domain: str, recursive: bool = False) -> dict[str, Any]:
+    """Remove a domain; with ``recursive`` also its users, aliases and admin group.
+
+    Not undoable: the deleted entries' password hashes cannot be read back."""
+    name = normalise_domain(domain)
+    dn = s.domain_dn(name)
+    action = f"remove domain {name}"
+    subject = f"domain {name}"
+    try:
+        # slapd checks the ACL before it checks for children: a refusal here
+        # (50) means nothing may be removed; "non-leaf" (66, conflict) means we may.
+        s.delete(dn, None, action, subject, f"no such domain {name}")
+        return {"ok": True, "message": f"removed domain {name}", "domain": name, "removed": [dn]}
+    except AdminError as exc:
+        if exc.kind != "conflict":
+            raise
+    if not recursive:
+        raise AdminError(
+            f"domain {name} still has users, aliases or admins; remove them or use --recursive",
+            kind="conflict",
+        )
+    below = s.search(dn, "(objectClass=*)", ["1.1"], subtree=True)
+    victims = sorted((d for d, _ in below if d.lower() != dn.lower()), key=lambda d: -d.count(","))
+    for victim in [*victims, dn]:
+        s.delete(victim, None, action, subject)
+    return {
+        "ok": True,
+        "message": f"removed domain {name} and {len(victims)} entries below it",
+        "domain": name,
+        "removed": [*victims, dn],
+    }
+
+
+def _row(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "domain": first(attributes, "dc"),
+        "status": first(attributes, "mailAccountStatus") or "active",
+        "description": first(attributes, "description"),
+    }
+
+
+def _counts(s: AdminSession, domain: str) -> dict[str, Any]:
+    dn = s.domain_dn(domain)
+    users = s.search(dn, "(objectClass=mailUser)", ["1.1"])
+    aliases = s.search(dn, "(objectClass=mailAlias)", ["mailAlias", "mailAliasedName"])
+    catchall = [a for _, a in aliases if first(a, "mailAlias") == CATCHALL_NAME]
+    return {
+        "users": len(users),
+        "aliases": len(aliases) - len(catchall),
+        "catchall": values(catchall[0], "mailAliasedName") if catchall else [],
+    }
+
+
+def list_domains(
+    s: AdminSession,
+    contains: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+    counts: bool = False,
+) -> Page:
+    """Domains ordered by name; ``counts`` adds users/aliases/catchall to each row of the page."""
+    found, total = s.page(
+        s.base_dn, "mailDomain", "dc", DOMAIN_READ,
+        contains=contains, offset=offset, limit=limit, key=lambda name: name,
+    )
+    rows = [_row(a) for _, a in found]
+    if counts:
+        for row in rows:
+            row.update(_counts(s, row["domain"]))
+    return Page(rows, total, offset, limit)
+
+
+def show_domain(s: AdminSession, domain: str) -> dict[str, Any]:
+    """A domain with its user and alias counts, its catch-all targets and its admins."""
+    name = normalise_domain(domain)
+    dn = s.domain_dn(name)
+    attributes = s.read(dn, "mailDomain", DOMAIN_READ)
+    if attributes is None:
+        raise AdminError(f"no such domain {name}", kind="not_found")
+    group = s.read(s.group_dn(name), "groupOfNames", ["member"])
+    return {
+        "domain": name,
+        "dn": dn,
+        "description": first(attributes, "description"),
+        "status": first(attributes, "mailAccountStatus") or "active",
+        **_counts(s, name),
+        "admins": sorted(values(group, "member")) if group else [],
+    }
