@@ -1,0 +1,241 @@
+"""The web interface against a real slapd with the shipped ACLs: who may do what, by slapd's word.
+
+The application is the real one (``create_app``), driven through Flask's test
+client over "https"; every read and write binds to the real slapd as the
+logged-in person.  The role x route matrix gives each cell its exact status:
+anonymous, a user of A, A's postmaster, a member of A's admin group, B's
+admin and a global admin, on pages and API routes of their own domain and of
+the foreign one.  State-changing cells work on their own victims, so the
+cells do not depend on each other's order.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, hook_config
+
+from mailrouter import config as config_module
+from mailrouter import entries, passwords
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.slapd import Slapd
+
+A, B = "example.com", "example.org"
+HTTPS = "https://localhost"
+ROLES = ["anonymous", "user_a", "postmaster_a", "groupadmin_a", "admin_b", "global"]
+LOGIN = {
+    "user_a": f"alice@{A}",
+    "postmaster_a": f"postmaster@{A}",
+    "groupadmin_a": f"bob@{A}",
+    "admin_b": f"postmaster@{B}",
+    "global": "admin",
+}
+_CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+@dataclass
+class Web:
+    slapd: Slapd
+    data: demo.DemoDirectory
+    workdir: Path
+    config: config_module.Config
+    app: Any
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    def client(self) -> Any:
+        return self.app.test_client()
+
+    def login(self, role: str) -> Browser:
+        browser = Browser(self.client())
+        if role != "anonymous":
+            response = browser.login(LOGIN[role], self.passwords[role])
+            assert response.status_code == 302, (role, response.status_code, response.text[:300])
+        return browser
+
+    def basic(self, role: str) -> dict[str, str]:
+        if role == "anonymous":
+            return {}
+        token = base64.b64encode(f"{LOGIN[role]}:{self.passwords[role]}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+
+class Browser:
+    """A test client that keeps its cookie and its CSRF token, like a browser."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.token = ""
+
+    def get(self, path: str) -> Any:
+        response = self.client.get(path, base_url=HTTPS)
+        found = _CSRF.search(response.get_data(as_text=True))
+        if found:
+            self.token = found.group(1)
+        return response
+
+    def post(self, path: str, data: dict[str, str] | None = None, csrf: bool = True) -> Any:
+        if csrf and not self.token:
+            self.get("/login")
+        form = dict(data or {})
+        if csrf:
+            form["csrf_token"] = self.token
+        return self.client.post(path, data=form, base_url=HTTPS)
+
+    def login(self, login: str, password: str) -> Any:
+        self.get("/login")
+        response = self.post("/login", {"login": login, "password": password})
+        self.get("/me")  # the CSRF token of the new session
+        return response
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[Web]:
+    data = demo.build(scheme="ssha")  # fast binds: the matrix makes hundreds
+    workdir = Path(tempfile.mkdtemp(prefix="mailrouter-web-"))
+    workdir.chmod(0o755)
+    extra = entries.to_ldif([
+        entries.user_entry(f"victim-{role}", domain, data.base_dn, password_hash=None, uid_number=8,
+                           gid_number=8, mailbox=f"/var/mail/victim-{role}@{domain}", quota="10M")
+        for role in ROLES for domain in (A, B)
+    ])
+    slapd = Slapd(workdir / "ldap", ldif=[data.ldif, extra], root=ROOT, seed_passwords=data.seed_passwords)
+    slapd.start()
+    try:
+        conf = hook_config(workdir / "mailrouter.toml", slapd, data, workdir / "mail")
+        secret = workdir / "web.secret"
+        secret.write_text(secrets.token_urlsafe(48) + "\n")
+        with conf.open("a") as handle:
+            handle.write(f'\n[web]\nsecret_key_file = "{secret}"\nstate_dir = "{workdir / "state"}"\n'
+                         "login_failures_per_account = 3\nlogin_failures_per_client = 1000\n")
+        config = config_module.load(str(conf))
+        from mailrouter.admin.web import create_app
+
+        app = create_app(config)
+        accounts = {
+            "user_a": data.account(f"alice@{A}").password,
+            "postmaster_a": data.account(f"postmaster@{A}").password,
+            "groupadmin_a": data.account(f"bob@{A}").password,
+            "admin_b": data.account(f"postmaster@{B}").password,
+            "global": data.account("global-admin").password,
+        }
+        handle_ = Web(slapd, data, workdir, config, app, accounts)
+        # bob joins A's admin group (not the postmaster: the group path of the ACL).
+        admin = handle_.login("global")
+        response = admin.post(f"/domains/{A}/admins", {"who": f"bob@{A}"})
+        assert response.status_code == 302, response.text
+        yield handle_
+    finally:
+        slapd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- the role x route matrix ------------------------------------------------------------------
+# Reads: (path, [anonymous, user_a, postmaster_a, groupadmin_a, admin_b, global])
+# Tenants are isolated by slapd: B's entries do not exist for A's people (404).
+LOGIN_PAGE = 302  # pages redirect an anonymous visitor to the login page
+PAGE_READS: list[tuple[str, list[int]]] = [
+    ("/domains", [LOGIN_PAGE, 200, 200, 200, 200, 200]),
+    (f"/domains/{A}", [LOGIN_PAGE, 200, 200, 200, 404, 200]),
+    (f"/domains/{B}", [LOGIN_PAGE, 404, 404, 404, 200, 200]),
+    (f"/domains/{A}/users/victim-global", [LOGIN_PAGE, 200, 200, 200, 404, 200]),
+    (f"/domains/{B}/users/victim-global", [LOGIN_PAGE, 404, 404, 404, 200, 200]),
+    (f"/domains/{A}/aliases", [LOGIN_PAGE, 200, 200, 200, 404, 200]),
+    (f"/domains/{A}/aliases/team", [LOGIN_PAGE, 200, 200, 200, 404, 200]),
+    ("/settings", [LOGIN_PAGE, 200, 200, 200, 200, 200]),
+    ("/admins", [LOGIN_PAGE, 200, 200, 200, 200, 200]),
+    ("/me", [LOGIN_PAGE, 200, 200, 200, 200, 200]),
+]
+API_READS: list[tuple[str, list[int]]] = [
+    ("/api/v1/domains", [401, 200, 200, 200, 200, 200]),
+    (f"/api/v1/domains/{A}", [401, 200, 200, 200, 404, 200]),
+    (f"/api/v1/domains/{B}", [401, 404, 404, 404, 200, 200]),
+    (f"/api/v1/domains/{A}/users", [401, 200, 200, 200, 404, 200]),
+    (f"/api/v1/domains/{B}/users", [401, 404, 404, 404, 200, 200]),
+    (f"/api/v1/domains/{A}/users/victim-global", [401, 200, 200, 200, 404, 200]),
+    (f"/api/v1/domains/{A}/aliases", [401, 200, 200, 200, 404, 200]),
+    (f"/api/v1/domains/{A}/aliases/team", [401, 200, 200, 200, 404, 200]),
+    (f"/api/v1/domains/{B}/catchall", [401, 404, 404, 404, 200, 200]),
+    ("/api/v1/settings/host_accept_relay", [401, 200, 200, 200, 200, 200]),
+]
+
+
+@pytest.mark.parametrize(("path", "role", "expected"), [
+    pytest.param(path, role, statuses[i], id=f"{path}-{role}")
+    for path, statuses in PAGE_READS for i, role in enumerate(ROLES)
+])
+def test_page_reads(web: Web, path: str, role: str, expected: int) -> None:
+    browser = web.login(role)
+    assert browser.get(path).status_code == expected
+
+
+@pytest.mark.parametrize(("path", "role", "expected"), [
+    pytest.param(path, role, statuses[i], id=f"{path}-{role}")
+    for path, statuses in API_READS for i, role in enumerate(ROLES)
+])
+def test_api_reads(web: Web, path: str, role: str, expected: int) -> None:
+    response = web.client().get(path, base_url=HTTPS, headers=web.basic(role))
+    assert response.status_code == expected, response.get_data(as_text=True)[:300]
+
+
+# Writes: each cell acts on victims of its own role ("victim-ROLE@domain").
+# (name, method, path template, body, [statuses by role]); {role} is filled in.
+OK_PAGE = 302  # a page that changed something redirects to the result
+WRITES: list[tuple[str, str, str, dict[str, Any], list[int]]] = [
+    ("page: add a user in A", "POST", f"/domains/{A}/users",
+     {"local": "new-{role}", "password": "a-good-password"}, [LOGIN_PAGE, 403, OK_PAGE, OK_PAGE, 403, OK_PAGE]),
+    ("page: add a user in B", "POST", f"/domains/{B}/users",
+     {"local": "new-{role}", "password": "a-good-password"}, [LOGIN_PAGE, 403, 403, 403, OK_PAGE, OK_PAGE]),
+    ("page: quota of a user in A", "POST", f"/domains/{A}/users/victim-{{role}}/quota",
+     {"quota": "20M"}, [LOGIN_PAGE, 403, OK_PAGE, OK_PAGE, 404, OK_PAGE]),
+    ("page: disable a user in B", "POST", f"/domains/{B}/users/victim-{{role}}/disable",
+     {}, [LOGIN_PAGE, 404, 404, 404, OK_PAGE, OK_PAGE]),
+    ("page: add a domain", "POST", "/domains",
+     {"domain": "new-{slug}.example"}, [LOGIN_PAGE, 403, 403, 403, 403, OK_PAGE]),
+    ("page: set a setting", "POST", "/settings/blacklisted_senders",
+     {"blacklisted_senders-values": "spam-{role}@bad.example"}, [LOGIN_PAGE, 403, 403, 403, 403, OK_PAGE]),
+    ("api: add a user in A", "POST", f"/api/v1/domains/{A}/users",
+     {"local": "api-{role}", "password": "a-good-password"}, [401, 403, 201, 201, 403, 201]),
+    ("api: quota of a user in B", "PATCH", f"/api/v1/domains/{B}/users/victim-{{role}}",
+     {"quota": "30M"}, [401, 404, 404, 404, 200, 200]),
+    ("api: remove a user in A", "DELETE", f"/api/v1/domains/{A}/users/victim-{{role}}",
+     {}, [401, 403, 204, 204, 404, 204]),
+    ("api: catch-all of A", "PUT", f"/api/v1/domains/{A}/catchall",
+     {"targets": ["alice@example.com"]}, [401, 403, 200, 200, 404, 200]),
+    ("api: set a setting", "PUT", "/api/v1/settings/backup_mx_domains",
+     {"values": ["mx-{slug}.example"]}, [401, 403, 403, 403, 403, 200]),
+]
+
+
+def _fill(value: Any, role: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{role}", role).replace("{slug}", role.replace("_", "-"))
+    if isinstance(value, list):
+        return [_fill(item, role) for item in value]
+    if isinstance(value, dict):
+        return {key.replace("{role}", role): _fill(item, role) for key, item in value.items()}
+    return value
+
+
+@pytest.mark.parametrize(("name", "role", "expected"), [
+    pytest.param(name, role, statuses[i], id=f"{name}-{role}")
+    for name, _m, _p, _b, statuses in WRITES for i, role in enumerate(ROLES)
+])
+def test_writes(web: Web, name: str, role: str, expected: int) -> None:
+    method, template, body = next((m, p, b) for n, m, p, b, _s in WRITES if n == name)
+    path, payload = _fill(template, role), _fill(body, role)
+    if path.startswith("/api/"):
+        response = web.client().open(path, method=method, base_url=HTTPS, headers=web.basic(role),
+                                     json=payload if method != "DELETE" else None)
+    else:
+        response = web.login(role).post(path, payload)
+    assert response.status_code == expected, response.get_data(as_text=True)[:400]
