@@ -239,3 +239,140 @@ def test_writes(web: Web, name: str, role: str, expected: int) -> None:
     else:
         response = web.login(role).post(path, payload)
     assert response.status_code == expected, response.get_data(as_text=True)[:400]
+
+
+# -- security properties ----------------------------------------------------------------------
+def test_login_sets_a_strict_cookie_without_the_password(web: Web) -> None:
+    browser = Browser(web.client())
+    browser.get("/login")
+    response = browser.post("/login", {"login": LOGIN["user_a"], "password": web.passwords["user_a"]})
+    assert response.status_code == 302
+    cookie = response.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+    value = cookie.split(";", 1)[0].split("=", 1)[1]
+    payload = value.lstrip(".").split(".", 1)[0]
+    decoded = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    if value.startswith("."):  # itsdangerous compresses large payloads
+        import zlib
+
+        decoded = zlib.decompress(decoded)
+    assert web.passwords["user_a"].encode() not in decoded
+    assert b"sid" in decoded  # what it does hold: a session id and a key
+    state_bytes = b"".join(path.read_bytes() for path in (web.workdir / "state").iterdir())
+    assert web.passwords["user_a"].encode() not in state_bytes
+
+
+def test_every_page_has_the_security_headers(web: Web) -> None:
+    for path in ("/login", "/me"):
+        response = web.login("user_a").get(path)
+        policy = response.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in policy and "script-src" not in policy
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_post_without_csrf_token_is_refused_and_changes_nothing(web: Web) -> None:
+    browser = web.login("global")
+    response = browser.post(f"/domains/{A}/users", {"local": "nocsrf", "password": "a-good-password"},
+                            csrf=False)
+    assert response.status_code == 400
+    assert "did not come from this site" in response.get_data(as_text=True)
+    assert browser.get(f"/domains/{A}/users/nocsrf").status_code == 404
+
+
+def test_api_refuses_form_bodies(web: Web) -> None:
+    response = web.client().post(f"/api/v1/domains/{A}/users", base_url=HTTPS, headers=web.basic("global"),
+                                 data={"local": "formpost", "password": "a-good-password"})
+    assert response.status_code == 400
+    assert web.client().get(f"/api/v1/domains/{A}/users/formpost", base_url=HTTPS,
+                            headers=web.basic("global")).status_code == 404
+
+
+def test_api_statuses_for_bad_input(web: Web) -> None:
+    client, auth_header = web.client(), web.basic("global")
+    url = f"/api/v1/domains/{A}/users"
+    bad_json = client.post(url, base_url=HTTPS, headers={**auth_header, "Content-Type": "application/json"},
+                           data="{not json")
+    assert bad_json.status_code == 400
+    missing = client.post(url, base_url=HTTPS, headers=auth_header, json={"local": 7})
+    assert missing.status_code == 422
+    assert set(missing.json["fields"]) == {"local", "password"}
+    invalid = client.post(url, base_url=HTTPS, headers=auth_header,
+                          json={"local": "Bad/Name", "password": "a-good-password"})
+    assert invalid.status_code == 422, invalid.json
+    exists = client.post(url, base_url=HTTPS, headers=auth_header,
+                         json={"local": "alice", "password": "a-good-password"})
+    assert exists.status_code == 409, exists.json
+    pipe = client.put(f"/api/v1/domains/{A}/aliases/piped", base_url=HTTPS, headers=auth_header,
+                      json={"targets": ["|/bin/sh -c id"]})
+    assert pipe.status_code == 422, pipe.json
+
+
+def test_hostile_values_are_escaped(web: Web) -> None:
+    client, auth_header = web.client(), web.basic("postmaster_a")
+    created = client.post(f"/api/v1/domains/{A}/users", base_url=HTTPS, headers=auth_header,
+                          json={"local": "xss", "password": "a-good-password",
+                                "name": '<script>alert("x")</script>'})
+    assert created.status_code == 201, created.json
+    browser = web.login("postmaster_a")
+    for path in (f"/domains/{A}", f"/domains/{A}/users/xss"):
+        text = browser.get(path).get_data(as_text=True)
+        assert '<script>alert("x")</script>' not in text
+        assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in text
+
+
+def test_refused_logins_look_alike_and_are_throttled(web: Web) -> None:
+    def attempt(login: str, password: str) -> tuple[int, str, float]:
+        browser = Browser(web.client())
+        browser.get("/login")
+        started = time.monotonic()
+        response = browser.post("/login", {"login": login, "password": password})
+        return response.status_code, re.sub(r'value="[^"]*"', "", response.get_data(as_text=True)), \
+            time.monotonic() - started
+
+    unknown = attempt(f"nobody@{A}", "whatever-password")
+    wrong = attempt(f"carol@{B}", "whatever-password")
+    assert unknown[:2] == wrong[:2] and unknown[0] == 401
+    assert min(unknown[2], wrong[2]) >= 0.5
+    # Three refusals for carol in the window (login_failures_per_account = 3): then 429,
+    # even with the right password, until the window moves on.
+    attempt(f"carol@{B}", "whatever-password")
+    attempt(f"carol@{B}", "whatever-password")
+    right = attempt(f"carol@{B}", web.data.account(f"carol@{B}").password)
+    assert right[0] == 429
+
+
+def test_ldap_down_is_503_and_writes_nothing(web: Web) -> None:
+    browser = web.login("global")
+    web.slapd.stop()
+    try:
+        page = browser.post(f"/domains/{A}/users", {"local": "during-outage", "password": "a-good-password"})
+        api = web.client().get(f"/api/v1/domains/{A}", base_url=HTTPS, headers=web.basic("global"))
+    finally:
+        web.slapd.restart()
+    assert page.status_code == 503 and page.headers["Retry-After"]
+    assert api.status_code == 503 and api.headers["Retry-After"]
+    assert browser.get(f"/domains/{A}/users/during-outage").status_code == 404
+
+
+def test_users_change_their_own_password(web: Web) -> None:
+    browser = web.login("groupadmin_a")
+    new = "a-brand-new-password"
+    wrong = browser.post("/me/password", {"old": "not-it-at-all", "new": new, "again": new})
+    assert wrong.status_code == 403
+    done = browser.post("/me/password", {"old": web.passwords["groupadmin_a"], "new": new, "again": new})
+    assert done.status_code == 302, done.get_data(as_text=True)[:300]
+    assert browser.get("/me").status_code == 200  # the session follows the new password
+    web.passwords["groupadmin_a"] = new
+    assert web.login("groupadmin_a").get("/me").status_code == 200
+
+
+def test_openapi_describes_every_api_route(web: Web) -> None:
+    document = web.client().get("/api/v1/openapi.json", base_url=HTTPS).json
+    described = {(path, method) for path, methods in document["paths"].items() for method in methods}
+    routes = set()
+    for rule in web.app.url_map.iter_rules():
+        if rule.rule.startswith("/api/v1/") and rule.endpoint != "api.openapi":
+            path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule[len("/api/v1"):])
+            routes |= {(path, method.lower()) for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert routes == described
