@@ -54,7 +54,7 @@ def _body(required: dict[str, type], optional: dict[str, type]) -> dict[str, Any
 
         raise BadRequest("the body must be a JSON object")
     problems: dict[str, str] = {}
-    for name, kind in required.items():
+    for name in required:
         if name not in data:
             problems[name] = "required"
     for name, value in data.items():

@@ -62,7 +62,8 @@ def _security_headers(response: Response) -> Response:
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: Flask-WTF checks that HTTPS form posts come from our own pages.
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["Strict-Transport-Security"] = "max-age=31536000"
     if request.endpoint != "static" or g.get("person") is not None:
         response.headers["Cache-Control"] = "no-store"

@@ -58,7 +58,8 @@ blueprint = Blueprint("auth", __name__)
 
 
 class LoginForm(FlaskForm):  # type: ignore[misc]
-    login = StringField("Login (your mail address, or an admin name)", validators=[DataRequired(), Length(max=320)])
+    login = StringField("Login (your mail address, or an admin name)",
+                        validators=[DataRequired(), Length(max=320)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
 
 

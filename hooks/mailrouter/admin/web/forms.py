@@ -14,6 +14,7 @@ from wtforms.validators import DataRequired, Length, Optional
 
 MAX_TEXT = 1000
 MAX_LIST = 20000
+TARGETS = "Targets (one address per line)"
 
 
 class ActionForm(FlaskForm):  # type: ignore[misc]
@@ -53,11 +54,11 @@ class OwnPasswordForm(FlaskForm):  # type: ignore[misc]
 
 class AliasForm(FlaskForm):  # type: ignore[misc]
     local = StringField("Alias (local part)", validators=[DataRequired(), Length(max=100)])
-    targets = TextAreaField("Targets (one address per line)", validators=[DataRequired(), Length(max=MAX_LIST)])
+    targets = TextAreaField(TARGETS, validators=[DataRequired(), Length(max=MAX_LIST)])
 
 
 class TargetsForm(FlaskForm):  # type: ignore[misc]
-    targets = TextAreaField("Targets (one address per line)", validators=[DataRequired(), Length(max=MAX_LIST)])
+    targets = TextAreaField(TARGETS, validators=[DataRequired(), Length(max=MAX_LIST)])
 
 
 class SettingForm(FlaskForm):  # type: ignore[misc]
@@ -65,7 +66,8 @@ class SettingForm(FlaskForm):  # type: ignore[misc]
 
 
 class GrantForm(FlaskForm):  # type: ignore[misc]
-    who = StringField("Address (domain admin) or name (global admin)", validators=[DataRequired(), Length(max=320)])
+    who = StringField("Address (domain admin) or name (global admin)",
+                      validators=[DataRequired(), Length(max=320)])
 
 
 def lines(text: str | None) -> list[str]:

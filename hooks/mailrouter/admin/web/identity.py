@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 
 from mailrouter import directory, names
-from mailrouter.config import Config
 from mailrouter.admin.session import AdminSession
+from mailrouter.config import Config
 from mailrouter.errors import AdminError, InvalidName, LdapRefused
 
 # A global admin's name: the RDN value of uid=NAME,BASE (the CLI's rule too).

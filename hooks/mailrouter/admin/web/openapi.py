@@ -55,7 +55,8 @@ OPERATIONS: list[tuple[str, str, str, str | None, int, str | None]] = [
     ("/domains/{domain}/aliases", "get", "List a domain's aliases (q, offset, limit)", None, 200, "Page"),
     ("/domains/{domain}/aliases", "post", "Add an alias", "NewAlias", 201, None),
     ("/domains/{domain}/aliases/{local}", "get", "Show an alias", None, 200, None),
-    ("/domains/{domain}/aliases/{local}", "put", "Create or replace an alias's targets", "Targets", 200, None),
+    ("/domains/{domain}/aliases/{local}", "put", "Create or replace an alias's targets", "Targets", 200,
+     None),
     ("/domains/{domain}/aliases/{local}", "delete", "Remove an alias", None, 204, None),
     ("/domains/{domain}/catchall", "get", "Show the catch-all", None, 200, None),
     ("/domains/{domain}/catchall", "put", "Set the catch-all's targets", "Targets", 200, None),
@@ -72,6 +73,10 @@ ERRORS = {
 }
 
 
+def _ref(schema: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{schema}"}
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for path, method, summary, request_schema, status, response_schema in OPERATIONS:
@@ -81,7 +86,7 @@ def document() -> dict[str, Any]:
         ]
         success: dict[str, Any] = {"description": "success"}
         if status != 204:
-            schema = {"$ref": f"#/components/schemas/{response_schema}"} if response_schema else {"type": "object"}
+            schema = _ref(response_schema) if response_schema else {"type": "object"}
             success["content"] = {"application/json": {"schema": schema}}
         operation: dict[str, Any] = {
             "summary": summary,
@@ -95,7 +100,7 @@ def document() -> dict[str, Any]:
         if request_schema:
             operation["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request_schema}"}}},
+                "content": {"application/json": {"schema": _ref(request_schema)}},
             }
         paths.setdefault(path, {})[method] = operation
     return {

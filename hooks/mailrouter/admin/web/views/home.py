@@ -7,13 +7,13 @@ from typing import Any
 from flask import redirect, render_template, url_for
 
 from mailrouter import quota as quota_module
-from mailrouter import routing
 from mailrouter.admin import users
 from mailrouter.admin.web import auth
 from mailrouter.admin.web.forms import OwnPasswordForm
 from mailrouter.admin.web.views import blueprint, done, submitted
-from mailrouter.errors import AdminError, GarbledQuota, InvalidName, LdapRefused
+from mailrouter.errors import AdminError, GarbledQuota, InvalidName
 from mailrouter.mailbox import spool
+from mailrouter.mailbox.usage import mailbox_usage as measure
 
 
 @blueprint.route("/")
@@ -38,7 +38,7 @@ def mailbox_usage(address: str, raw_quota: str | None) -> dict[str, Any]:
         limit = None
     try:
         path = spool.mailbox_path(config.spool.template(), local, domain)
-        used = routing.mailbox_size(path, config.spool.format)
+        used = measure(path, config.spool.format)
     except InvalidName:
         used = None
     percent = None
@@ -75,8 +75,10 @@ def change_own_password(dn: str, old: str, new: str) -> None:
     if old == new:
         raise AdminError("the new password equals the old one", kind="invalid", field="new")
     try:
-        auth.ldap().password_modify(dn, new, old)
-    except LdapRefused as exc:
-        if exc.code in (49, 53):
-            raise AdminError("the current password is wrong", kind="refused", field="old") from None
+        auth.ldap().password_modify(dn, new, "change your password", "your password", "no such account",
+                                    old_password=old)
+    except AdminError as exc:
+        if exc.kind == "refused":
+            raise AdminError("the current password is wrong, or the change was refused", kind="refused",
+                             field="old") from None
         raise

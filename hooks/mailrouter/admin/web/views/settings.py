@@ -16,7 +16,9 @@ from mailrouter.admin.web.views import blueprint, done, submitted
 def setting_list() -> Any:
     person = auth.current()
     rows = settings.list_settings(auth.ldap())
-    forms = {row["setting"]: SettingForm(prefix=row["setting"], values="\n".join(row["values"])) for row in rows}
+    forms = {
+        row["setting"]: SettingForm(prefix=row["setting"], values="\n".join(row["values"])) for row in rows
+    }
     return render_template("settings.html", person=person, rows=rows, forms=forms)
 
 

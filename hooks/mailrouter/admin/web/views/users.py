@@ -71,7 +71,8 @@ def user_status(domain: str, local: str, action: str) -> Any:
     auth.current()
     submitted(ActionForm())
     result = users.set_enabled(auth.ldap(), _address(local, domain), action == "enable")
-    return done(f"{result['address']} is now {result['status']}", "views.user_page", domain=domain, local=local)
+    return done(f"{result['address']} is now {result['status']}", "views.user_page",
+                domain=domain, local=local)
 
 
 @blueprint.route("/domains/<domain>/users/<local>/remove", methods=["POST"])
