@@ -380,3 +380,45 @@ def test_openapi_describes_every_api_route(web: Web) -> None:
             path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule[len("/api/v1"):])
             routes |= {(path, method.lower()) for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert routes == described
+
+
+def test_changes_are_logged_with_the_actor_and_no_password(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailrouter.admin.web import auth as web_auth
+
+    lines: list[str] = []
+    monkeypatch.setattr(web_auth, "_log", lambda _priority, _facility, message: lines.append(message))
+    browser = web.login("postmaster_a")
+    response = browser.post(f"/domains/{A}/users", {"local": "logged", "password": "Logged-Pass-123"})
+    assert response.status_code == 302
+    actor = f"uid=postmaster,dc={A},{web.data.base_dn}"
+    assert any(line.startswith("login actor=" + actor) for line in lines), lines
+    assert any(f"actor={actor} POST /domains/{A}/users -> 302" in line for line in lines), lines
+    assert not any("Logged-Pass-123" in line or web.passwords["postmaster_a"] in line for line in lines)
+
+
+def test_lists_filter_and_paginate(web: Web) -> None:
+    client, header = web.client(), web.basic("global")
+    for number in range(7):
+        created = client.post(f"/api/v1/domains/{A}/users", base_url=HTTPS, headers=header,
+                              json={"local": f"page{number}", "password": "a-good-password"})
+        assert created.status_code == 201, created.json
+    url = f"/api/v1/domains/{A}/users?q=page&offset=2&limit=3"
+    page = client.get(url, base_url=HTTPS, headers=header).json
+    assert page["total"] == 7 and [u["address"] for u in page["items"]] == [f"page{n}@{A}" for n in (2, 3, 4)]
+    text = web.login("global").get(f"/domains/{A}?q=page&page=1").get_data(as_text=True)
+    assert "7 in all" in text and f"page6@{A}" in text and f"alice@{A}" not in text
+
+
+def test_idle_sessions_end(web: Web) -> None:
+    from dataclasses import replace
+
+    from mailrouter.admin.web import create_app
+
+    short_web = replace(web.config.web, idle_timeout=1, state_dir=str(web.workdir / "short"))
+    short = replace(web.config, web=short_web)
+    browser = Browser(create_app(short).test_client())
+    assert browser.login(LOGIN["user_a"], web.passwords["user_a"]).status_code == 302
+    assert browser.get("/me").status_code == 200
+    time.sleep(1.5)
+    expired = browser.get("/me")
+    assert expired.status_code == 302 and "/login" in expired.headers["Location"]
