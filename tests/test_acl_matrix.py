@@ -110,6 +110,18 @@ def read_password(c: Connection, actor: str) -> object:
     return "READABLE" if attrs.get("userPassword") else HIDDEN
 
 
+def read_entry_in(domain: str) -> Callable[[Connection, str], object]:
+    """Read B's (or A's) admin entry; slapd's code, or a search that found nothing."""
+
+    def operation(c: Connection, actor: str) -> object:
+        c.search(f"uid=boss,dc={domain},{BASE_DN}", "(objectClass=*)", BASE, attributes=["uid"])
+        code = c.result["result"]
+        found = [r for r in c.response or [] if r.get("type") == "searchResEntry"]
+        return code if code != OK or found else "nothing"
+
+    return operation
+
+
 def bind(c: Connection, actor: str) -> object:
     return NA if ACTOR_DN[actor] is None else c.result["result"]
 
@@ -186,7 +198,10 @@ U = AUTH_REQUIRED
 # operation: (function, {actor: expected})
 MATRIX: dict[str, tuple[Callable[[Connection, str], object], list[object]]] = {
     #                                   anon  user_a  pm_a  admin_a admin_b global
-    "read a userPassword": (read_password, [INVISIBLE, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN]),
+    # admin_b: the whole of domain A is invisible to B's admin (tenants are isolated)
+    "read a userPassword": (read_password, [INVISIBLE, HIDDEN, HIDDEN, HIDDEN, INVISIBLE, HIDDEN]),
+    "read a user of A": (read_entry_in(A), [INVISIBLE, OK, OK, OK, INVISIBLE, OK]),
+    "read a user of B": (read_entry_in(B), [INVISIBLE, INVISIBLE, INVISIBLE, INVISIBLE, OK, OK]),
     "bind": (bind, [NA, OK, OK, OK, OK, OK]),
     "replace own password": (replace_own_password, [NA, OK, OK, OK, OK, OK]),
     "replace another user's password": (replace_other_password, [U, NO, OK, OK, NO, OK]),

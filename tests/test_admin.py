@@ -177,15 +177,17 @@ def test_delegation_story_end_to_end(hub: Hub) -> None:
 
     # ... and is refused in another domain, with a clear one-line message and nothing written.
     before = hub.snapshot()
+    # Tenants are isolated: to shop.example's admin, example.org does not exist.
     assert_refused(hub.run(boss, "user", "add", "intruder@example.org", "--no-password"),
-                   "not allowed to add users in dc=example.org")
+                   "no such domain example.org")
     assert_refused(hub.run(boss, "alias", "add", "grab@example.org", "boss@shop.example"),
-                   "not allowed to add aliases in dc=example.org")
+                   "no such domain example.org")
+    # Tenants are isolated: slapd hides example.org's users from shop.example's admin.
     assert_refused(hub.run(boss, "user", "quota", "carol@example.org", "1G"),
-                   "not allowed to change the quota of carol@example.org")
+                   "no such user carol@example.org")
     assert_refused(hub.run(boss, "domain", "add", "evil.example"), "not allowed to add domains")
     assert_refused(hub.run(boss, "admin", "grant", "boss@shop.example", "--domain", "example.org"),
-                   "not allowed to change the admins of example.org")
+                   "no such domain example.org")
     assert_refused(hub.run(boss, "setting", "add", "host_accept_relay", "0.0.0.0/0"),
                    "not allowed to change system settings")
     # Removing their own domain: slapd refuses the domain entry before anything below it goes.
@@ -237,13 +239,16 @@ def test_refusal_through_the_bin_wrapper(hub: Hub) -> None:
     argv = [
         str(ROOT / "bin" / "mailrouter-admin"), "--config", str(hub.config),
         "--bind-dn", PM_COM, "--password-file", str(hub.password_files[PM_COM]),
-        "user", "add", "intruder@example.org", "--no-password",
+        "user", "add", "intruder@example.com", "--no-password",
     ]
+    user = "alice@example.com"  # a plain user of the domain: slapd refuses the add
+    argv[argv.index("--bind-dn") + 1] = user
+    argv[argv.index("--password-file") + 1] = str(hub.password_files[user])
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done
     assert done.stderr.strip().splitlines() == [
-        "mailrouter-admin: not allowed to add users in dc=example.org,o=top "
-        "(bound as uid=postmaster,dc=example.com,o=top)"
+        "mailrouter-admin: not allowed to add users in dc=example.com,o=top "
+        "(bound as uid=alice,dc=example.com,o=top)"
     ]
     assert hub.snapshot() == before
     # And a success through the same wrapper, with --json for scripts.

@@ -85,8 +85,12 @@ def test_error_kinds(config: Config, data: demo.DemoDirectory, big: str) -> None
         assert kind_of(lambda: aliases.remove_targets(s, f"team@{big}", [f"u00@{big}"]))[0] == "conflict"
         assert kind_of(lambda: users.set_password(s, f"nobody@{big}", "Secret-1"))[0] == "not_found"
     with session_as(config, data, "postmaster@example.com") as s:
+        # Tenants are isolated: another domain does not exist for this admin.
         kind, _, message = kind_of(lambda: users.add_user(s, "intruder@example.org", None))
-        assert kind == "refused" and message.startswith("not allowed to add users in dc=example.org")
+        assert (kind, message) == ("not_found", "no such domain example.org")
+    with session_as(config, data, "alice@example.com") as s:
+        kind, _, message = kind_of(lambda: users.add_user(s, "intruder@example.com", None))
+        assert kind == "refused" and message.startswith("not allowed to add users in dc=example.com")
     admin = data.account("global-admin")
     kind, _, message = kind_of(lambda: AdminSession(config, admin.dn, "wrong-password"))
     assert (kind, message) == ("refused", f"bind as {admin.dn} refused: invalid credentials")

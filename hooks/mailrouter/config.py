@@ -26,6 +26,20 @@ The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
     password_scheme = "argon2"                  # argon2 | sha512_crypt | ssha
     auth_socket = "/run/mailrouter/auth.sock"
 
+    [web]                                       # mailrouter-web (admin and self-service pages, API)
+    listen = "127.0.0.1:8443"                   # host:port gunicorn binds
+    tls_certificate = "/etc/mailrouter/web.crt" # with tls_key: HTTPS by gunicorn itself; without
+    tls_key = "/etc/mailrouter/web.key"         #   both, put a TLS reverse proxy in front
+    secret_key_file = "/etc/mailrouter/web.secret"  # signs cookies and CSRF tokens (>= 32 bytes)
+    state_dir = "/var/lib/mailrouter/web"       # sessions (passwords only encrypted) and throttles
+    idle_timeout = 1800                         # seconds without a request before a login ends
+    absolute_timeout = 28800                    # seconds after which every login ends
+    workers = 2                                 # gunicorn worker processes
+    proxies = 0                                 # reverse proxies in front that set X-Forwarded-*
+    login_failures_per_account = 5              # refused logins per account per window ...
+    login_failures_per_client = 20              # ... and per client address, then 429
+    login_window = 900                          # seconds
+
 Why no globals: every executable calls :func:`load` once and hands the result
 down, so tests can run several configurations in one process.
 """
@@ -102,10 +116,34 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    listen: str = "127.0.0.1:8443"
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    secret_key_file: str = "/etc/mailrouter/web.secret"
+    state_dir: str = "/var/lib/mailrouter/web"
+    idle_timeout: int = 1800
+    absolute_timeout: int = 28800
+    workers: int = 2
+    proxies: int = 0
+    login_failures_per_account: int = 5
+    login_failures_per_client: int = 20
+    login_window: int = 900
+
+    def secret_key(self) -> bytes:
+        """The cookie/CSRF signing key, read when the web app is built (never logged)."""
+        key = read_secret(self.secret_key_file).encode("utf-8")
+        if len(key) < 32:
+            raise ConfigError(f"{self.secret_key_file}: the web secret needs at least 32 characters")
+        return key
+
+
+@dataclass(frozen=True)
 class Config:
     ldap: LdapConfig
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     path: str | None = None
 
 
@@ -212,7 +250,46 @@ def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None)
         password_scheme=scheme,
         auth_socket=_typed(auth, "auth_socket", str, "/run/mailrouter/auth.sock"),
     )
-    return Config(ldap=ldap_config, spool=spool_config, auth=auth_config, path=path)
+    return Config(ldap=ldap_config, spool=spool_config, auth=auth_config, web=_web(data, base), path=path)
+
+
+def _web(data: dict[str, Any], base: Path) -> WebConfig:
+    web = _section(data, "web")
+    defaults = WebConfig()
+
+    def path_or_none(key: str) -> str | None:
+        value = _typed(web, key, str, None)
+        return str(base / value) if value else None
+
+    def positive(key: str, default: int) -> int:
+        value = int(_typed(web, key, int, default))
+        if value <= 0:
+            raise ConfigError(f"web.{key} must be a positive number")
+        return value
+
+    certificate, tls_key = path_or_none("tls_certificate"), path_or_none("tls_key")
+    if (certificate is None) != (tls_key is None):
+        raise ConfigError("web.tls_certificate and web.tls_key go together")
+    listen = _typed(web, "listen", str, defaults.listen)
+    host, colon, port = listen.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError("web.listen must be HOST:PORT")
+    proxies = int(_typed(web, "proxies", int, 0))
+    if proxies < 0:
+        raise ConfigError("web.proxies must be 0 or more")
+    numbers = {
+        key: positive(key, getattr(defaults, key))
+        for key in ("idle_timeout", "absolute_timeout", "workers", "login_failures_per_account",
+                    "login_failures_per_client", "login_window")
+    }
+    return WebConfig(
+        listen=listen,
+        tls_certificate=certificate,
+        tls_key=tls_key,
+        secret_key_file=str(base / _typed(web, "secret_key_file", str, defaults.secret_key_file)),
+        state_dir=str(base / _typed(web, "state_dir", str, defaults.state_dir)),
+        **numbers,
+    )
 
 
 def load(path: str | None = None) -> Config:

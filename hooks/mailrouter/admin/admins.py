@@ -27,6 +27,7 @@ def add_to_domain_group(s: AdminSession, member_dn: str, domain: str) -> bool:
     action = f"change the admins of {domain}"
     group = s.read(group_dn, "groupOfNames", ["member"])
     if group is None:
+        s.require_domain(domain)  # hidden from this admin: not "already exists" (see users.add_user)
         entry = entries.admin_group_entry(domain, s.base_dn, [member_dn])
         s.add(entry, action, f"admin group of {domain}", f"no such domain {domain}")
         return True

@@ -36,6 +36,8 @@ def create(s: AdminSession, name: str, domain: str, targets: list[str], what: st
     if not targets:
         raise AdminError(f"{what} needs at least one target", field="targets")
     entry = entries.alias_entry(name, domain, s.base_dn, targets)
+    # As for users: a hidden domain must not answer "already exists" (see users.add_user).
+    s.require_domain(domain)
     s.add(entry, f"add aliases in {s.domain_dn(domain)}", what, f"no such domain {domain}")
     return entry
 

@@ -44,6 +44,10 @@ def clear_catchall(s: AdminSession, domain: str) -> dict[str, Any]:
 
 
 def show_catchall(s: AdminSession, domain: str) -> dict[str, Any]:
-    """``{"domain", "targets"}``; no targets when the domain has no catch-all."""
+    """``{"domain", "targets"}``; no targets when the domain has no catch-all
+    (a domain that does not exist, or that slapd hides from this reader, is not_found)."""
     name = normalise_domain(domain)
-    return {"domain": name, "targets": aliases.read_targets(s, CATCHALL_NAME, name) or []}
+    targets = aliases.read_targets(s, CATCHALL_NAME, name)
+    if targets is None:
+        s.require_domain(name)
+    return {"domain": name, "targets": targets or []}

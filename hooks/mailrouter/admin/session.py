@@ -198,10 +198,14 @@ class AdminSession:
         if restore is not None:
             self._steps.append(Step(f"delete {dn}", lambda: session.add(dn, restore)))
 
-    def password_modify(self, dn: str, password: str, action: str, subject: str, missing: str) -> None:
-        """RFC 3062 Password Modify: slapd hashes with its ``password-hash``; not undoable."""
+    def password_modify(
+        self, dn: str, password: str, action: str, subject: str, missing: str, old_password: str | None = None
+    ) -> None:
+        """RFC 3062 Password Modify: slapd hashes with its ``password-hash``; not undoable.
+
+        With ``old_password`` slapd also checks the current password (self-service)."""
         session = self._session
-        self._do(lambda: session.password_modify(dn, password), action, subject, missing)
+        self._do(lambda: session.password_modify(dn, password, old_password), action, subject, missing)
 
     @property
     def pending(self) -> int:

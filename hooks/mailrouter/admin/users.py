@@ -64,6 +64,9 @@ def add_user(
     an admin of their domain -- undone together if that second step fails."""
     local, domain = normalise_address(address)
     quota_value = normalise_quota(quota) if quota is not None else None
+    # A domain slapd hides from this admin is "no such domain" before anything else:
+    # an add there would let slapd say "already exists" and disclose its entries.
+    s.require_domain(domain)
     entry = user_entry(s, local, domain, password, quota=quota_value, active=enabled, full_name=name)
     s.add(entry, f"add users in {s.domain_dn(domain)}", f"user {local}@{domain}", f"no such domain {domain}")
     if admin:

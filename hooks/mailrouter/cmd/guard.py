@@ -80,6 +80,10 @@ def lookupd() -> int:
     return _guarded("mailrouter.cmd.lookupd", EX_TEMPFAIL, silence_stderr=False)
 
 
+def web() -> int:
+    return _guarded("mailrouter.cmd.web", EX_TEMPFAIL, silence_stderr=False)
+
+
 def admin() -> int:
     from mailrouter.admin.cli import main  # an admin wants to see a traceback
 

@@ -21,7 +21,13 @@ up
       {"dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port",
        "submission_port", "smtps_port", "pop3_port", "pop3s_port", "ca_cert",
        "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
-       "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]}}
+       "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]},
+       "web_url"}
+
+    "web_url" is the web interface (https on loopback, certificate from the
+    sandbox CA in "ca_cert"); every account above logs in there.  A user-record
+    refresher (mailrouter-userdb every 5 s, the production timer's job) lets
+    users added while the sandbox runs log in over POP3 moments later.
 
     "exim" is a shell command line that runs exim with the sandbox config
     (append arguments such as -bt ADDRESS or -qf).  Daemons keep running after
@@ -75,8 +81,10 @@ from mailrouter.sandbox import demo, tls
 from mailrouter.sandbox.exim import Exim, write_service_config
 from mailrouter.sandbox.popa3d import Popa3d
 from mailrouter.sandbox.slapd import Slapd, free_port, project_root
+from mailrouter.sandbox.web import WebServer, web_section
 
 STATE_FILE = "sandbox.json"
+USERDB_REFRESH_SECONDS = 5
 STOP_TIMEOUT = 10.0
 EXIM_GROUP = "Debian-exim"
 
@@ -218,8 +226,18 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
         auth_socket=str(directory / "auth.sock"),
         operation_timeout=3.0,
     )
+    web_port = free_port()
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write("\n" + web_section(directory, web_port, certificates.cert, certificates.key))
 
     components = start_services(directory, sandbox, config, certificates, log)
+    log("starting mailrouter-web (gunicorn, HTTPS)")
+    web = WebServer(directory, config, web_port).start()
+    assert web.process is not None
+    sandbox.record("web", web.process.pid)
+    components["web_url"] = f"https://127.0.0.1:{web_port}/"
+    log("starting the user-record refresher (systemd's mailrouter-userdb.timer, every 5 s here)")
+    start_userdb_refresher(directory, sandbox, config)
 
     admin = data.account("global-admin")
     return {
@@ -252,6 +270,20 @@ def start_socket_server(
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"mailrouter-{name} did not start: " + log_path.read_text())
         time.sleep(0.02)
+
+
+def start_userdb_refresher(directory: Path, sandbox: Sandbox, config: Path) -> None:
+    """What mailrouter-userdb.timer does in production, every few seconds: a user
+    added while the sandbox runs can log in over POP3 moments later."""
+    userdb = directory / "userdb"  # the directory popa3d's namespace sees as /run/userdb
+    command = shlex.join([str(Path(sys.executable).parent / "mailrouter-userdb"), "--config", str(config),
+                          str(userdb)])
+    with (directory / "userdb-refresh.log").open("ab") as log_file:
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", f"while :; do {command}; sleep {USERDB_REFRESH_SECONDS}; done"],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+        )
+    sandbox.record("userdb-refresh", process.pid)
 
 
 def start_services(
@@ -433,6 +465,7 @@ def connection_help(info: dict[str, Any]) -> str:
             f" (STARTTLS)  SMTPS :{info['smtps_port']}",
             f"  POP3        127.0.0.1:{info['pop3_port']}  POP3S :{info['pop3s_port']}",
             f"  CA          {info['ca_cert']}",
+            f"  web         {info['web_url']}  (log in as admin, postmaster@example.com or a user)",
             f"  accounts    {Path(info['dir']) / STATE_FILE} (passwords; mode 0600)",
             f"  exim        {info['exim']} -bt alice@example.com",
             f"  stop        mailrouter-sandbox down --dir {shlex.quote(info['dir'])}",

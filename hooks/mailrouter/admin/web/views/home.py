@@ -1,0 +1,84 @@
+"""The landing page and the self-service pages of every logged-in person."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import redirect, render_template, url_for
+
+from mailrouter import quota as quota_module
+from mailrouter.admin import users
+from mailrouter.admin.web import auth
+from mailrouter.admin.web.forms import OwnPasswordForm
+from mailrouter.admin.web.views import blueprint, done, submitted
+from mailrouter.errors import AdminError, GarbledQuota, InvalidName
+from mailrouter.mailbox import spool
+from mailrouter.mailbox.usage import mailbox_usage as measure
+
+
+@blueprint.route("/")
+def home() -> Any:
+    person = auth.current()
+    if person.global_admin:
+        return redirect(url_for("views.domain_list"))
+    if len(person.admin_of) == 1:
+        return redirect(url_for("views.domain_page", domain=person.admin_of[0]))
+    if person.admin_of:
+        return redirect(url_for("views.domain_list"))
+    return redirect(url_for("views.me"))
+
+
+def mailbox_usage(address: str, raw_quota: str | None) -> dict[str, Any]:
+    """Quota and current use of one mailbox (use is ``None`` when unreadable here)."""
+    config = auth.config()
+    local, _, domain = address.partition("@")
+    try:
+        limit = quota_module.parse_quota(raw_quota)
+    except GarbledQuota:
+        limit = None
+    try:
+        path = spool.mailbox_path(config.spool.template(), local, domain)
+        used = measure(path, config.spool.format)
+    except InvalidName:
+        used = None
+    percent = None
+    if used is not None and limit:
+        percent = min(100, round(100 * used / limit))
+    return {"quota": raw_quota or "0", "quota_bytes": limit, "used_bytes": used, "percent": percent}
+
+
+@blueprint.route("/me")
+def me() -> Any:
+    person = auth.current()
+    info: dict[str, Any] = {"login": person.login, "dn": person.dn, "role": person.role}
+    if person.address is not None:
+        user = users.show_user(auth.ldap(), person.address)
+        info.update(name=user.get("name"), **mailbox_usage(person.address, user.get("quota")))
+    return render_template("me.html", person=person, info=info, form=OwnPasswordForm())
+
+
+@blueprint.route("/me/password", methods=["POST"])
+def own_password() -> Any:
+    person = auth.current()
+    form = submitted(OwnPasswordForm())
+    if form.new.data != form.again.data:
+        raise AdminError("the two new passwords differ", kind="invalid", field="again")
+    old, new = form.old.data or "", form.new.data or ""
+    change_own_password(person.dn, old, new)
+    # The session held the old password: log in afresh with the new one.
+    auth.start_session(person, new)
+    return done("your password was changed", "views.me")
+
+
+def change_own_password(dn: str, old: str, new: str) -> None:
+    """Password Modify as the person, proving the old password (slapd hashes the new one)."""
+    if old == new:
+        raise AdminError("the new password equals the old one", kind="invalid", field="new")
+    try:
+        auth.ldap().password_modify(dn, new, "change your password", "your password", "no such account",
+                                    old_password=old)
+    except AdminError as exc:
+        if exc.kind == "refused":
+            raise AdminError("the current password is wrong, or the change was refused", kind="refused",
+                             field="old") from None
+        raise

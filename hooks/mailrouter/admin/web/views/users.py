@@ -1,0 +1,83 @@
+"""Users of a domain: add, show, quota (with current use), status, name, password, remove."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import render_template
+
+from mailrouter.admin import users
+from mailrouter.admin.web import auth
+from mailrouter.admin.web.forms import ActionForm, NameForm, QuotaForm, ResetPasswordForm, UserForm
+from mailrouter.admin.web.views import blueprint, done, submitted
+from mailrouter.admin.web.views.home import mailbox_usage
+
+
+def _address(local: str, domain: str) -> str:
+    return f"{local}@{domain}"
+
+
+@blueprint.route("/domains/<domain>/users", methods=["POST"])
+def user_add(domain: str) -> Any:
+    auth.current()
+    form = submitted(UserForm())
+    result = users.add_user(
+        auth.ldap(), _address((form.local.data or "").strip(), domain), form.password.data or "",
+        quota=form.quota.data or None, name=form.name.data or None, admin=bool(form.admin.data),
+    )
+    local = result["address"].partition("@")[0]
+    return done(f"added user {result['address']}", "views.user_page", domain=domain, local=local)
+
+
+@blueprint.route("/domains/<domain>/users/<local>")
+def user_page(domain: str, local: str) -> Any:
+    person = auth.current()
+    info = users.show_user(auth.ldap(), _address(local, domain))
+    usage = mailbox_usage(info["address"], info.get("quota"))
+    return render_template(
+        "user.html", person=person, info=info, usage=usage, domain=domain, local=local,
+        quota_form=QuotaForm(quota=info.get("quota")), name_form=NameForm(name=info.get("name")),
+        password_form=ResetPasswordForm(), action=ActionForm(),
+    )
+
+
+@blueprint.route("/domains/<domain>/users/<local>/quota", methods=["POST"])
+def user_quota(domain: str, local: str) -> Any:
+    auth.current()
+    form = submitted(QuotaForm())
+    result = users.set_quota(auth.ldap(), _address(local, domain), form.quota.data or "")
+    return done(f"quota of {result['address']} is now {result['quota']}", "views.user_page",
+                domain=domain, local=local)
+
+
+@blueprint.route("/domains/<domain>/users/<local>/name", methods=["POST"])
+def user_name(domain: str, local: str) -> Any:
+    auth.current()
+    form = submitted(NameForm())
+    users.set_name(auth.ldap(), _address(local, domain), form.name.data or "")
+    return done("name changed", "views.user_page", domain=domain, local=local)
+
+
+@blueprint.route("/domains/<domain>/users/<local>/password", methods=["POST"])
+def user_password(domain: str, local: str) -> Any:
+    auth.current()
+    form = submitted(ResetPasswordForm())
+    users.set_password(auth.ldap(), _address(local, domain), form.password.data or "")
+    return done("password reset", "views.user_page", domain=domain, local=local)
+
+
+@blueprint.route("/domains/<domain>/users/<local>/<any(enable, disable):action>", methods=["POST"])
+def user_status(domain: str, local: str, action: str) -> Any:
+    auth.current()
+    submitted(ActionForm())
+    result = users.set_enabled(auth.ldap(), _address(local, domain), action == "enable")
+    return done(f"{result['address']} is now {result['status']}", "views.user_page",
+                domain=domain, local=local)
+
+
+@blueprint.route("/domains/<domain>/users/<local>/remove", methods=["POST"])
+def user_remove(domain: str, local: str) -> Any:
+    auth.current()
+    submitted(ActionForm())
+    result = users.remove_user(auth.ldap(), _address(local, domain))
+    return done(f"removed user {result['address']}", "views.domain_page", domain=domain)

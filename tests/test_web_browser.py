@@ -1,0 +1,158 @@
+"""The web interface in a real browser: Debian's headless Chromium against the sandbox.
+
+Selenium drives ``/usr/bin/chromium`` through ``/usr/bin/chromedriver`` (both
+Debian packages, installed by bin/install-deps; nothing is downloaded at run
+time).  The browser trusts exactly the sandbox's server key (its SPKI hash),
+so TLS is verified, not switched off.  The story: a domain admin logs in,
+creates a user with a password and a quota, and that user then logs in over
+POP3S through the sandbox; the same admin typing a URL of another domain sees
+a refusal; the new user sees their own quota in the browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import poplib
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, needs_root
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SANDBOX = str(ROOT / "bin" / "mailrouter-sandbox")
+POP3_LOGIN_TIMEOUT = 30.0  # the sandbox refreshes user records every 5 s
+
+pytestmark = [
+    needs_root,
+    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+                       reason="needs Debian's chromium and chromium-driver (bin/install-deps)"),
+]
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[dict[str, Any]]:
+    done = subprocess.run([SANDBOX, "up"], capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    info: dict[str, Any] = json.loads(done.stdout)
+    try:
+        yield info
+    finally:
+        subprocess.run([SANDBOX, "down", "--dir", info["dir"]], capture_output=True, timeout=120, check=False)
+
+
+def spki_hash(certificate: Path) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_certificate(certificate.read_bytes()).public_key()
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
+
+
+@pytest.fixture
+def browser(hub: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    pinned = spki_hash(Path(hub["dir"]) / "tls" / "server.pem")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000",
+                     f"--user-data-dir={tmp_path / 'profile'}",
+                     f"--ignore-certificate-errors-spki-list={pinned}"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def account(hub: dict[str, Any], address: str) -> dict[str, str]:
+    return next(a for a in hub["accounts"] if a.get("address") == address)
+
+
+def log_in(driver: Any, hub: dict[str, Any], login: str, password: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(hub["web_url"] + "login")
+    driver.find_element(By.NAME, "login").send_keys(login)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+
+
+def pop3_login(hub: dict[str, Any], address: str, password: str) -> int:
+    """Messages in the mailbox after a POP3S login, retried while the user record propagates."""
+    context = ssl.create_default_context(cafile=hub["ca_cert"])
+    deadline = time.monotonic() + POP3_LOGIN_TIMEOUT
+    while True:
+        session = poplib.POP3_SSL("127.0.0.1", hub["pop3s_port"], context=context, timeout=30)
+        try:
+            session.user(address)
+            session.pass_(password)
+            count = int(session.stat()[0])
+            session.quit()
+            return count
+        except poplib.error_proto:
+            session.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_domain_admin_creates_a_user_who_then_reads_mail(hub: dict[str, Any], browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    postmaster = account(hub, "postmaster@example.com")
+    log_in(browser, hub, postmaster["address"], postmaster["password"])
+    assert browser.current_url.endswith("/domains/example.com"), browser.current_url
+    assert browser.find_element(By.TAG_NAME, "h1").text == "example.com"
+    screenshot = Path(os.environ.get("MAILROUTER_SCREENSHOT") or Path(hub["dir"]) / "web-domain.png")
+    browser.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 10_000
+
+    form = browser.find_element(By.ID, "add-user")
+    form.find_element(By.NAME, "local").send_keys("webuser")
+    form.find_element(By.NAME, "password").send_keys("Web-User-Pass-1")
+    form.find_element(By.NAME, "quota").send_keys("5M")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    assert browser.current_url.endswith("/domains/example.com/users/webuser"), browser.current_url
+    assert "added user webuser@example.com" in browser.find_element(By.CSS_SELECTOR, ".notice").text
+    assert "5M" in browser.find_element(By.ID, "user").text
+
+    assert pop3_login(hub, "webuser@example.com", "Web-User-Pass-1") == 0
+
+    # Another tenant's page, typed by hand: slapd hides it, the page says so.
+    browser.get(hub["web_url"] + "domains/example.org")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Not found"
+    assert "no such domain example.org" in browser.find_element(By.ID, "error").text
+
+
+def test_user_sees_own_quota_and_cannot_administer(hub: dict[str, Any], browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    alice = account(hub, "alice@example.com")
+    log_in(browser, hub, alice["address"], alice["password"])
+    assert browser.current_url.endswith("/me"), browser.current_url
+    table = browser.find_element(By.ID, "me").text
+    assert "alice@example.com" in table and "10M" in table
+    # A forged form post from her own session: the page offered nothing, slapd refuses.
+    browser.get(hub["web_url"] + "domains/example.com")
+    form = browser.find_element(By.ID, "add-user")
+    form.find_element(By.NAME, "local").send_keys("sneaky")
+    form.find_element(By.NAME, "password").send_keys("Sneaky-Pass-1")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Not allowed"
+    assert "not allowed to add users" in browser.find_element(By.ID, "error").text
