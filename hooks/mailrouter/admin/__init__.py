@@ -48,11 +48,11 @@ COMMANDS
                                                 global admin (member of cn=admin,BASE);
                                                 --create adds the account uid=NAME,BASE first
            revoke --global NAME | list [DOMAIN]
-    test   address ADDRESS [--exim [--exim-config PATH] [--mailrouter-bin DIR]]
+    test   address ADDRESS [--exim --exim-config PATH [--mailrouter-bin DIR]]
                                    what Exim would do: router, targets, mailbox, quota state,
                                    from the lookup hook's own answers (mailrouter.lookup)
                                    in the routers' order; --exim also runs ``exim -bt``
-                                   with exim/mailrouter.conf in a private spool (root)
+                                   with the --exim-config file in a private spool (root)
            auth ADDRESS [--secret-file F]   the login check POP3/IMAP/SMTP AUTH use
            smtp HOST[:PORT] [--from A] [--to A]... [--starttls] [--auth-user U --secret-file F] [--send]
            pop3 HOST[:PORT] USER [--secret-file F] [--tls]
@@ -1443,16 +1443,16 @@ def run_exim_bt(ctx: Context, address: str) -> dict[str, Any]:
     """``exim -bt`` with the project's Exim config and this config, in a private spool."""
     import tempfile
 
+    from mailrouter.errors import DaemonError
     from mailrouter.sandbox import exim as exim_testbed
-    from mailrouter.sandbox import slapd as testbed
 
     if ctx.config.path is None or any(c.isspace() for c in ctx.config.path):
         raise AdminError("--exim needs a config file path without white space")
     if os.geteuid() != 0:
         raise AdminError("--exim must run as root (Exim honours -C only for root)")
-    exim_config = Path(ctx.args.exim_config) if ctx.args.exim_config else (
-        testbed.project_root() / "exim" / "mailrouter.conf"
-    )
+    if not ctx.args.exim_config:  # never guessed from the install or the cwd
+        raise AdminError("--exim needs --exim-config PATH (e.g. a checkout's exim/mailrouter.conf)")
+    exim_config = Path(ctx.args.exim_config)
     bin_dir = ctx.args.mailrouter_bin or str(Path(sys.executable).parent)
     with tempfile.TemporaryDirectory(prefix="mailrouter-bt-") as work:
         # Traversable by Debian-exim: Exim runs some lookups as that user.
@@ -1463,7 +1463,7 @@ def run_exim_bt(ctx: Context, address: str) -> dict[str, Any]:
         )
         try:
             done = exim.address_test(address)
-        except (OSError, testbed.DaemonError) as exc:
+        except (OSError, DaemonError) as exc:
             raise AdminError(f"cannot run exim: {exc}") from None
     meaning = {0: "routed", 1: "deferred", 2: "undeliverable"}.get(done.returncode, "error")
     return {"rc": done.returncode, "meaning": meaning, "output": done.output}
@@ -1714,7 +1714,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = leaf(g, "address", cmd_test_address, "what Exim would do with an address")
     p.add_argument("address")
     p.add_argument("--exim", action="store_true", help="also run exim -bt with the project's config")
-    p.add_argument("--exim-config", help="Exim config (default: the checkout's exim/mailrouter.conf)")
+    p.add_argument("--exim-config", help="the Exim config to test, e.g. a checkout's exim/mailrouter.conf")
     p.add_argument("--mailrouter-bin", help="directory of the hooks (default: this Python's bin/)")
     p = leaf(g, "auth", cmd_test_auth, "check a login the way POP3/IMAP/SMTP AUTH do")
     p.add_argument("address")
