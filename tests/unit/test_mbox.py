@@ -1,33 +1,13 @@
-"""mbox format: pure checks of mailrouter.mailbox.mbox, then a byte comparison with real Exim appendfile.
+"""mbox format: pure checks of mailrouter.mailbox.mbox.
 
-The comparison delivers every corpus message with ONE Exim run to two
-recipients: one routed to a stock appendfile transport, one to a pipe transport
-running mailrouter-deliver (options as the hook's docstring requires).  Both
-mailboxes must be byte-identical except for the date in the From_ lines (the
-two deliveries may straddle a second).
+The byte comparison with real Exim appendfile is tests/integration/test_mbox_exim.py.
 """
 
 from __future__ import annotations
 
-import mailbox
-import os
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from deliver_support import (
-    MiniExim,
-    address_data,
-    make_root,
-    make_spool,
-    normalise_dates,
-    write_config,
-)
 from mailrouter.mailbox import mbox
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 
 PREFIX = b"From sender@example.org Tue Nov 24 20:40:45 2026\n"
 
@@ -80,72 +60,3 @@ def test_from_line_like_exim() -> None:
     assert mbox.split_from_line(line + b"x\n")[0] == line
     assert mbox.from_line("", when=0).startswith(b"From MAILER-DAEMON ")
     assert mbox.from_line("a b@c", when=0).startswith(b"From MAILER-DAEMON ")
-
-
-# Each message is what a client hands to `exim -odi -oi` on stdin.
-CORPUS: list[bytes] = [
-    b"Subject: plain\n\nhello\n",
-    b"Subject: from lines\n\nFrom the start\nmiddle\nFrom again\nFrom\nFromage\n From indented\n",
-    b"Subject: already escaped\n\n>From x\n>>From y\n>From \n",
-    b"Subject: lower case\n\nfrom here\nFROM there\nfRom x\n",
-    b"Subject: no final newline\n\nlast line has no newline",
-    b"Subject: crlf\r\n\r\nline one\r\nFrom crlf\r\n",
-    b"Subject: nul\n\nbefore\0after\nFrom \0\n\0\n",
-    b"Subject: long\n\n" + b"x" * 10_000 + b"\nFrom " + b"y" * 10_000 + b"\n",
-    b"Subject: empty body\n\n",
-    b"Subject: only headers\n",
-    b"Subject: blank lines at end\n\nbody\n\n\n",
-    b"Subject: lone cr\n\na\rFrom x\n",
-    b"Subject: dot\n\n.\n..\n.From\n",
-]
-
-# One SMTP session (CRLF, dot-stuffing) through `exim -bs`.
-SMTP_DATA = (
-    b"Subject: via smtp\r\n\r\nFrom smtp\r\n..leading dot\r\n>From kept\r\nfrom low\r\n"
-    b"bare\rcr\r\n" + b"z" * 9_000 + b"\r\n"
-)
-
-
-@pytest.fixture(scope="module")
-def exim_pair() -> Iterator[tuple[MiniExim, Path, Path]]:
-    root = make_root("mr-mbox-")
-    try:
-        spool = make_spool(root / "spool")
-        config = write_config(root / "mailrouter.toml", spool)
-        ours, stock = spool / "ours@example.com", spool / "stock@example.com"
-        exim = MiniExim(root / "exim", config,
-                        hook_users={"ours": address_data(ours)},
-                        file_users={"stock": address_data(stock)},
-                        add_headers=True)
-        yield exim, ours, stock
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@needs_root
-def test_byte_identical_to_appendfile(exim_pair: tuple[MiniExim, Path, Path]) -> None:
-    exim, ours, stock = exim_pair
-    for message in CORPUS:
-        done = exim.submit(message, "ours@example.com", "stock@example.com")
-        assert done.returncode == 0, (done, exim.mainlog())
-    smtp = (
-        b"EHLO client.test\r\nMAIL FROM:<smtp@example.org>\r\n"
-        b"RCPT TO:<ours@example.com>\r\nRCPT TO:<stock@example.com>\r\nDATA\r\n"
-        + SMTP_DATA + b".\r\nQUIT\r\n"
-    )
-    done = exim.run("-bs", "-odi", stdin=smtp)
-    assert b"250 OK id=" in done.stdout, done
-    assert exim.queue_size() == 0, exim.mainlog()
-
-    mine, theirs = ours.read_bytes(), stock.read_bytes()
-    assert normalise_dates(mine) == normalise_dates(theirs)
-    # Not vacuous: escaping happened, and every message is one mbox entry.
-    assert b"\n>From the start\n" in mine and b"\n>>From y\n" in mine
-    assert b"\nfrom here\n" in mine
-    parsed = mailbox.mbox(str(ours), create=False)
-    try:
-        subjects = [m["Subject"] for m in parsed]
-    finally:
-        parsed.close()
-    assert len(subjects) == len(CORPUS) + 1
-    assert subjects[-1] == "via smtp"
