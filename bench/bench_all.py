@@ -64,14 +64,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_delivery  # noqa: E402 - sibling benchmark, reused as a library
 import bench_scale  # noqa: E402
 
-from mailrouter import demo  # noqa: E402
 from mailrouter.config import LdapConfig  # noqa: E402
-from mailrouter.sandbox.exim import Exim, write_service_config  # noqa: E402
+from mailrouter.sandbox import demo  # noqa: E402
+from mailrouter.sandbox.configs import write_config  # noqa: E402
+from mailrouter.sandbox.exim import Exim  # noqa: E402
 from mailrouter.sandbox.popa3d import Popa3d  # noqa: E402
-from mailrouter.sandbox.popa3d import write_config as write_popa3d_config  # noqa: E402
 from mailrouter.sandbox.slapd import SLAPD, Slapd, free_port, wait_for_port  # noqa: E402
 
-VENV_BIN = "/opt/mailrouter/venv/bin"
+VENV_BIN = str(Path(sys.executable).parent)  # the venv running this script
 BASE = "o=top"
 USER_ATTRIBUTES = "uid,dc,mail,uidNumber,gidNumber,mailQuota,mailAccountStatus,mailMessageStore"
 PAM_PERMIT = """\
@@ -163,12 +163,13 @@ def slapd_on_many_ports(workdir: Path, data: demo.DemoDirectory, count: int) -> 
 def bench_lookups(work: Path, data: demo.DemoDirectory, count: int, rounds: int) -> list[Row]:
     with slapd_on_many_ports(work / "slapd", data, count) as ports:
         service = data.account("service")
-        config = write_service_config(
+        config = write_config(
             work / "mailrouter.toml", uris=[f"ldap://127.0.0.1:{ports[0]}/"], base_dn=BASE,
             bind_dn=service.dn, password=service.password, mbox_template=f"{work}/mail/{{local}}@{{domain}}",
         )
         sock = work / "lookup.sock"
         exim = Exim(work / "exim", ROOT / "exim" / "mailrouter.conf", {
+            "MAILROUTER_BIN": VENV_BIN,
             "MAILROUTER_CONFIG": str(config),
             "MAILROUTER_LOOKUP_VIA": "socket",
             "MAILROUTER_LOOKUP_SOCKET": str(sock),
@@ -254,7 +255,8 @@ def bench_pop3(work: Path, data: demo.DemoDirectory, sessions: int, label: str) 
     pops: list[Popa3d] = []
     try:
         service = data.account("service")
-        conf = write_popa3d_config(work / "pop-conf", [slapd.uri], data.base_dn, service.dn, service.password)
+        conf = write_config(work / "pop-conf" / "mailrouter.toml", uris=[slapd.uri], base_dn=data.base_dn,
+                            bind_dn=service.dn, password=service.password)
         ours = Popa3d(work / "pop-ours", str(conf), root=ROOT, tls=False)
         permit = Popa3d(work / "pop-permit", str(conf), root=ROOT, tls=False)
         permit.configure()

@@ -35,14 +35,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "hooks"))
+from mailrouter import auth, config
+from mailrouter.sandbox import demo
+from mailrouter.sandbox.configs import write_config
+from mailrouter.sandbox.popa3d import Popa3d
+from mailrouter.sandbox.slapd import Slapd
 
-from mailrouter import auth, config, demo  # noqa: E402
-from mailrouter.sandbox.popa3d import Popa3d, write_config  # noqa: E402
-from mailrouter.sandbox.slapd import Slapd  # noqa: E402
-
-AUTHD = "/opt/mailrouter/venv/bin/mailrouter-authd"
+ROOT = Path(__file__).resolve().parents[1]  # the checkout whose ldap/ and popa3d/ files run
+AUTHD = str(Path(sys.executable).parent / "mailrouter-authd")  # the venv running this script
 
 
 def authd_ask(path: Path, login: str, password: str) -> bytes:
@@ -98,7 +98,8 @@ def main() -> int:
     authd: subprocess.Popen[bytes] | None = None
     try:
         service = data.account("service")
-        conf_path = write_config(work / "conf", [slapd.uri], data.base_dn, service.dn, service.password)
+        conf_path = write_config(work / "conf" / "mailrouter.toml", uris=[slapd.uri], base_dn=data.base_dn,
+                                 bind_dn=service.dn, password=service.password)
         conf = config.load(str(conf_path))
         alice = data.account("alice@example.com")
         logins = {

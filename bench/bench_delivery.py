@@ -50,13 +50,13 @@ def throughput(exim: MiniExim, recipient: str, count: int) -> float:
         done = exim.run("-odq", "-oi", "-f", "bench@example.org", recipient, stdin=sample_message(n))
         if done.returncode != 0:
             raise SystemExit(f"queueing failed: {done}")
-    if exim.queue_size() != count:
+    if exim.queue_count() != count:
         raise SystemExit("messages did not all reach the queue")
     start = time.perf_counter()
     exim.queue_run()
     elapsed = time.perf_counter() - start
-    if exim.queue_size() != 0:
-        raise SystemExit(f"queue not empty after the run:\n{exim.mainlog()[-3000:]}")
+    if exim.queue_count() != 0:
+        raise SystemExit(f"queue not empty after the run:\n{exim.main_log()[-3000:]}")
     return count / elapsed
 
 

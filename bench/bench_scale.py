@@ -23,7 +23,9 @@ from mailrouter import entries
 from mailrouter.config import LdapConfig
 from mailrouter.directory import Directory
 from mailrouter.sandbox import demo
-from mailrouter.sandbox.slapd import Slapd, project_root
+from mailrouter.sandbox.slapd import Slapd
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout whose ldap/ files the slapds run
 
 DOMAINS = 10
 
@@ -68,7 +70,7 @@ def main(argv: list[str]) -> int:
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix=f"bench-scale-{size}-") as workdir:
             started = time.perf_counter()
-            slapd = Slapd(Path(workdir), ldif=[bulk_ldif(size)], root=project_root(),
+            slapd = Slapd(Path(workdir), ldif=[bulk_ldif(size)], root=ROOT,
                           seed_passwords=data.seed_passwords)
             slapd.configure()
             load_seconds = time.perf_counter() - started

@@ -1,53 +1,110 @@
-"""Shared fixtures: a real slapd from the project's own ldap/ files.
+"""The suite's one conftest: shared fixtures and helpers for tests/unit and tests/integration.
 
-Every fixture that starts a daemon stops it in a ``finally``/yield teardown,
-whatever the test did.  Tests that need root-only daemons are skipped (loudly)
-when not run as root; CI runs as root.
+* ``tests/unit/``: pure functions and routing decisions; no root, no daemons.
+* ``tests/integration/``: the real daemons (slapd, Exim, popa3d, Dovecot) from
+  the project's own ldap/, exim/, popa3d/, dovecot/ files, on free loopback
+  ports.  Every fixture that starts a daemon stops it in a ``finally``/yield
+  teardown, whatever the test did; every Exim rig is closed there, and closing
+  fails the test when Exim wrote to its paniclog (``mailrouter.sandbox.exim``).
+  Tests that need root are skipped (loudly) when not run as root; CI runs as root.
+
+The tests import, and the daemons run, the INSTALLED package of the venv that
+runs pytest (``BIN``: its executables).  :func:`pytest_sessionstart` refuses to
+run against an install that differs from this checkout's ``hooks/``.
+The data every slapd is loaded with is ``tests/dataset.py``.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import shutil
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+import mailrouter
+from dataset import DISABLED_LOGIN, DISABLED_PASSWORD, Dataset, build
 from mailrouter.config import LdapConfig
 from mailrouter.directory import Directory
 from mailrouter.sandbox import demo
-from mailrouter.sandbox.exim import Exim, write_service_config
+from mailrouter.sandbox.configs import write_config
+from mailrouter.sandbox.exim import Exim
 from mailrouter.sandbox.slapd import Slapd, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # The installed executables under test: those of the venv running pytest, so a
 # second venv (MAILROUTER_VENV=... bin/install-deps) tests its own install.
+# The one path to them; bin/ wrappers get it as MAILROUTER_VENV (``VENV_ENV``).
 BIN = Path(sys.executable).parent
+VENV_ENV = {"MAILROUTER_VENV": str(BIN.parent)}
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 
 
-@pytest.fixture(scope="session")
-def demo_data() -> demo.DemoDirectory:
-    return demo.build()
+# -- the installed package is this checkout's hooks/ ------------------------------------------
+def _python_files(package: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(package)): path.read_bytes()
+        for path in sorted(package.rglob("*.py"))
+        if "__pycache__" not in path.parts
+    }
 
 
-def start_slapd(workdir: Path, data: demo.DemoDirectory, extra_ldif: str = "", **kwargs: object) -> Slapd:
-    slapd = Slapd(
-        workdir,
-        ldif=[data.ldif, extra_ldif] if extra_ldif else [data.ldif],
-        root=ROOT,
-        seed_passwords=data.seed_passwords,
-        **kwargs,  # type: ignore[arg-type]
+def install_differences(installed: Path, checkout: Path) -> list[str]:
+    """What differs between two copies of the package: missing, extra, changed files."""
+    ours, theirs = _python_files(checkout), _python_files(installed)
+    return (
+        [f"missing from the install: {name}" for name in sorted(ours.keys() - theirs.keys())]
+        + [f"not in hooks/: {name}" for name in sorted(theirs.keys() - ours.keys())]
+        + [f"differs: {name}" for name in sorted(ours.keys() & theirs.keys()) if ours[name] != theirs[name]]
     )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    installed = Path(mailrouter.__file__).resolve().parent
+    differences = install_differences(installed, ROOT / "hooks" / "mailrouter")
+    if differences:
+        pytest.exit(
+            f"installed package differs from hooks/: run bin/install-deps "
+            f"(or pip install --no-deps --force-reinstall . into {BIN.parent})\n"
+            f"  installed: {installed}\n  " + "\n  ".join(differences),
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
+# -- the data set and the shared slapd ------------------------------------------------------
+@pytest.fixture(scope="session")
+def dataset() -> Iterator[Dataset]:
+    """``tests/dataset.py``, built once.  Tests that change accounts take a copy (:func:`own_copy`)."""
+    # World-writable (sticky): if a hostile alias ever ran, any user could create the marker.
+    marker_dir = Path(tempfile.mkdtemp(prefix="mailrouter-marker-"))
+    marker_dir.chmod(0o1777)
+    try:
+        yield build(marker_dir / "mailrouter-pwned")
+    finally:
+        shutil.rmtree(marker_dir, ignore_errors=True)
+
+
+def own_copy(data: Dataset) -> Dataset:
+    return copy.deepcopy(data)
+
+
+def start_slapd(workdir: Path, data: Dataset, **kwargs: object) -> Slapd:
+    """A private slapd with the project's ldap/ files and ``data``; ``kwargs`` (``root``,
+    ``seed_passwords``, ``extra_config``, ...) override :class:`Slapd`'s arguments."""
+    options: dict[str, object] = {"root": ROOT, "seed_passwords": data.seed_passwords, **kwargs}
+    slapd = Slapd(workdir, ldif=[data.ldif], **options)  # type: ignore[arg-type]
     return slapd.start()
 
 
 @pytest.fixture(scope="session")
-def slapd(tmp_path_factory: pytest.TempPathFactory, demo_data: demo.DemoDirectory) -> Iterator[Slapd]:
-    """A read-mostly slapd with the demo data; tests must not change what others read."""
-    server = start_slapd(tmp_path_factory.mktemp("slapd"), demo_data)
+def slapd(tmp_path_factory: pytest.TempPathFactory, dataset: Dataset) -> Iterator[Slapd]:
+    """A read-mostly slapd with the data set; tests must not change what others read."""
+    server = start_slapd(tmp_path_factory.mktemp("slapd"), dataset)
     try:
         yield server
     finally:
@@ -68,33 +125,50 @@ def service_config(slapd: Slapd, data: demo.DemoDirectory, **overrides: object) 
 
 
 @pytest.fixture
-def directory(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Directory]:
-    with Directory(service_config(slapd, demo_data)) as handle:
+def directory(slapd: Slapd, dataset: Dataset) -> Iterator[Directory]:
+    with Directory(service_config(slapd, dataset)) as handle:
         yield handle
 
 
-def hook_config(path: Path, slapd: Slapd, data: demo.DemoDirectory, spool: Path, **kwargs: object) -> Path:
-    """A mailrouter.toml for the hooks (service account of ``data``, mbox spool ``spool``)."""
+def hook_config(
+    path: Path,
+    data: demo.DemoDirectory,
+    uris: Sequence[str],
+    spool: Path | None = None,
+    timeouts: float | None = None,
+    **kwargs: object,
+) -> Path:
+    """A mailrouter.toml for the hooks: service account of ``data``, mbox spool ``spool``.
+
+    ``timeouts`` sets both LDAP timeouts.  The secret is 0640 root:Debian-exim
+    (the SMTP-time hooks); ``kwargs`` go to :func:`mailrouter.sandbox.configs.write_config`.
+    """
     service = data.account("service")
-    return write_service_config(
+    if timeouts is not None:
+        kwargs.update(connect_timeout=timeouts, operation_timeout=timeouts)
+    if spool is not None:
+        kwargs.setdefault("mbox_template", f"{spool}/{{local}}@{{domain}}")
+    return write_config(
         path,
-        uris=[slapd.uri],
+        uris=uris,
         base_dn=data.base_dn,
         bind_dn=service.dn,
         password=service.password,
-        mbox_template=f"{spool}/{{local}}@{{domain}}",
         **kwargs,  # type: ignore[arg-type]
     )
 
 
-def hub_exim(workdir: Path, config: Path, **macros: str) -> Exim:
-    """Real Exim with the shipped exim/ config, set up as a test hub.
+def hub_exim(workdir: Path, config: Path, config_file: Path | None = None, **macros: str) -> Exim:
+    """Real Exim with the shipped exim/ config (or ``config_file``), set up as a test hub.
 
-    Remote mail goes to a closed loopback port (it defers; nothing leaves the
-    machine); TLS and the auth socket are absent unless ``macros`` name them.
+    The hooks are those of :data:`BIN`.  Remote mail goes to a closed loopback
+    port (it defers; nothing leaves the machine); TLS and the auth socket are
+    absent unless ``macros`` name them.  The caller closes it (which checks the
+    paniclog).
     """
     defaults = {
         "MAILROUTER_CONFIG": str(config),
+        "MAILROUTER_BIN": str(BIN),
         "MAILROUTER_HOSTNAME": "hub.example.net",
         "MAILROUTER_RELAY_HOST": "127.0.0.1",
         "MAILROUTER_RELAY_PORT": str(free_port()),
@@ -102,4 +176,39 @@ def hub_exim(workdir: Path, config: Path, **macros: str) -> Exim:
         "MAILROUTER_TLS_KEY": str(workdir / "absent.key"),
         "MAILROUTER_AUTH_SOCKET": str(workdir / "absent.sock"),
     }
-    return Exim(workdir / "exim", ROOT / "exim" / "mailrouter.conf", {**defaults, **macros})
+    return Exim(workdir / "exim", config_file or ROOT / "exim" / "mailrouter.conf", {**defaults, **macros})
+
+
+# -- logins every front end must refuse alike --------------------------------------------------
+def alice(data: demo.DemoDirectory) -> demo.Account:
+    return data.account("alice@example.com")
+
+
+def _refusals(password: str) -> dict[str, tuple[str, str]]:
+    return {
+        "wrong password": ("alice@example.com", password + "x"),
+        "unknown user": ("nobody@example.com", password),
+        "unknown domain": ("alice@example.net", password),
+        "upper-case local part": ("ALICE@example.com", password),
+        "upper-case domain": ("alice@EXAMPLE.COM", password),
+        "dot-dot slash": ("../alice@example.com", password),
+        "slash": ("x/alice@example.com", password),
+        "leading dot": (".alice@example.com", password),
+        "NUL in login": ("alice\x00@example.com", password),
+        "control character": ("alice\n@example.com", password),
+        "trailing space": ("alice@example.com ", password),
+        "over-long": ("a" * 65 + "@example.com", password),
+        "no domain": ("alice", password),
+        "empty password": ("alice@example.com", ""),
+        "over-long password": ("alice@example.com", password + "x" * 1100),
+        "disabled, right password": (DISABLED_LOGIN, DISABLED_PASSWORD),
+        "disabled, wrong password": (DISABLED_LOGIN, DISABLED_PASSWORD + "x"),
+    }
+
+
+def refusal_cases(data: demo.DemoDirectory) -> dict[str, tuple[str, str]]:
+    """Each refusal case of issue 5: (login, password), all to be answered alike."""
+    return _refusals(alice(data).password)
+
+
+CASES = list(_refusals("").keys())

@@ -1,16 +1,14 @@
 """Test support for the delivery hook: spools, configs, and a tiny private Exim.
 
 ``MiniExim`` is deliberately NOT the project's Exim config (that is
-``mailrouter.sandbox.exim``, owned elsewhere): it is the smallest standalone
+exim/mailrouter.conf, see ``conftest.hub_exim``): it is the smallest standalone
 config with two routers -- one to a pipe transport running ``mailrouter-deliver``
 with the options the hook's docstring requires, one to a stock appendfile
 transport -- so tests can compare the two byte for byte and see Exim's real
-defer/retry behaviour around the hook.
-
-Exim only delivers with a private config (``-C``) if the file is listed in
-``/etc/exim4/trusted_configs``.  Without touching the host's /etc, every Exim
-command runs in ``unshare -m`` with a copy of /etc/exim4 (plus our
-``trusted_configs``) bind-mounted over /etc/exim4.
+defer/retry behaviour around the hook.  It runs on the sandbox's Exim rig
+(private spool and logs, a trusted-config copy of /etc/exim4 in a mount
+namespace, the paniclog check).  The same cases also run through the shipped
+config's transport (tests/integration/test_deliver.py, test_mbox_exim.py).
 """
 
 from __future__ import annotations
@@ -19,15 +17,15 @@ import grp
 import os
 import pwd
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-VENV_BIN = str(Path(sys.executable).parent)
-DELIVER = f"{VENV_BIN}/mailrouter-deliver"
-EXIM = "/usr/sbin/exim"
+from conftest import BIN
+from mailrouter.sandbox import configs
+from mailrouter.sandbox.exim import Exim, Result
+
+DELIVER = str(BIN / "mailrouter-deliver")
 MAIL_UID = pwd.getpwnam("mail").pw_uid
 MAIL_GID = grp.getgrnam("mail").gr_gid
 
@@ -63,20 +61,16 @@ def make_spool(path: Path) -> Path:
 def write_config(path: Path, spool: Path, *, lock_timeout: float = 2.0,
                  stale_lock_age: float = 600.0, maildir_template: str | None = None,
                  mbox_template: str | None = None) -> Path:
-    maildir = maildir_template or f"{spool}/{{domain}}/{{local}}/Maildir"
-    mbox = mbox_template or f"{spool}/{{local}}@{{domain}}"
-    path.write_text(
-        "[ldap]\n"
-        'uris = ["ldap://127.0.0.1:9/"]\n'  # never contacted by the delivery hook
-        "[spool]\n"
-        f'mbox_template = "{mbox}"\n'
-        f'maildir_template = "{maildir}"\n'
-        'storage_user = "mail"\n'
-        f"lock_timeout = {lock_timeout}\n"
-        f"stale_lock_age = {stale_lock_age}\n"
+    """A delivery-only config: the LDAP side is never contacted by the delivery hook."""
+    return configs.write_config(
+        path,
+        uris=["ldap://127.0.0.1:9/"],
+        mbox_template=mbox_template or f"{spool}/{{local}}@{{domain}}",
+        maildir_template=maildir_template or f"{spool}/{{domain}}/{{local}}/Maildir",
+        storage_user="mail",
+        lock_timeout=lock_timeout,
+        stale_lock_age=stale_lock_age,
     )
-    path.chmod(0o644)
-    return path
 
 
 def address_data(mailbox: Path | str, *, fmt: str = "mbox", quota: str = "0",
@@ -101,9 +95,9 @@ def run_deliver(config: Path, data: str, message: bytes, *, prefix: bytes | None
 
 EXIM_CONF = """\
 exim_path = /usr/sbin/exim4
-spool_directory = {work}/spool
-log_file_path = {work}/log/%slog
-pid_file_path = {work}/exim.pid
+spool_directory = MAILROUTER_SPOOL_DIRECTORY
+log_file_path = MAILROUTER_LOG_FILE_PATH
+pid_file_path = MAILROUTER_PID_FILE_PATH
 primary_hostname = mailhub.test
 local_interfaces = 127.0.0.1
 qualify_domain = example.com
@@ -164,69 +158,31 @@ begin rewrite
 """
 
 
-class MiniExim:
-    """A private Exim 4 (Debian exim4-daemon-heavy) with a two-transport test config."""
+class MiniExim(Exim):
+    """Debian's Exim with a two-transport test config, on the sandbox's Exim rig.
+
+    Spool, logs, the namespace with a trusted-config copy of /etc/exim4 and
+    the paniclog check on :meth:`close` are the rig's (``mailrouter.sandbox.exim``).
+    """
 
     def __init__(self, work: Path, hook_config: Path, *, hook_users: dict[str, str],
                  file_users: dict[str, str] | None = None, add_headers: bool = False,
-                 bin_dir: str = VENV_BIN) -> None:
-        self.work = work
-        (work / "spool").mkdir(parents=True, exist_ok=True)
-        (work / "log").mkdir(exist_ok=True)
-        exim_uid = pwd.getpwnam("Debian-exim").pw_uid
-        exim_gid = grp.getgrnam("Debian-exim").gr_gid
-        for sub in ("spool", "log"):
-            os.chown(work / sub, exim_uid, exim_gid)
-            (work / sub).chmod(0o750)
-        self._write_users("hook_users", hook_users)
-        self._write_users("file_users", file_users or {})
+                 bin_dir: Path = BIN) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        self._write_users(work / "hook_users", hook_users)
+        self._write_users(work / "file_users", file_users or {})
         # envelope_to_add is left out: it names the (different) recipient of each copy.
         headers = "  return_path_add\n  delivery_date_add\n" if add_headers else ""
-        self.config = work / "exim.conf"
-        self.config.write_text(EXIM_CONF.format(
-            work=work, bin=bin_dir, hook_config=hook_config, headers=headers))
-        self.config.chmod(0o644)
-        self.etc = work / "etc-exim4"
-        shutil.copytree("/etc/exim4", self.etc, symlinks=True)
-        (self.etc / "trusted_configs").write_text(f"{self.config}\n")
-        (self.etc / "trusted_configs").chmod(0o644)
+        config = work / "mini.conf"
+        config.write_text(EXIM_CONF.format(work=work, bin=bin_dir, hook_config=hook_config, headers=headers))
+        config.chmod(0o644)
+        super().__init__(work, config)
 
-    def _write_users(self, name: str, users: dict[str, str]) -> None:
-        path = self.work / name
+    @staticmethod
+    def _write_users(path: Path, users: dict[str, str]) -> None:
         path.write_text("".join(f"{local}: {data}\n" for local, data in users.items()))
         path.chmod(0o644)
 
-    def command(self, *args: str) -> list[str]:
-        return [
-            "unshare", "-m", "--", "sh", "-c",
-            'mount --bind "$1" /etc/exim4 && shift && exec "$@"', "sh",
-            str(self.etc), EXIM, "-C", str(self.config), *args,
-        ]
-
-    def run(self, *args: str, stdin: bytes | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(self.command(*args), input=stdin, capture_output=True,
-                              timeout=timeout, check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-
-    def submit(self, message: bytes, *recipients: str,
-               sender: str = "sender@example.org") -> subprocess.CompletedProcess[bytes]:
+    def submit(self, message: bytes, *recipients: str, sender: str = "sender@example.org") -> Result:
         """``exim -odi -oi -f SENDER RCPT...``: receive and deliver at once."""
         return self.run("-odi", "-oi", "-f", sender, *recipients, stdin=message)
-
-    def daemon(self, port: int) -> subprocess.Popen[bytes]:
-        """``exim -bdf`` (foreground daemon) on 127.0.0.1:PORT; the caller terminates it."""
-        return subprocess.Popen(
-            self.command("-bdf", "-oX", str(port), "-oP", str(self.work / "daemon.pid")),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-
-    def queue_run(self) -> subprocess.CompletedProcess[bytes]:
-        return self.run("-qf")
-
-    def queue_size(self) -> int:
-        done = self.run("-bpc")
-        return int(done.stdout.strip() or b"0")
-
-    def mainlog(self) -> str:
-        path = self.work / "log" / "mainlog"
-        return path.read_text(errors="replace") if path.exists() else ""

@@ -1,11 +1,17 @@
 """mailrouter-sandbox -- the whole hub on loopback, in one directory, as root.
 
 SYNOPSIS
-    mailrouter-sandbox up [--dir DIR]
+    mailrouter-sandbox --root CHECKOUT up [--dir DIR]
     mailrouter-sandbox status --dir DIR
     mailrouter-sandbox down --dir DIR [--keep]
-    mailrouter-sandbox demo [--dir DIR]
+    mailrouter-sandbox --root CHECKOUT demo [--dir DIR]
     mailrouter-sandbox ldap stop|start --dir DIR
+
+--root CHECKOUT
+    The mailrouter checkout whose ldap/, exim/ and popa3d/ files the daemons
+    run with; required by up and demo (bin/mailrouter-sandbox passes its own
+    checkout).  Never guessed from the installed package or the current
+    directory.  `ldap start` reuses the one recorded by `up`.
 
 up
     In DIR (default: a new directory under /tmp) starts slapd with the project's
@@ -57,7 +63,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import grp
 import json
 import os
 import poplib
@@ -78,15 +83,15 @@ from pathlib import Path
 from typing import Any
 
 from mailrouter.sandbox import demo, tls
-from mailrouter.sandbox.exim import Exim, write_service_config
+from mailrouter.sandbox.configs import write_config
+from mailrouter.sandbox.exim import EXIM_USER, Exim
 from mailrouter.sandbox.popa3d import Popa3d
-from mailrouter.sandbox.slapd import Slapd, free_port, project_root
-from mailrouter.sandbox.web import WebServer, web_section
+from mailrouter.sandbox.slapd import Slapd, free_port
+from mailrouter.sandbox.web import WebServer, web_settings
 
 STATE_FILE = "sandbox.json"
 USERDB_REFRESH_SECONDS = 5
 STOP_TIMEOUT = 10.0
-EXIM_GROUP = "Debian-exim"
 
 
 @dataclass
@@ -105,6 +110,7 @@ class Started:
 @dataclass
 class Sandbox:
     directory: Path
+    root: Path  # the checkout the daemons run from (--root)
     started: list[Started] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -114,6 +120,7 @@ class Sandbox:
 
     def save(self) -> None:
         state = {
+            "root": str(self.root),
             "started": [vars(s) for s in self.started],
             "info": self.info,
         }
@@ -125,7 +132,9 @@ class Sandbox:
     @classmethod
     def load(cls, directory: Path) -> Sandbox:
         state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
-        return cls(directory, [Started(**s) for s in state["started"]], state.get("info", {}))
+        return cls(
+            directory, Path(state["root"]), [Started(**s) for s in state["started"]], state.get("info", {})
+        )
 
 
 def _start_time(pid: int) -> str:
@@ -190,16 +199,10 @@ def sweep(directory: Path) -> None:
 
 
 # -- bringing it up -----------------------------------------------------------
-def _group_readable(path: Path, group: str) -> None:
-    os.chown(path, 0, grp.getgrnam(group).gr_gid)
-    path.chmod(0o640)
-
-
 def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> dict[str, Any]:
-    root = project_root()
+    root = sandbox.root
     directory.chmod(0o755)  # Debian-exim and mail must reach the config and the spool
-    certificates = tls.make_certificates(directory / "tls")
-    _group_readable(certificates.key, EXIM_GROUP)
+    certificates = tls.make_certificates(directory / "tls", key_group=EXIM_USER)
 
     spool = directory / "mail"
     spool.mkdir(exist_ok=True)
@@ -214,9 +217,10 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     assert slapd.process is not None
     sandbox.record("slapd", slapd.process.pid)
     service = data.account("service")
+    web_port = free_port()
     # The secret is 0640 root:Debian-exim (SMTP-time lookups); deliveries run as
     # "mail", which never needs it.
-    config = write_service_config(
+    config = write_config(
         directory / "mailrouter.toml",
         uris=[slapd.uri],
         base_dn=data.base_dn,
@@ -225,10 +229,8 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
         mbox_template=f"{spool}/{{local}}@{{domain}}",
         auth_socket=str(directory / "auth.sock"),
         operation_timeout=3.0,
+        web=web_settings(directory, web_port, certificates.cert, certificates.key),
     )
-    web_port = free_port()
-    with config.open("a", encoding="utf-8") as handle:
-        handle.write("\n" + web_section(directory, web_port, certificates.cert, certificates.key))
 
     components = start_services(directory, sandbox, config, certificates, log)
     log("starting mailrouter-web (gunicorn, HTTPS)")
@@ -294,7 +296,7 @@ def start_services(
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Start the auth socket, Exim and popa3d; return their part of the JSON."""
-    root = project_root()
+    root = sandbox.root
     bin_dir = str(Path(sys.executable).parent)
     socket_path = directory / "auth.sock"
     log("starting mailrouter-authd")
@@ -339,7 +341,7 @@ def start_services(
     sandbox.record("exim", exim.daemon_pid)
 
     log("starting popa3d (POP3 via socat, POP3S via stunnel)")
-    popa3d = Popa3d(directory, str(config), root=root, bin_dir=bin_dir, certificate=certificates.combined)
+    popa3d = Popa3d(directory, str(config), root=root, bin_dir=bin_dir, certificates=certificates)
     popa3d.start()
     for index, pid in enumerate(popa3d.pids()):
         sandbox.record(f"popa3d-front-{index}", pid)
@@ -353,7 +355,7 @@ def start_services(
     }
 
 
-def up(directory: Path | None, log: Callable[[str], None]) -> tuple[int, dict[str, Any] | None]:
+def up(directory: Path | None, root: Path, log: Callable[[str], None]) -> tuple[int, dict[str, Any] | None]:
     if os.geteuid() != 0:
         log("mailrouter-sandbox: run as root (slapd, Exim and popa3d need it)")
         return 1, None
@@ -363,7 +365,7 @@ def up(directory: Path | None, log: Callable[[str], None]) -> tuple[int, dict[st
     if (target / STATE_FILE).exists() and any(is_running(s) for s in Sandbox.load(target).started):
         log(f"mailrouter-sandbox: a sandbox already runs in {target}; `down --dir {target}` first")
         return 1, None
-    sandbox = Sandbox(target)
+    sandbox = Sandbox(target, root)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         info = bring_up(target, sandbox, log)
@@ -405,7 +407,7 @@ def ldap(directory: Path, action: str) -> None:
         return
     if is_running(current):
         return
-    slapd = Slapd(directory / "ldap", root=project_root())
+    slapd = Slapd(directory / "ldap", root=sandbox.root)
     slapd.port = int(sandbox.info["ldap_uri"].rsplit(":", 1)[1].strip("/"))
     slapd.restart()
     assert slapd.process is not None
@@ -481,6 +483,9 @@ def console() -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mailrouter-sandbox", description="the whole hub on loopback")
+    parser.add_argument(
+        "--root", type=Path, help="the checkout with ldap/, exim/, popa3d/ (needed by up and demo)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "demo"):
         command = commands.add_parser(name)
@@ -509,7 +514,9 @@ def main(argv: list[str]) -> int:
             down(args.dir, args.keep)
         return 0
 
-    code, info = up(args.dir.resolve() if args.dir else None, log)
+    if args.root is None or not (args.root / "ldap" / "slapd.conf").is_file():
+        parser.error(f"{args.command} needs --root CHECKOUT: the directory holding ldap/slapd.conf")
+    code, info = up(args.dir.resolve() if args.dir else None, args.root.resolve(), log)
     if code != 0 or info is None:
         return code
     if args.command == "up":

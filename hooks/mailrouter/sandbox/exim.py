@@ -17,13 +17,17 @@ file, which is read unchanged); that wrapper is the ``-C`` file and the one
 listed in ``trusted_configs``.  Per-command ``macros=`` are still passed with
 ``-D``.  The work directory must be traversable by ``Debian-exim``: hooks run
 as that user.
+
+:meth:`Exim.close` stops the daemon and then raises :class:`DaemonError` when
+Exim's paniclog is not empty, so every test fixture that closes its Exim fails
+on a panic nobody looked at.  (``mailrouter-sandbox down`` stops daemons by
+their recorded PID and never calls it.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import os
 import pwd
 import shutil
@@ -68,64 +72,6 @@ def make_readable_dir(path: Path, group: str = EXIM_USER) -> Path:
     os.chown(path, 0, grp.getgrnam(group).gr_gid)
     path.chmod(0o750)
     return path
-
-
-def write_private(path: Path, text: str, group: str = EXIM_USER, mode: int = 0o640) -> Path:
-    """Write ``text`` to ``path`` as root:group with ``mode`` (default 0640, for secrets)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chown(path, 0, grp.getgrnam(group).gr_gid)
-    path.chmod(mode)
-    return path
-
-
-def toml_string(value: str) -> str:
-    """A TOML basic string (JSON string escaping is valid TOML)."""
-    return json.dumps(value)
-
-
-def write_service_config(
-    path: Path,
-    *,
-    uris: Sequence[str],
-    base_dn: str,
-    bind_dn: str,
-    password: str,
-    mbox_template: str,
-    maildir_template: str | None = None,
-    spool_format: str = "mbox",
-    storage_user: str = "mail",
-    sender_ownership: bool = True,
-    auth_socket: str | None = None,
-    connect_timeout: float = 2.0,
-    operation_timeout: float = 2.0,
-    group: str = EXIM_USER,
-) -> Path:
-    """A mailrouter.toml for the hooks (0644: the delivery hook reads it as the
-    storage user), with the service secret beside it (0640 root:group, for the
-    hooks that bind to LDAP as Debian-exim)."""
-    secret = write_private(path.with_name(path.stem + ".secret"), password + "\n", group)
-    lines = [
-        "[ldap]",
-        f"uris = [{', '.join(toml_string(u) for u in uris)}]",
-        f"base_dn = {toml_string(base_dn)}",
-        f"bind_dn = {toml_string(bind_dn)}",
-        f"bind_password_file = {toml_string(str(secret))}",
-        f"connect_timeout = {connect_timeout}",
-        f"operation_timeout = {operation_timeout}",
-        "",
-        "[spool]",
-        f"format = {toml_string(spool_format)}",
-        f"mbox_template = {toml_string(mbox_template)}",
-        f"storage_user = {toml_string(storage_user)}",
-    ]
-    if maildir_template:
-        lines.append(f"maildir_template = {toml_string(maildir_template)}")
-    lines += ["", "[auth]", f"sender_ownership = {'true' if sender_ownership else 'false'}"]
-    if auth_socket:
-        lines.append(f"auth_socket = {toml_string(auth_socket)}")
-    return write_private(path, "\n".join(lines) + "\n", group, mode=0o644)
 
 
 class Exim:
@@ -273,6 +219,13 @@ class Exim:
     def queue_list(self) -> Result:
         return self.run("-bp")
 
+    def queue_count(self) -> int:
+        """``exim -bpc``: messages on the queue.  A failing command is an error, never 0."""
+        result = self.run("-bpc")
+        if result.returncode != 0 or not result.stdout.strip().isdigit():
+            raise DaemonError(f"exim -bpc failed (rc {result.returncode}): {result.output}")
+        return int(result.stdout)
+
     # -- the daemon ---------------------------------------------------------
     def start_daemon(self, ports: Sequence[int] | None = None) -> list[int]:
         """``exim -bd`` on ``ports`` (default: one free port), on 127.0.0.1 only."""
@@ -329,7 +282,15 @@ class Exim:
         return self.log("panic")
 
     def close(self) -> None:
+        """Stop the daemon; then fail loudly if Exim wrote to its paniclog.
+
+        A panic means Exim hit something it could not handle (a broken config
+        expansion, a crashed process): whatever the caller saw, it is a fault.
+        """
         self.stop_daemon()
+        panic = self.panic_log()
+        if panic:
+            raise DaemonError(f"Exim wrote to {self.log_directory / 'paniclog'}:\n{panic}")
 
     def __enter__(self) -> Exim:
         return self.prepare()

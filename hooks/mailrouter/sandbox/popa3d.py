@@ -15,10 +15,12 @@ its work directory.  The host's /etc is never modified:
 * ``/var/mail``           a private spool directory (root:mail 2775, like Debian's)
 
 Plain POP3 runs inetd-style under ``socat`` (one popa3d per connection), POP3S
-under ``stunnel`` with the shipped ``popa3d/stunnel-pop3s.conf`` and a throwaway
-certificate.  Every daemon gets a clean environment (popa3d, and the PAM helper
-it runs, must not depend on the caller's).  :meth:`Popa3d.namespace_command`
-wraps any other command (a delivery, a shell) in the same mount setup.
+under ``stunnel`` with the shipped ``popa3d/stunnel-pop3s.conf`` and throwaway
+TLS material (:mod:`mailrouter.sandbox.tls`).  The checkout whose popa3d/ files
+are used is passed in (``root``), never guessed.  Every daemon gets a clean
+environment (popa3d, and the PAM helper it runs, must not depend on the
+caller's).  :meth:`Popa3d.namespace_command` wraps any other command (a
+delivery, a shell) in the same mount setup.
 """
 
 from __future__ import annotations
@@ -31,42 +33,18 @@ import sys
 from pathlib import Path
 
 from mailrouter.errors import DaemonError
-from mailrouter.sandbox.slapd import free_port, project_root, wait_for_port
+from mailrouter.sandbox.slapd import free_port, wait_for_port
+from mailrouter.sandbox.tls import Certificates, make_certificates
 
 POPA3D = "/usr/sbin/popa3d"
 SOCAT = "/usr/bin/socat"
 STUNNEL = "/usr/bin/stunnel4"
 UNSHARE = "/usr/bin/unshare"
-OPENSSL = "/usr/bin/openssl"
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SHIPPED_BIN = "/opt/mailrouter/venv/bin"
 SHIPPED_CONFIG = "/etc/mailrouter/mailrouter.toml"
 START_TIMEOUT = 10.0
 MAIL_GID = 8  # Debian's "mail" group owns /var/mail
-
-
-def make_certificate(directory: Path, name: str = "localhost") -> Path:
-    """A throwaway self-signed certificate + key in one PEM (mode 0600), for 127.0.0.1/``name``."""
-    key = directory / "tls.key"
-    cert = directory / "tls.crt"
-    done = subprocess.run(
-        [
-            OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", f"/CN={name}",
-            "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise DaemonError("openssl req failed: " + done.stderr.decode("utf-8", "replace"))
-    combined = directory / "tls.pem"
-    fd = os.open(combined, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(cert.read_bytes() + key.read_bytes())
-    key.unlink()
-    return combined
 
 
 def render_pam_file(template: str, bin_dir: str, config_path: str) -> str:
@@ -109,23 +87,25 @@ class Popa3d:
         self,
         workdir: Path,
         config_path: str,
-        root: Path | None = None,
+        *,
+        root: Path,
         bin_dir: str | None = None,
         tls: bool = True,
         plain: bool = True,
         userdb_source: Path | None = None,
-        certificate: Path | None = None,
+        certificates: Certificates | None = None,
         spool: Path | None = None,
     ) -> None:
-        """``userdb_source``: copy the user records from there instead of writing
-        them from LDAP (e.g. to run with an LDAP that is down at login time).
-        ``certificate``: a PEM with certificate and key for POP3S (default: a
-        throwaway self-signed one for localhost/127.0.0.1).  ``spool``: the
-        directory popa3d sees as /var/mail (default ``workdir/mail``; give the
-        directory the delivery side writes to)."""
+        """``root``: the checkout holding popa3d/.  ``userdb_source``: copy the
+        user records from there instead of writing them from LDAP (e.g. to run
+        with an LDAP that is down at login time).  ``certificates``: the POP3S
+        material (default: a throwaway CA and server certificate for
+        localhost/127.0.0.1 in ``workdir/tls``).  ``spool``: the directory
+        popa3d sees as /var/mail (default ``workdir/mail``; give the directory
+        the delivery side writes to)."""
         self.workdir = Path(workdir)
         self.config_path = str(config_path)
-        self.root = root or project_root()
+        self.root = root
         # Default: the executables of the venv running this code.
         self.bin_dir = bin_dir or str(Path(sys.executable).parent)
         self.tls = tls
@@ -133,7 +113,7 @@ class Popa3d:
         self.userdb_source = userdb_source
         self.port = 0
         self.tls_port = 0
-        self.cert: Path | None = certificate
+        self.certificates = certificates
         self.pam_dir = self.workdir / "pam.d"
         self.nsswitch = self.workdir / "nsswitch.conf"
         self.userdb = self.workdir / "userdb"
@@ -176,8 +156,8 @@ class Popa3d:
         else:
             for record in self.userdb_source.iterdir():
                 shutil.copyfile(record, self.userdb / record.name)
-        if self.tls and self.cert is None:
-            self.cert = make_certificate(self.workdir)
+        if self.tls and self.certificates is None:
+            self.certificates = make_certificates(self.workdir / "tls")
 
     def refresh_users(self) -> None:
         """(Re)generate the user records popa3d's getpwnam() reads, with the real executable."""
@@ -248,14 +228,14 @@ class Popa3d:
                     self.port,
                 )
             if self.tls:
-                assert self.cert is not None
+                assert self.certificates is not None
                 self.tls_port = free_port()
                 conf = self.workdir / "stunnel-pop3s.conf"
                 conf.write_text(
                     render_stunnel_conf(
                         (self.root / "popa3d" / "stunnel-pop3s.conf").read_text("utf-8"),
                         self.tls_port,
-                        self.cert,
+                        self.certificates.combined,
                         self.workdir / "stunnel.pid",
                     ),
                     encoding="utf-8",
@@ -302,39 +282,3 @@ class Popa3d:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-
-def write_config(
-    workdir: Path,
-    ldap_uris: list[str],
-    base_dn: str,
-    bind_dn: str,
-    bind_password: str,
-    extra: str = "",
-    secret_mode: int = 0o600,
-    timeouts: float = 2.0,
-) -> Path:
-    """A ``mailrouter.toml`` + password file in ``workdir`` for daemons under test.
-
-    ``extra`` is appended verbatim (e.g. a ``[spool]`` table).  The secret file's
-    mode is ``secret_mode`` (a checkpassword run as ``dovecot`` needs to read it).
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    secret = workdir / "ldap.secret"
-    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, secret_mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(bind_password + "\n")
-    os.chmod(secret, secret_mode)
-    uris = ", ".join(f'"{uri}"' for uri in ldap_uris)
-    config = workdir / "mailrouter.toml"
-    config.write_text(
-        "[ldap]\n"
-        f"uris = [{uris}]\n"
-        f'base_dn = "{base_dn}"\n'
-        f'bind_dn = "{bind_dn}"\n'
-        f'bind_password_file = "{secret}"\n'
-        f"connect_timeout = {timeouts}\n"
-        f"operation_timeout = {timeouts}\n" + extra,
-        encoding="utf-8",
-    )
-    config.chmod(0o644)
-    return config

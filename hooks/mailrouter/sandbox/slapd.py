@@ -9,7 +9,6 @@ not.  Nothing here touches /etc or starts a system service.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -23,21 +22,6 @@ SLAPD = "/usr/sbin/slapd"
 SLAPTEST = "/usr/sbin/slaptest"
 SLAPADD = "/usr/sbin/slapadd"
 START_TIMEOUT = 10.0
-
-
-def project_root() -> Path:
-    """The checkout holding ldap/, exim/ and popa3d/.
-
-    MAILROUTER_ROOT wins; then the checkout this module lives in (an editable
-    install); then the current directory (a regular install run from a checkout).
-    """
-    override = os.environ.get("MAILROUTER_ROOT")
-    candidates = [Path(override)] if override else []
-    candidates += [Path(__file__).resolve().parents[2], Path.cwd()]
-    for candidate in candidates:
-        if (candidate / "ldap" / "slapd.conf").is_file():
-            return candidate
-    raise DaemonError("cannot find the mailrouter checkout (ldap/slapd.conf): set MAILROUTER_ROOT")
 
 
 def free_port() -> int:
@@ -96,19 +80,24 @@ def with_passwords(ldif: str, hashes: dict[str, str]) -> str:
 
 
 class Slapd:
-    """A private slapd loaded from ``ldap/slapd.conf``, ``ldap/acl.conf`` and the schema."""
+    """A private slapd loaded from ``ldap/slapd.conf``, ``ldap/acl.conf`` and the schema.
+
+    ``root`` is the checkout holding ldap/: passed in by the caller (the sandbox
+    CLI's ``--root``, the tests' and benchmarks' own checkout), never guessed.
+    """
 
     def __init__(
         self,
         workdir: Path,
+        *,
+        root: Path,
         ldif: Iterable[str] = (),
-        root: Path | None = None,
         extra_config: str = "",
         run_as: str | None = None,
         seed_passwords: dict[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
-        self.root = root or project_root()
+        self.root = root
         self.ldif = list(ldif)
         self.extra_config = extra_config
         self.run_as = run_as

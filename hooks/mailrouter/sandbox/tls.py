@@ -1,17 +1,21 @@
 """A throwaway certificate authority and server certificate, made with openssl.
 
-For the sandbox and the tests: clients verify the server against ``ca.pem``
-with host name ``localhost`` (or IP 127.0.0.1), exactly as they would in
-production against a real CA.  Keys are created mode 0600; the caller decides
-which daemon's group may read them (Exim runs as Debian-exim).
+The one certificate maker of the sandbox, the tests and the benchmarks.
+Clients verify the server against ``ca.pem`` with host name ``localhost`` (or
+IP 127.0.0.1), exactly as they would in production against a real CA.  Keys
+are created mode 0600 (root); ``key_group`` makes the server key 0640
+root:GROUP for a daemon that reads it as that group (Exim runs as Debian-exim).
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from mailrouter.errors import DaemonError
 
 OPENSSL = "/usr/bin/openssl"
 VALID_DAYS = "30"
@@ -28,11 +32,17 @@ class Certificates:
 def _openssl(*args: str) -> None:
     done = subprocess.run([OPENSSL, *args], capture_output=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"openssl {args[0]} failed: {done.stderr.decode('utf-8', 'replace')}")
+        raise DaemonError(f"openssl {args[0]} failed: {done.stderr.decode('utf-8', 'replace')}")
 
 
-def make_certificates(directory: Path, host: str = "localhost") -> Certificates:
-    """Create ``ca.pem`` and a ``server.pem``/``server.key`` for ``host`` and 127.0.0.1."""
+def make_certificates(
+    directory: Path, host: str = "localhost", key_group: str | None = None
+) -> Certificates:
+    """Create ``ca.pem`` and a ``server.pem``/``server.key`` for ``host`` and 127.0.0.1.
+
+    ``server-combined.pem`` holds certificate and key in one file (socat,
+    stunnel, Dovecot) and stays root's (0600).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     old_umask = os.umask(0o077)
     try:
@@ -63,6 +73,9 @@ def make_certificates(directory: Path, host: str = "localhost") -> Certificates:
         os.umask(old_umask)
     for public in (ca_cert, cert):
         public.chmod(0o644)
+    if key_group is not None:
+        os.chown(key, 0, grp.getgrnam(key_group).gr_gid)
+        key.chmod(0o640)
     ca_key.unlink()  # nothing else is ever signed: the CA key need not survive
     csr.unlink()
     return Certificates(ca_cert=ca_cert, cert=cert, key=key, combined=combined)

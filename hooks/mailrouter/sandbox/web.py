@@ -1,7 +1,7 @@
 """The web interface as the sandbox and the tests run it: the real ``mailrouter-web``
 (gunicorn) with HTTPS from the throwaway CA, on a free loopback port.
 
-``web_section()`` is the ``[web]`` table such a hub's configuration gets; the
+``web_settings()`` is the ``[web]`` table such a hub's configuration gets; the
 rig starts the installed console script in its own session and waits until it
 answers TLS on its port.
 """
@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from mailrouter.errors import DaemonError
 from mailrouter.sandbox.slapd import free_port, wait_for_port
@@ -21,30 +22,26 @@ from mailrouter.sandbox.slapd import free_port, wait_for_port
 START_TIMEOUT = 20.0
 
 
-def toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def web_section(workdir: Path, port: int, certificate: Path | None, key: Path | None) -> str:
-    """The ``[web]`` table for a hub in ``workdir`` (its secret is created here, 0600)."""
+def web_settings(workdir: Path, port: int, certificate: Path | None, key: Path | None) -> dict[str, Any]:
+    """The ``[web]`` table of a hub in ``workdir`` (for ``configs.write_config(web=...)``);
+    the web secret is created here, mode 0600."""
     secret = workdir / "web.secret"
-    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_urlsafe(48) + "\n")
-    lines = [
-        "[web]",
-        f"listen = {toml_string(f'127.0.0.1:{port}')}",
-        f"secret_key_file = {toml_string(str(secret))}",
-        f"state_dir = {toml_string(str(workdir / 'web-state'))}",
-        "workers = 2",
-    ]
+    settings: dict[str, Any] = {
+        "listen": f"127.0.0.1:{port}",
+        "secret_key_file": str(secret),
+        "state_dir": str(workdir / "web-state"),
+        "workers": 2,
+    }
     if certificate is not None and key is not None:
-        lines += [f"tls_certificate = {toml_string(str(certificate))}", f"tls_key = {toml_string(str(key))}"]
-    return "\n".join(lines) + "\n"
+        settings.update(tls_certificate=str(certificate), tls_key=str(key))
+    return settings
 
 
 class WebServer:
-    """``mailrouter-web --config CONFIG`` on ``port`` (see :func:`web_section`)."""
+    """``mailrouter-web --config CONFIG`` on ``port`` (see :func:`web_settings`)."""
 
     def __init__(self, workdir: Path, config_path: Path, port: int | None = None,
                  bin_dir: str | None = None) -> None:

@@ -7,6 +7,7 @@ are exactly what exim/mailrouter.conf sends: ``AUTH <b64 login> <b64 password>\\
 from __future__ import annotations
 
 import base64
+import contextlib
 import grp
 import os
 import shutil
@@ -25,12 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hook_config, hub_exim, start_slapd
-from mailrouter.sandbox import demo
+from conftest import BIN, CASES, alice, hook_config, hub_exim, refusal_cases, start_slapd
+from dataset import Dataset
+from mailrouter.sandbox import tls
+from mailrouter.sandbox.exim import EXIM_USER, make_readable_dir
 from mailrouter.sandbox.slapd import Slapd, free_port
-from test_auth import CASES, alice, make_config, refusal_cases
 
-AUTHD = str(Path(sys.executable).parent / "mailrouter-authd")
+AUTHD = str(BIN / "mailrouter-authd")
 
 
 class Authd:
@@ -80,13 +82,13 @@ class Authd:
 
 
 @pytest.fixture(scope="module")
-def authd(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Authd]:
+def authd(slapd: Slapd, dataset: Dataset) -> Iterator[Authd]:
     # Not under pytest's tmp dir (mode 0700): other users must be able to reach
     # the socket for the permission test to test the socket's own mode.
     workdir = Path(tempfile.mkdtemp(prefix="mailrouter-authd-"))
     try:
         workdir.chmod(0o755)
-        server = Authd(workdir, make_config(workdir / "conf", demo_data, [slapd.uri]))
+        server = Authd(workdir, hook_config(workdir / "conf" / "mailrouter.toml", dataset, [slapd.uri]))
         try:
             yield server
         finally:
@@ -95,18 +97,18 @@ def authd(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Authd]:
         shutil.rmtree(workdir)
 
 
-def test_right_password_ok(authd: Authd, demo_data: demo.DemoDirectory) -> None:
-    assert authd.auth("alice@example.com", alice(demo_data).password) == b"OK\n"
-    assert authd.auth("dave@example.org", demo_data.account("dave@example.org").password) == b"OK\n"
+def test_right_password_ok(authd: Authd, dataset: Dataset) -> None:
+    assert authd.auth("alice@example.com", alice(dataset).password) == b"OK\n"
+    assert authd.auth("dave@example.org", dataset.account("dave@example.org").password) == b"OK\n"
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if not c.startswith("disabled")])
-def test_refusals_are_one_token(authd: Authd, demo_data: demo.DemoDirectory, case: str) -> None:
-    login, password = refusal_cases(demo_data)[case]
+def test_refusals_are_one_token(authd: Authd, dataset: Dataset, case: str) -> None:
+    login, password = refusal_cases(dataset)[case]
     assert authd.auth(login, password) == b"NO\n"
 
 
-def test_malformed_requests_get_temp(authd: Authd, demo_data: demo.DemoDirectory) -> None:
+def test_malformed_requests_get_temp(authd: Authd, dataset: Dataset) -> None:
     good = base64.b64encode(b"alice@example.com").decode()
     for request in [
         b"HELLO\n",
@@ -128,7 +130,7 @@ def test_socket_permissions(authd: Authd) -> None:
     assert info.st_gid == grp.getgrnam("Debian-exim").gr_gid
 
 
-def test_other_users_cannot_ask(authd: Authd, demo_data: demo.DemoDirectory, tmp_path: Path) -> None:
+def test_other_users_cannot_ask(authd: Authd, dataset: Dataset, tmp_path: Path) -> None:
     """nobody: the socket mode stops it.  nobody in group Debian-exim: passes the
     mode, refused by the SO_PEERCRED check (connection closed, no token)."""
     client = (
@@ -139,7 +141,7 @@ def test_other_users_cannot_ask(authd: Authd, demo_data: demo.DemoDirectory, tmp
         "except (ConnectionResetError, BrokenPipeError):\n print('closed')\n"
     )
     line = "AUTH " + base64.b64encode(b"alice@example.com").decode() + " "
-    line += base64.b64encode(alice(demo_data).password.encode()).decode() + "\n"
+    line += base64.b64encode(alice(dataset).password.encode()).decode() + "\n"
     outputs = []
     for group in ("nogroup", "Debian-exim"):
         done = subprocess.run(
@@ -162,14 +164,31 @@ def test_other_users_cannot_ask(authd: Authd, demo_data: demo.DemoDirectory, tmp
     assert outputs == ["EACCES", "b''"] or outputs == ["EACCES", "closed"]
 
 
-def test_ldap_down_is_temp(tmp_path: Path, demo_data: demo.DemoDirectory) -> None:
-    conf = make_config(tmp_path / "c", demo_data, [f"ldap://127.0.0.1:{free_port()}/"], timeouts=1.0)
+def test_ldap_down_is_temp(tmp_path: Path, dataset: Dataset) -> None:
+    dead = f"ldap://127.0.0.1:{free_port()}/"
+    conf = hook_config(tmp_path / "c" / "mailrouter.toml", dataset, [dead], timeouts=1.0)
     server = Authd(tmp_path, conf)
     try:
-        assert server.auth("alice@example.com", alice(demo_data).password) == b"TEMP\n"
+        assert server.auth("alice@example.com", alice(dataset).password) == b"TEMP\n"
         assert server.auth("alice@example.com", "wrong") == b"TEMP\n"
     finally:
         server.stop()
+
+
+def wait_for_a_request_on_frozen_ldap(slapd: Slapd, timeout: float = 30) -> None:
+    """Return once a client has sent slapd a request it has not read: a frozen slapd
+    accepts nothing, so the bytes wait in the kernel (Recv-Q) of a queued connection.
+    The event that proves a login now waits on LDAP, whatever the machine's load."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(
+            ["ss", "-Htn", "state", "established", f"( sport = :{slapd.port} )"],
+            capture_output=True, text=True, check=True,
+        )
+        if any(int(line.split()[0]) > 0 for line in done.stdout.splitlines() if line.strip()):
+            return
+        assert time.monotonic() < deadline, "no request reached the frozen slapd"
+        time.sleep(0.02)
 
 
 def _cmdlines_containing(secret: bytes) -> list[str]:
@@ -203,15 +222,16 @@ def test_cmdline_scan_would_see_a_password() -> None:
         process.wait()
 
 
+@pytest.mark.slow
 def test_password_never_on_a_command_line_while_ldap_is_frozen(
-    tmp_path: Path, demo_data: demo.DemoDirectory
+    tmp_path: Path, dataset: Dataset
 ) -> None:
-    slow = start_slapd(tmp_path / "slapd", demo_data)
+    slow = start_slapd(tmp_path / "slapd", dataset)
     try:
-        conf = make_config(tmp_path / "c", demo_data, [slow.uri], timeouts=3.0)
+        conf = hook_config(tmp_path / "c" / "mailrouter.toml", dataset, [slow.uri], timeouts=3.0)
         server = Authd(tmp_path, conf)
         try:
-            password = alice(demo_data).password
+            password = alice(dataset).password
             assert server.auth("alice@example.com", password) == b"OK\n"
             slow.freeze()
             replies: list[bytes] = []
@@ -219,7 +239,7 @@ def test_password_never_on_a_command_line_while_ldap_is_frozen(
                 target=lambda: replies.append(server.auth("alice@example.com", password))
             )
             asking.start()
-            time.sleep(1.0)  # the child now waits on the frozen slapd
+            wait_for_a_request_on_frozen_ldap(slow)  # the child now waits on the frozen slapd
             assert asking.is_alive(), "the request did not wait on LDAP; the scan would prove nothing"
             children = subprocess.run(
                 ["pgrep", "-P", str(server.process.pid)], capture_output=True, check=False
@@ -236,8 +256,8 @@ def test_password_never_on_a_command_line_while_ldap_is_frozen(
         slow.stop()
 
 
-def test_log_has_login_and_verdict_never_the_password(authd: Authd, demo_data: demo.DemoDirectory) -> None:
-    password = alice(demo_data).password
+def test_log_has_login_and_verdict_never_the_password(authd: Authd, dataset: Dataset) -> None:
+    password = alice(dataset).password
     authd.auth("alice@example.com", password)
     authd.auth("alice@example.com", password + "typo")
     log = authd.log_path.read_text()
@@ -248,10 +268,10 @@ def test_log_has_login_and_verdict_never_the_password(authd: Authd, demo_data: d
 @pytest.mark.skipif(
     not os.path.exists("/usr/bin/systemd-socket-activate"), reason="no systemd-socket-activate"
 )
-def test_systemd_socket_activation(tmp_path: Path, slapd: Slapd, demo_data: demo.DemoDirectory) -> None:
+def test_systemd_socket_activation(tmp_path: Path, slapd: Slapd, dataset: Dataset) -> None:
     """The production path: systemd owns the socket (mailrouter-authd.socket, Accept=no)
     and hands the listening fd over with LISTEN_FDS/LISTEN_PID."""
-    conf = make_config(tmp_path / "c", demo_data, [slapd.uri])
+    conf = hook_config(tmp_path / "c" / "mailrouter.toml", dataset, [slapd.uri])
     sock = tmp_path / "activated.sock"
     process = subprocess.Popen(
         [
@@ -277,7 +297,7 @@ def test_systemd_socket_activation(tmp_path: Path, slapd: Slapd, demo_data: demo
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.settimeout(30)
             client.connect(str(sock))
-            client.sendall(line + base64.b64encode(alice(demo_data).password.encode()) + b"\n")
+            client.sendall(line + base64.b64encode(alice(dataset).password.encode()) + b"\n")
             client.shutdown(socket.SHUT_WR)
             assert client.recv(100) == b"OK\n"
         assert not (tmp_path / "must-not-be-created.sock").exists()
@@ -288,59 +308,38 @@ def test_systemd_socket_activation(tmp_path: Path, slapd: Slapd, demo_data: demo
 
 # -- end to end: real Exim (shipped exim/ config) -> real authd -> real slapd ---------
 @pytest.fixture
-def exim_with_authd(demo_data: demo.DemoDirectory) -> Iterator[tuple[int, Slapd, Authd]]:
+def exim_with_authd(dataset: Dataset) -> Iterator[tuple[int, Slapd, Authd]]:
     """Exim's submission port with STARTTLS + AUTH, asking the real mailrouter-authd."""
-    from mailrouter.sandbox.exim import EXIM_USER, Exim, make_readable_dir
-
     # Not pytest's tmp dir (0700): Exim's SMTP processes (Debian-exim) connect to the socket.
     workdir = Path(tempfile.mkdtemp(prefix="mailrouter-authd-exim-"))
-    slow: Slapd | None = None
-    server: Authd | None = None
-    exim: Exim | None = None
-    try:
+    with contextlib.ExitStack() as cleanup:  # every step undone, even when one of them raises
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
         workdir.chmod(0o755)
-        slow = start_slapd(workdir / "slapd", demo_data)
-        conf = hook_config(
-            workdir / "mailrouter.toml", slow, demo_data, workdir / "mail",
-            connect_timeout=3.0, operation_timeout=3.0,
-        )
+        slow = start_slapd(workdir / "slapd", dataset)
+        cleanup.callback(slow.stop)
+        conf = hook_config(workdir / "mailrouter.toml", dataset, [slow.uri], workdir / "mail", timeouts=3.0)
         authd_dir = workdir / "authd"
         authd_dir.mkdir(mode=0o755)
         server = Authd(authd_dir, conf)
-        tls = make_readable_dir(workdir / "tls")
-        cert, key = tls / "hub.crt", tls / "hub.key"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-            capture_output=True, check=True,
-        )  # fmt: skip
-        os.chown(key, 0, grp.getgrnam(EXIM_USER).gr_gid)
-        key.chmod(0o640)
-        cert.chmod(0o644)
+        cleanup.callback(server.stop)
+        certificates = tls.make_certificates(make_readable_dir(workdir / "tls"), key_group=EXIM_USER)
         port = free_port()
         exim = hub_exim(
             workdir,
             conf,
-            MAILROUTER_TLS_CERT=str(cert),
-            MAILROUTER_TLS_KEY=str(key),
+            MAILROUTER_TLS_CERT=str(certificates.cert),
+            MAILROUTER_TLS_KEY=str(certificates.key),
             MAILROUTER_AUTH_SOCKET=str(server.socket_path),
         )
+        cleanup.callback(exim.close)  # fails the test on a paniclog entry
         exim.start_daemon([port])
         yield port, slow, server
-    finally:
-        if exim is not None:
-            exim.close()
-        if server is not None:
-            server.stop()
-        if slow is not None:
-            slow.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _smtp_auth_plain(port: int, login: str, password: str) -> int:
     context = ssl.create_default_context()
     context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # a throwaway self-signed certificate
+    context.verify_mode = ssl.CERT_NONE  # a throwaway certificate; its CA is tested in test_pop3
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
         client.starttls(context=context)
         client.ehlo("client.example")
@@ -348,11 +347,12 @@ def _smtp_auth_plain(port: int, login: str, password: str) -> int:
         return client.docmd("AUTH", "PLAIN " + token)[0]
 
 
+@pytest.mark.slow
 def test_smtp_auth_through_real_exim_and_authd(
-    exim_with_authd: tuple[int, Slapd, Authd], demo_data: demo.DemoDirectory
+    exim_with_authd: tuple[int, Slapd, Authd], dataset: Dataset
 ) -> None:
     port, slow, server = exim_with_authd
-    password = alice(demo_data).password
+    password = alice(dataset).password
     assert _smtp_auth_plain(port, "alice@example.com", password) == 235
     for login, attempt in [
         ("alice@example.com", password + "x"),
@@ -371,7 +371,7 @@ def test_smtp_auth_through_real_exim_and_authd(
         target=lambda: codes.append(_smtp_auth_plain(port, "alice@example.com", password))
     )
     asking.start()
-    time.sleep(1.5)  # TLS, EHLO, AUTH: the request now sits in an authd child, on LDAP
+    wait_for_a_request_on_frozen_ldap(slow)  # TLS, EHLO, AUTH done: an authd child waits on LDAP
     assert asking.is_alive(), "the login did not wait on LDAP; the scan would prove nothing"
     assert _children_of(server), "no authd child is waiting on LDAP"
     assert _cmdlines_containing(password.encode()) == []

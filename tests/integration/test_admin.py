@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hook_config, hub_exim, service_config, start_slapd
+from conftest import BIN, ROOT, VENV_ENV, hook_config, hub_exim, own_copy, service_config, start_slapd
+from dataset import Dataset
 from mailrouter import exitcodes
 from mailrouter.admin import cli as admin_cli
 from mailrouter.directory import Directory, Session
@@ -88,40 +89,14 @@ class Hub:
         )
 
 
-def write_config(path: Path, uri: str, data: demo.DemoDirectory, mail_dir: Path) -> Path:
-    service = data.account("service")
-    secret = path.with_name(path.stem + ".secret")
-    secret.write_text(service.password + "\n", encoding="utf-8")
-    secret.chmod(0o600)
-    path.write_text(
-        "\n".join(
-            [
-                "[ldap]",
-                f'uris = ["{uri}"]',
-                f'base_dn = "{data.base_dn}"',
-                f'bind_dn = "{service.dn}"',
-                f'bind_password_file = "{secret}"',
-                "connect_timeout = 2",
-                "operation_timeout = 2",
-                "[spool]",
-                f'mbox_template = "{mail_dir}/{{local}}@{{domain}}"',
-                "[auth]",
-                'password_scheme = "ssha"',
-            ]
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    data = demo.build()
+def hub(tmp_path_factory: pytest.TempPathFactory, dataset: Dataset) -> Iterator[Hub]:
+    data = own_copy(dataset)  # the tests add accounts to it
     workdir = tmp_path_factory.mktemp("admin")
     server = start_slapd(workdir / "slapd", data)
     try:
-        config = write_config(workdir / "mailrouter.toml", server.uri, data, workdir / "mail")
+        config = hook_config(workdir / "mailrouter.toml", data, [server.uri], workdir / "mail",
+                             password_scheme="ssha")
         hub = Hub(server, data, workdir, config)
         for account in data.accounts:
             key = account.address or account.role
@@ -244,7 +219,8 @@ def test_refusal_through_the_bin_wrapper(hub: Hub) -> None:
     user = "alice@example.com"  # a plain user of the domain: slapd refuses the add
     argv[argv.index("--bind-dn") + 1] = user
     argv[argv.index("--password-file") + 1] = str(hub.password_files[user])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    env = {**os.environ, **VENV_ENV}  # the wrapper runs the venv under test
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
     assert done.returncode == 1, done
     assert done.stderr.strip().splitlines() == [
         "mailrouter-admin: not allowed to add users in dc=example.com,o=top "
@@ -254,19 +230,30 @@ def test_refusal_through_the_bin_wrapper(hub: Hub) -> None:
     # And a success through the same wrapper, with --json for scripts.
     done = subprocess.run(
         [*argv[:7], "--json", "user", "list", "example.com"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, env=env,
     )
     assert done.returncode == 0, done
     assert "alice@example.com" in [row["address"] for row in json.loads(done.stdout)]
 
 
-def test_wrapper_without_a_venv_runs_the_checkout(hub: Hub, tmp_path: Path) -> None:
+def test_wrapper_without_a_venv_runs_the_checkout(tmp_path: Path) -> None:
+    """The Python given has the package installed too: only the module file that was
+    imported tells the checkout's hooks/ from the install.  A sitecustomize on
+    PYTHONPATH (which the wrapper must keep) reports it at exit."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write(\n"
+        "    'imported ' + str(getattr(sys.modules.get('mailrouter'), '__file__', None)) + '\\n'))\n"
+    )
     env = {**os.environ, "MAILROUTER_VENV": str(tmp_path / "no-venv"),
-           "PYTHON": sys.executable}
+           "PYTHON": sys.executable, "PYTHONPATH": str(probe)}
     done = subprocess.run([str(ROOT / "bin" / "mailrouter-admin"), "--help"], capture_output=True,
                           text=True, timeout=60, check=False, env=env)
     assert done.returncode == 0, done
     assert "mailrouter-admin" in done.stdout
+    assert done.stderr.splitlines()[-1] == f"imported {ROOT / 'hooks' / 'mailrouter' / '__init__.py'}"
 
 
 def test_admin_grant_and_revoke_manage_the_group(hub: Hub) -> None:
@@ -369,14 +356,14 @@ def test_invalid_input_is_refused_and_nothing_written(hub: Hub, case: str) -> No
 
 
 def test_idna_u_label_becomes_a_label(hub: Hub) -> None:
-    result = hub.run(GLOBAL, "--json", "domain", "add", "Bücher.Example")
+    result = hub.run(GLOBAL, "--json", "domain", "add", "Bäcker.Example")
     assert result.rc == 0, result
-    assert result.json()["domain"] == "xn--bcher-kva.example"  # type: ignore[index]
+    assert result.json()["domain"] == "xn--bcker-gra.example"  # type: ignore[index]
     with hub.directory() as directory:
-        assert directory.is_local_domain("xn--bcher-kva.example")
-    assert hub.run(GLOBAL, "user", "add", "Anna@bücher.example", "--no-password").rc == 0
+        assert directory.is_local_domain("xn--bcker-gra.example")
+    assert hub.run(GLOBAL, "user", "add", "Anna@bäcker.example", "--no-password").rc == 0
     with hub.directory() as directory:
-        assert directory.user("anna", "xn--bcher-kva.example") is not None
+        assert directory.user("anna", "xn--bcker-gra.example") is not None
 
 
 def test_no_password_in_argv_and_usage_errors(hub: Hub) -> None:
@@ -392,7 +379,7 @@ def test_no_password_in_argv_and_usage_errors(hub: Hub) -> None:
 
 
 def test_ldap_down_exits_75(hub: Hub, tmp_path: Path) -> None:
-    dead = write_config(tmp_path / "dead.toml", f"ldap://127.0.0.1:{free_port()}/", hub.data, tmp_path)
+    dead = hook_config(tmp_path / "dead.toml", hub.data, [f"ldap://127.0.0.1:{free_port()}/"], tmp_path)
     for argv in (("user", "add", "x@example.com", "--no-password"), ("domain", "list")):
         result = hub.run(GLOBAL, *argv, config=dead)
         assert result.rc == exitcodes.EX_TEMPFAIL, result
@@ -636,10 +623,10 @@ def test_test_address_with_exim_bt(hub: Hub) -> None:
     from mailrouter.sandbox import exim as exim_testbed
 
     workdir = exim_testbed.make_readable_dir(hub.workdir / "exim-conf")
-    conf = hook_config(workdir / "mailrouter.toml", hub.slapd, hub.data, hub.workdir / "mail")
+    conf = hook_config(workdir / "mailrouter.toml", hub.data, [hub.slapd.uri], hub.workdir / "mail")
     result = hub.run(None, "--json", "test", "address", "team@example.com", "--exim",
                      "--exim-config", str(ROOT / "exim" / "mailrouter.conf"),
-                     "--mailrouter-bin", str(Path(sys.executable).parent), config=conf)
+                     "--mailrouter-bin", str(BIN), config=conf)
     assert result.rc == 0, result
     exim = result.json()["exim"]  # type: ignore[index]
     assert exim["rc"] == 0, exim
@@ -669,18 +656,20 @@ def running(hub: Hub) -> Iterator[Running]:
     try:
         workdir.chmod(0o755)
         spool = make_readable_dir(workdir / "mail")
-        conf = hook_config(workdir / "mailrouter.toml", hub.slapd, hub.data, spool)
+        conf = hook_config(workdir / "mailrouter.toml", hub.data, [hub.slapd.uri], spool)
         exim = hub_exim(workdir, conf)
         (smtp_port,) = exim.start_daemon()
         pop = Popa3d(workdir / "pop", str(conf), root=ROOT, tls=False)
         pop.start()
         yield Running(smtp_port, pop.port)
     finally:
-        if pop is not None:
-            pop.stop()
-        if exim is not None:
-            exim.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            if pop is not None:
+                pop.stop()
+            if exim is not None:
+                exim.close()  # fails on a paniclog entry
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_test_smtp_reports_each_recipient(hub: Hub, running: Running) -> None:

@@ -9,32 +9,28 @@ a private spool owned by the storage account ``mail`` (uid 8).
 
 from __future__ import annotations
 
-import grp
 import imaplib
 import os
 import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, needs_root
-from mailrouter.sandbox import demo
-from mailrouter.sandbox.popa3d import make_certificate
+from conftest import BIN, ROOT, alice, hook_config, needs_root
+from dataset import Dataset
+from mailrouter.sandbox import tls
 from mailrouter.sandbox.slapd import Slapd, free_port, wait_for_port
-from test_auth import alice, make_config
 
 pytestmark = [
     needs_root,
     pytest.mark.skipif(not os.path.exists("/usr/sbin/dovecot"), reason="dovecot-imapd not installed"),
 ]
 
-BIN = str(Path(sys.executable).parent)  # the installed venv (the one Dovecot's user can run)
 MAIL_UID = MAIL_GID = 8
 MESSAGE = (
     b"From sender@example.net Tue Nov 24 20:40:45 2026\n"
@@ -82,7 +78,7 @@ service anvil {{
 def render_shipped(work: Path, config_path: Path) -> Path:
     text = (ROOT / "dovecot" / "mailrouter.conf").read_text()
     for shipped, ours in (
-        ("/opt/mailrouter/venv/bin", BIN),
+        ("/opt/mailrouter/venv/bin", str(BIN)),  # the venv under test (Dovecot's user can run it)
         ("/etc/mailrouter/mailrouter.toml", str(config_path)),
     ):
         assert shipped in text
@@ -93,15 +89,17 @@ def render_shipped(work: Path, config_path: Path) -> Path:
 
 
 class Dovecot:
-    def __init__(self, work: Path, config_path: Path, cert: Path) -> None:
+    def __init__(self, work: Path, config_path: Path, certificates: tls.Certificates) -> None:
         self.work = work
+        self.certificates = certificates
         self.port = free_port()
         self.conf = work / "dovecot.conf"
         for name in ("run", "state"):
             (work / name).mkdir(mode=0o755)
         self.conf.write_text(
             DOVECOT_CONF.format(
-                work=work, cert=cert, port=self.port, shipped=render_shipped(work, config_path)
+                work=work, cert=certificates.combined, port=self.port,
+                shipped=render_shipped(work, config_path),
             )
         )
         self.process = subprocess.Popen(
@@ -135,7 +133,7 @@ class Dovecot:
 
 
 @pytest.fixture(scope="module")
-def dovecot(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Dovecot]:
+def dovecot(slapd: Slapd, dataset: Dataset) -> Iterator[Dovecot]:
     # World-traversable (not pytest's 0700 tmp): the auth process runs our
     # checkpassword as "dovecot" and mail processes run as "mail".
     work = Path(tempfile.mkdtemp(prefix="mailrouter-dovecot-"))
@@ -145,19 +143,17 @@ def dovecot(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Dovecot]:
         spool.mkdir()
         os.chown(spool, 0, MAIL_GID)
         spool.chmod(0o2775)
-        extra = (
-            "[spool]\n"
-            f'mbox_template = "{spool}/{{local}}@{{domain}}"\n'
-            f'maildir_template = "{spool}/{{domain}}/{{local}}/Maildir"\n'
+        conf = hook_config(
+            work / "conf" / "mailrouter.toml", dataset, [slapd.uri], spool,
+            maildir_template=f"{spool}/{{domain}}/{{local}}/Maildir",
+            group="dovecot",  # the secret: 0640 root:dovecot, for checkpassword run as dovecot
         )
-        conf = make_config(work / "conf", demo_data, [slapd.uri], extra=extra, secret_mode=0o640)
         (work / "conf").chmod(0o755)
-        os.chown(work / "conf" / "ldap.secret", 0, grp.getgrnam("dovecot").gr_gid)
         mailbox = spool / "alice@example.com"
         mailbox.write_bytes(MESSAGE)
         os.chown(mailbox, MAIL_UID, MAIL_GID)
         mailbox.chmod(0o600)
-        server = Dovecot(work, conf, make_certificate(work))
+        server = Dovecot(work, conf, tls.make_certificates(work / "tls"))
         try:
             yield server
         finally:
@@ -167,14 +163,14 @@ def dovecot(slapd: Slapd, demo_data: demo.DemoDirectory) -> Iterator[Dovecot]:
 
 
 def imap(dovecot: Dovecot) -> imaplib.IMAP4_SSL:
-    context = ssl.create_default_context(cafile=str(dovecot.work / "tls.pem"))
+    context = ssl.create_default_context(cafile=str(dovecot.certificates.ca_cert))
     return imaplib.IMAP4_SSL("localhost", dovecot.port, ssl_context=context, timeout=30)
 
 
-def test_imap_login_reads_inbox(dovecot: Dovecot, demo_data: demo.DemoDirectory) -> None:
+def test_imap_login_reads_inbox(dovecot: Dovecot, dataset: Dataset) -> None:
     client = imap(dovecot)
     try:
-        typ, _ = client.login("alice@example.com", alice(demo_data).password)
+        typ, _ = client.login("alice@example.com", alice(dataset).password)
         assert typ == "OK", dovecot.log()
         typ, data = client.select("INBOX", readonly=True)
         assert (typ, data) == ("OK", [b"1"]), dovecot.log()
@@ -195,18 +191,18 @@ def test_imap_login_reads_inbox(dovecot: Dovecot, demo_data: demo.DemoDirectory)
     ],
 )
 def test_imap_refusals(
-    dovecot: Dovecot, demo_data: demo.DemoDirectory, login: str, password: str | None
+    dovecot: Dovecot, dataset: Dataset, login: str, password: str | None
 ) -> None:
     client = imap(dovecot)
     try:
         with pytest.raises(imaplib.IMAP4.error) as refused:
-            client.login(login, password or alice(demo_data).password)
+            client.login(login, password or alice(dataset).password)
         assert b"AUTHENTICATIONFAILED" in str(refused.value).encode()
     finally:
         client.shutdown()
 
 
-def test_imap_ldap_down_is_temporary(dovecot: Dovecot, demo_data: demo.DemoDirectory) -> None:
+def test_imap_ldap_down_is_temporary(dovecot: Dovecot, dataset: Dataset) -> None:
     """Same Dovecot, its config re-pointed at a dead LDAP: UNAVAILABLE, not a bad password."""
     conf = dovecot.work / "conf" / "mailrouter.toml"
     original = conf.read_text()
@@ -216,7 +212,7 @@ def test_imap_ldap_down_is_temporary(dovecot: Dovecot, demo_data: demo.DemoDirec
         client = imap(dovecot)
         try:
             with pytest.raises(imaplib.IMAP4.error) as failed:
-                client.login("alice@example.com", alice(demo_data).password)
+                client.login("alice@example.com", alice(dataset).password)
             message = str(failed.value)
             assert "UNAVAILABLE" in message or "Temporary" in message, message
         finally:

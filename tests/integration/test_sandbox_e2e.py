@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, needs_root
+from conftest import BIN, ROOT, VENV_ENV, needs_root
 from mailrouter.config import LdapConfig
 from mailrouter.directory import Session
 
-pytestmark = needs_root
+pytestmark = [needs_root, pytest.mark.slow]  # each case is a whole hub; CI runs them
 
 SANDBOX = str(ROOT / "bin" / "mailrouter-sandbox")
 CONTRACT_KEYS = {
@@ -42,8 +42,13 @@ CONTRACT_KEYS = {
 ARRIVAL_TIMEOUT = 60.0
 
 
+SANDBOX_ENV = {**os.environ, **VENV_ENV}  # the wrapper runs the venv under test
+
+
 def sandbox_command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SANDBOX, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [SANDBOX, *args], capture_output=True, text=True, timeout=timeout, check=False, env=SANDBOX_ENV
+    )
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +128,16 @@ def exim(info: dict[str, Any], *args: str, stdin: str | None = None) -> subproce
 
 def subject_for(test: str) -> str:
     return f"e2e {test} {uuid.uuid4().hex[:8]}"
+
+
+def test_up_needs_the_checkout_named() -> None:
+    """The sandbox never guesses which checkout's ldap/, exim/, popa3d/ to run."""
+    bare = str(BIN / "mailrouter-sandbox")
+    done = subprocess.run([bare, "up"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "up needs --root CHECKOUT" in done.stderr, done
+    done = subprocess.run([bare, "--root", "/nonexistent", "demo"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2 and "demo needs --root CHECKOUT" in done.stderr, done
 
 
 def test_up_prints_the_documented_json(hub: dict[str, Any]) -> None:
@@ -214,7 +229,7 @@ def test_an_interrupted_up_leaves_no_daemon_behind() -> None:
     directory = Path(tempfile.mkdtemp(prefix="mailrouter-e2e-"))
     try:
         process = subprocess.Popen([SANDBOX, "up", "--dir", str(directory)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True, env=SANDBOX_ENV)
         assert process.stderr is not None
         for line in process.stderr:
             if line.startswith("starting exim"):

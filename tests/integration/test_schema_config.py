@@ -1,4 +1,4 @@
-"""The schema's two forms agree, and the cn=config variant of the deployment works."""
+"""The cn=config variant of the deployment works (the schema's two forms: tests/unit/test_schema.py)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,9 @@ import ldap3
 import pytest
 
 from conftest import ROOT
-from mailrouter.sandbox import schemaldif
 from mailrouter.sandbox.slapd import SLAPADD, SLAPD, SLAPTEST, free_port, render_slapd_conf, wait_for_port
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
-
-
-def test_shipped_ldif_is_generated_from_the_schema() -> None:
-    schema = (ROOT / "ldap" / "mailrouter.schema").read_text(encoding="utf-8")
-    shipped = (ROOT / "ldap" / "mailrouter.ldif").read_text(encoding="utf-8")
-    assert shipped == schemaldif.to_ldif(schema, "mailrouter")
-
-
-def test_oids_are_under_our_uuid_arc() -> None:
-    schema = (ROOT / "ldap" / "mailrouter.schema").read_text(encoding="utf-8")
-    definitions = schemaldif.definitions(schema)
-    assert len(definitions) == 11
-    for _keyword, body in definitions:
-        assert body.startswith("( 2.25.284446531071076964693441605289200182234.")
 
 
 def run(argv: list[str], stdin: str | None = None) -> None:

@@ -1,17 +1,18 @@
 """The ``mailrouter-lookup`` contract, run exactly as Exim runs it.
 
-The installed console script (/opt/mailrouter/venv/bin/mailrouter-lookup) is
-started as Debian-exim with no environment, against a private slapd loaded
-from the project's ldap/ files.  Every call checks the two rules Exim depends
-on: stderr stays empty (Exim merges it into the answer) and the exit code is
-0 (answer), 1 (LDAP said no) or 75 (anything else).
+The installed console script (``conftest.BIN``/mailrouter-lookup) is started
+as Debian-exim with no environment, against a private slapd loaded from the
+project's ldap/ files and the suite's data set.  (The same decisions against an
+in-memory directory, without a process: tests/unit/test_routing.py.)  Every
+call checks the two rules Exim depends on: stderr stays empty (Exim merges it
+into the answer) and the exit code is 0 (answer), 1 (LDAP said no) or 75
+(anything else).
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,65 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hook_config, needs_root, start_slapd
-from mailrouter import entries, passwords, routing
-from mailrouter.sandbox import demo
-from mailrouter.sandbox.exim import EXIM_USER, make_readable_dir, write_private, write_service_config
+from conftest import BIN, hook_config, needs_root, start_slapd
+from dataset import Dataset
+from mailrouter import routing
+from mailrouter.sandbox.configs import write_config, write_private
+from mailrouter.sandbox.exim import EXIM_USER, make_readable_dir
 from mailrouter.sandbox.slapd import Slapd
 
 pytestmark = needs_root
 
-LOOKUP = str(Path(sys.executable).parent / "mailrouter-lookup")
+LOOKUP = str(BIN / "mailrouter-lookup")
 BASE = "o=top"
 RUN_TIMEOUT = 60  # Exim's own ${run} limit: the hook must always finish well inside it
-
-
-def _user(local: str, domain: str, **kwargs: object) -> entries.Entry:
-    return entries.user_entry(
-        local,
-        domain,
-        BASE,
-        password_hash=passwords.hash_password("x-" + local, "ssha"),
-        uid_number=5000,
-        gid_number=5000,
-        mailbox="/etc/passwd",  # what a hostile admin might write: never used
-        **kwargs,  # type: ignore[arg-type]
-    )
-
-
-def extra_entries() -> list[entries.Entry]:
-    com = "example.com"
-    garbled = _user("garbled", com)
-    garbled.attributes["mailQuota"] = ["lots"]
-    disabled_alias = entries.alias_entry("gone", com, BASE, ["alice@example.com"])
-    disabled_alias.attributes["mailAccountStatus"] = ["disabled"]
-    return [
-        _user("disabled", com, active=False),
-        _user("fulluser", com, quota="1K"),
-        garbled,
-        disabled_alias,
-        entries.alias_entry("fullalias", com, BASE, ["nested@example.com"]),
-        entries.alias_entry("nested", com, BASE, ["fulluser@example.com", "x@remote.example"]),
-        entries.alias_entry("loopa", com, BASE, ["loopb@example.com"]),
-        entries.alias_entry("loopb", com, BASE, ["loopa@example.com"]),
-        entries.alias_entry(
-            "hostile",
-            com,
-            BASE,
-            [
-                "|/bin/sh -c id",
-                "/etc/passwd",
-                ":include:/etc/passwd",
-                ":fail: gotcha",
-                '"|/bin/id"',
-                "a@b@example.com",
-                "x@example.com, y@example.com",
-                "bob@EXAMPLE.COM",
-                "Remote.User@Remote.Example",
-            ],
-        ),
-        entries.alias_entry("pipeonly", com, BASE, ["|/bin/id"]),
-    ]
 
 
 @dataclass
@@ -112,15 +66,15 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(demo_data: demo.DemoDirectory) -> Iterator[Setup]:
+def setup(dataset: Dataset) -> Iterator[Setup]:
     workdir = Path(tempfile.mkdtemp(prefix="mailrouter-lookup-"))
     slapd: Slapd | None = None
     try:
         workdir.chmod(0o755)
-        slapd = start_slapd(workdir / "slapd", demo_data, entries.to_ldif(extra_entries()))
+        slapd = start_slapd(workdir / "slapd", dataset)
         spool = make_readable_dir(workdir / "mail")
         (spool / "fulluser@example.com").write_bytes(b"x" * 2048)
-        config = hook_config(workdir / "mailrouter.toml", slapd, demo_data, spool)
+        config = hook_config(workdir / "mailrouter.toml", dataset, [slapd.uri], spool)
         yield Setup(workdir, slapd, config, spool)
     finally:
         if slapd is not None:
@@ -167,7 +121,7 @@ def test_alias_redirect_data(setup: Setup) -> None:
 
 
 def test_alias_targets_are_plain_addresses_only(setup: Setup) -> None:
-    rc, out = setup.run("alias", "hostile", "example.com")
+    rc, out = setup.run("alias", "oddtargets", "example.com")
     assert rc == 0
     assert out == "bob@example.com, Remote.User@remote.example"
     assert setup.run("alias", "pipeonly", "example.com") == (0, routing.FAIL_NO_TARGET)
@@ -185,8 +139,8 @@ def test_catchall(setup: Setup) -> None:
 
 def test_quota_follows_aliases(setup: Setup) -> None:
     assert setup.run("quota", "fulluser", "example.com", "100") == (0, "fulluser@example.com")
-    # fullalias -> nested -> fulluser (and a remote address, which has no quota here).
-    assert setup.run("quota", "fullalias", "example.com", "-1") == (0, "fulluser@example.com")
+    # fullchain -> fullnested -> fulluser (and a remote address, which has no quota here).
+    assert setup.run("quota", "fullchain", "example.com", "-1") == (0, "fulluser@example.com")
     assert setup.run("quota", "loopa", "example.com", "100") == (1, "")
     assert setup.run("quota", "alice", "example.com", "1000") == (1, "")
     assert setup.run("quota", "alice", "example.com", str(11 * 1024 * 1024)) == (
@@ -221,9 +175,9 @@ def test_sender_ownership(setup: Setup) -> None:
     assert setup.run("sender-owner", "", "alice@example.com") == (1, "")
 
 
-def test_sender_ownership_can_be_switched_off(setup: Setup, demo_data: demo.DemoDirectory) -> None:
+def test_sender_ownership_can_be_switched_off(setup: Setup, dataset: Dataset) -> None:
     relaxed = hook_config(
-        setup.workdir / "relaxed.toml", setup.slapd, demo_data, setup.spool, sender_ownership=False
+        setup.workdir / "relaxed.toml", dataset, [setup.slapd.uri], setup.spool, sender_ownership=False
     )
     assert setup.run("sender-owner", "bob@example.com", "alice@example.com", config=relaxed) == (
         0,
@@ -277,8 +231,10 @@ def test_hostile_quota_keys_match_nothing(setup: Setup) -> None:
 
 
 def test_hostile_domains_match_nothing(setup: Setup) -> None:
+    # The IDN domain exists in its A-label form only: the U-label names nothing.
+    assert setup.run("domain", "xn--bcher-kva.example") == (0, "xn--bcher-kva.example")
     for key in ["EXAMPLE.COM", "example.com.", "*", "*.com", "example.com)(dc=*", "..", "com",
-                "example.com,o=top", "xn--bcher-kva.example", "bücher.example", "a" * 300]:
+                "example.com,o=top", "XN--BCHER-KVA.example", "bücher.example", "a" * 300]:
         assert setup.run("domain", key) == (1, ""), key
         assert setup.run("user", "alice", key) == (1, ""), key
         assert setup.run("catchall", "x", key) == (1, ""), key
@@ -293,7 +249,7 @@ def test_usage_errors_are_temporary(setup: Setup) -> None:
     assert setup.run() == (75, "")
 
 
-def test_config_problems_are_temporary(setup: Setup, demo_data: demo.DemoDirectory) -> None:
+def test_config_problems_are_temporary(setup: Setup, dataset: Dataset) -> None:
     assert setup.run("domain", "example.com", config=setup.workdir / "missing.toml") == (75, "")
     garbage = write_private(setup.workdir / "garbage.toml", "[ldap\nuris = ")
     assert setup.run("domain", "example.com", config=garbage) == (75, "")
@@ -301,11 +257,11 @@ def test_config_problems_are_temporary(setup: Setup, demo_data: demo.DemoDirecto
     shutil.copy(setup.config, unreadable)
     unreadable.chmod(0o600)
     assert setup.run("domain", "example.com", config=unreadable) == (75, "")
-    wrong_password = write_service_config(
+    wrong_password = write_config(
         setup.workdir / "wrong.toml",
         uris=[setup.slapd.uri],
         base_dn=BASE,
-        bind_dn=demo_data.account("service").dn,
+        bind_dn=dataset.account("service").dn,
         password="not-the-password",
         mbox_template=f"{setup.spool}/{{local}}@{{domain}}",
     )
@@ -341,6 +297,7 @@ def test_failed_import_is_temporary_and_silent(setup: Setup) -> None:
     assert (done.returncode, done.stdout, done.stderr) == (75, b"", b"")
 
 
+@pytest.mark.slow
 def test_ldap_stopped_or_frozen_is_temporary(setup: Setup) -> None:
     setup.slapd.stop()
     try:
@@ -356,47 +313,3 @@ def test_ldap_stopped_or_frozen_is_temporary(setup: Setup) -> None:
     finally:
         setup.slapd.thaw()
     assert setup.run("user", "alice", "example.com")[0] == 0
-
-
-# -- the pure rules -----------------------------------------------------------------------
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("alice@example.com", "alice@example.com"),
-        (" Bob.Smith@Example.COM ", "Bob.Smith@example.com"),
-        ("|/bin/sh", None),
-        ("/var/mail/x", None),
-        (":include:/etc/aliases", None),
-        (":blackhole:", None),
-        ('"|cmd"@example.com', None),
-        ("a,b@example.com", None),
-        ("a b@example.com", None),
-        ("a@b@example.com", None),
-        (".alice@example.com", None),
-        ("alice.@example.com", None),
-        ("al..ice@example.com", None),
-        ("alice@[127.0.0.1]", None),
-        ("alice@localhost", None),
-        ("alice", None),
-        ("a" * 65 + "@example.com", None),
-    ],
-)
-def test_redirect_target(raw: str, expected: str | None) -> None:
-    assert routing.redirect_target(raw) == expected
-
-
-def test_host_matching_ignores_names_and_garbage() -> None:
-    patterns = ["localhost", "10.0.0.0/8", "garbage", "2001:db8::/32"]
-    assert routing.host_matches("10.1.2.3", patterns)
-    assert routing.host_matches("2001:db8::1", patterns)
-    assert not routing.host_matches("127.0.0.1", patterns)
-    assert not routing.host_matches("localhost", patterns)
-
-
-def test_quota_arithmetic() -> None:
-    assert not routing.is_over_quota(100, 10, 0)  # unlimited
-    assert routing.is_over_quota(100, 1, 100)
-    assert not routing.is_over_quota(90, 10, 100)
-    assert not routing.is_over_quota(99, -1, 100)  # unknown size counts as 0
-    assert routing.is_over_quota(101, -1, 100)

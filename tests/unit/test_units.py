@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT, install_differences
 from mailrouter import config, names, quota
 from mailrouter.errors import ConfigError, InvalidName
 from mailrouter.mailbox import spool
@@ -143,12 +144,30 @@ def test_entry_guard_turns_a_broken_import_into_the_temporary_code() -> None:
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
-    root = Path(__file__).resolve().parents[1]
     ci_commands = [
         line.strip()
-        for line in (root / ".ci" / "run").read_text().splitlines()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
         if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))
     ]
-    readme = (root / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     test_command = " && ".join(ci_commands)
     assert f"\n{test_command}\n" in readme, test_command
+
+
+def test_install_check_names_every_difference(tmp_path: Path) -> None:
+    """The session-start check (conftest.pytest_sessionstart) compares bytes of every *.py."""
+    checkout, installed = tmp_path / "hooks", tmp_path / "site-packages"
+    for tree in (checkout, installed):
+        (tree / "sub" / "__pycache__").mkdir(parents=True)
+        (tree / "same.py").write_text("x = 1\n")
+        (tree / "sub" / "__pycache__" / "ignored.py").write_text(str(tree))
+    (checkout / "sub" / "changed.py").write_text("x = 1\n")
+    (installed / "sub" / "changed.py").write_text("x = 2\n")
+    (checkout / "new.py").write_text("")
+    (installed / "gone.py").write_text("")
+    assert install_differences(installed, checkout) == [
+        "missing from the install: new.py",
+        "not in hooks/: gone.py",
+        "differs: sub/changed.py",
+    ]
+    assert install_differences(checkout, checkout) == []

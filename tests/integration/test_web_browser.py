@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, needs_root
+from conftest import ROOT, VENV_ENV, needs_root
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -41,13 +41,15 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[dict[str, Any]]:
-    done = subprocess.run([SANDBOX, "up"], capture_output=True, text=True, timeout=180, check=False)
+    env = {**os.environ, **VENV_ENV}  # the wrapper runs the venv under test
+    done = subprocess.run([SANDBOX, "up"], capture_output=True, text=True, timeout=180, check=False, env=env)
     assert done.returncode == 0, done.stderr
     info: dict[str, Any] = json.loads(done.stdout)
     try:
         yield info
     finally:
-        subprocess.run([SANDBOX, "down", "--dir", info["dir"]], capture_output=True, timeout=120, check=False)
+        subprocess.run([SANDBOX, "down", "--dir", info["dir"]], capture_output=True, timeout=120, check=False,
+                       env=env)
 
 
 def spki_hash(certificate: Path) -> str:

@@ -10,6 +10,7 @@ owned by the storage account ``mail`` (uid 8), as the delivery hook writes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import poplib
 import shutil
@@ -20,11 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hook_config, hub_exim, needs_root
-from mailrouter.sandbox import demo
+from conftest import CASES, ROOT, alice, hook_config, hub_exim, needs_root, refusal_cases
+from dataset import Dataset
 from mailrouter.sandbox.popa3d import Popa3d
 from mailrouter.sandbox.slapd import Slapd, free_port
-from test_auth import CASES, alice, make_config, refusal_cases
 
 pytestmark = needs_root
 
@@ -52,10 +52,10 @@ def write_mailbox(popa3d: Popa3d, login: str, data: bytes) -> Path:
 
 @pytest.fixture(scope="module")
 def popa3d(
-    tmp_path_factory: pytest.TempPathFactory, slapd: Slapd, demo_data: demo.DemoDirectory
+    tmp_path_factory: pytest.TempPathFactory, slapd: Slapd, dataset: Dataset
 ) -> Iterator[Popa3d]:
     workdir = tmp_path_factory.mktemp("popa3d")
-    conf = make_config(workdir / "conf", demo_data, [slapd.uri])
+    conf = hook_config(workdir / "conf" / "mailrouter.toml", dataset, [slapd.uri])
     server = Popa3d(workdir / "pop", str(conf), root=ROOT)
     server.start()
     try:
@@ -66,7 +66,8 @@ def popa3d(
 
 
 def tls_context(popa3d: Popa3d) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(popa3d.cert))
+    assert popa3d.certificates is not None
+    context = ssl.create_default_context(cafile=str(popa3d.certificates.ca_cert))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
@@ -79,10 +80,10 @@ def login_reply(client: poplib.POP3, login: str, password: str) -> bytes:
         return exc.args[0]
 
 
-def test_pop3_reads_the_mailbox(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+def test_pop3_reads_the_mailbox(popa3d: Popa3d, dataset: Dataset) -> None:
     client = poplib.POP3("127.0.0.1", popa3d.port, timeout=30)
     try:
-        assert login_reply(client, "alice@example.com", alice(demo_data).password).startswith(b"+OK")
+        assert login_reply(client, "alice@example.com", alice(dataset).password).startswith(b"+OK")
         count, size = client.stat()
         assert count == 1 and size > 0
         _response, lines, _octets = client.retr(1)
@@ -91,22 +92,22 @@ def test_pop3_reads_the_mailbox(popa3d: Popa3d, demo_data: demo.DemoDirectory) -
         client.quit()
 
 
-def test_pop3s_reads_the_mailbox(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+def test_pop3s_reads_the_mailbox(popa3d: Popa3d, dataset: Dataset) -> None:
     client = poplib.POP3_SSL("localhost", popa3d.tls_port, context=tls_context(popa3d), timeout=30)
     try:
         assert isinstance(client.sock, ssl.SSLSocket) and client.sock.version() in ("TLSv1.2", "TLSv1.3")
-        assert login_reply(client, "alice@example.com", alice(demo_data).password).startswith(b"+OK")
+        assert login_reply(client, "alice@example.com", alice(dataset).password).startswith(b"+OK")
         _response, lines, _octets = client.retr(1)
         assert b"Hello over POP3." in lines
     finally:
         client.quit()
 
 
-def test_other_user_sees_own_empty_mailbox(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+def test_other_user_sees_own_empty_mailbox(popa3d: Popa3d, dataset: Dataset) -> None:
     client = poplib.POP3("127.0.0.1", popa3d.port, timeout=30)
     try:
         assert login_reply(
-            client, "bob@example.com", demo_data.account("bob@example.com").password
+            client, "bob@example.com", dataset.account("bob@example.com").password
         ).startswith(b"+OK")
         assert client.stat() == (0, 0)  # popa3d treats a missing mailbox as empty
     finally:
@@ -128,8 +129,8 @@ POPA3D_SYNTAX_CASES = {"over-long": b"-ERR", "empty password": b"-ERR"}
 
 
 @pytest.mark.parametrize("case", POP3_CASES)
-def test_refusals_identical(popa3d: Popa3d, demo_data: demo.DemoDirectory, case: str) -> None:
-    login, password = refusal_cases(demo_data)[case]
+def test_refusals_identical(popa3d: Popa3d, dataset: Dataset, case: str) -> None:
+    login, password = refusal_cases(dataset)[case]
     if case == "dot-dot slash":
         # Make the traversal target exist, so only the PAM side can stop it.
         write_mailbox(popa3d, "alice@example.com", MESSAGE)
@@ -140,7 +141,7 @@ def test_refusals_identical(popa3d: Popa3d, demo_data: demo.DemoDirectory, case:
         client.close()
 
 
-def test_refusal_over_pop3s_identical(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+def test_refusal_over_pop3s_identical(popa3d: Popa3d, dataset: Dataset) -> None:
     client = poplib.POP3_SSL("localhost", popa3d.tls_port, context=tls_context(popa3d), timeout=30)
     try:
         assert login_reply(client, "alice@example.com", "wrong password") == REFUSAL
@@ -148,22 +149,23 @@ def test_refusal_over_pop3s_identical(popa3d: Popa3d, demo_data: demo.DemoDirect
         client.close()
 
 
-def test_mailbox_of_another_owner_is_not_served(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+def test_mailbox_of_another_owner_is_not_served(popa3d: Popa3d, dataset: Dataset) -> None:
     """popa3d's own guard, with our storage ids: a mailbox not owned by uid 8 is refused."""
     path = write_mailbox(popa3d, "carol@example.org", MESSAGE)
     os.chown(path, 0, 0)
     client = poplib.POP3("127.0.0.1", popa3d.port, timeout=30)
     try:
-        reply = login_reply(client, "carol@example.org", demo_data.account("carol@example.org").password)
+        reply = login_reply(client, "carol@example.org", dataset.account("carol@example.org").password)
         assert not reply.startswith(b"+OK")
     finally:
         client.close()
         path.unlink()
 
 
-def test_ldap_down_is_an_error(tmp_path: Path, popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+def test_ldap_down_is_an_error(tmp_path: Path, popa3d: Popa3d, dataset: Dataset) -> None:
     """The same popa3d set-up, but its config points at an LDAP nobody serves."""
-    dead = make_config(tmp_path / "conf", demo_data, [f"ldap://127.0.0.1:{free_port()}/"], timeouts=1.0)
+    dead_uri = f"ldap://127.0.0.1:{free_port()}/"
+    dead = hook_config(tmp_path / "conf" / "mailrouter.toml", dataset, [dead_uri], timeouts=1.0)
     # The user records come from a working LDAP; only the login-time LDAP is down.
     server = Popa3d(tmp_path / "pop", str(dead), root=ROOT, tls=False, userdb_source=popa3d.userdb)
     server.start()
@@ -171,7 +173,7 @@ def test_ldap_down_is_an_error(tmp_path: Path, popa3d: Popa3d, demo_data: demo.D
         write_mailbox(server, "alice@example.com", MESSAGE)
         client = poplib.POP3("127.0.0.1", server.port, timeout=60)
         try:
-            reply = login_reply(client, "alice@example.com", alice(demo_data).password)
+            reply = login_reply(client, "alice@example.com", alice(dataset).password)
             assert reply.startswith(b"-ERR")
         finally:
             client.close()
@@ -179,43 +181,36 @@ def test_ldap_down_is_an_error(tmp_path: Path, popa3d: Popa3d, demo_data: demo.D
         server.stop()
 
 
-def test_reads_mail_delivered_by_real_exim(slapd: Slapd, demo_data: demo.DemoDirectory) -> None:
+def test_reads_mail_delivered_by_real_exim(slapd: Slapd, dataset: Dataset) -> None:
     """End to end with the shipped exim/ config: Exim routes and delivers (the
     project's lookup and delivery hooks) into the spool that popa3d serves as
     /var/mail; POP3S then returns the message."""
-    from mailrouter.sandbox.exim import Exim
-
     # Not pytest's tmp dir (0700): the hooks run as Debian-exim and as mail.
     workdir = Path(tempfile.mkdtemp(prefix="mailrouter-pop3-exim-"))
-    exim: Exim | None = None
-    pop: Popa3d | None = None
-    try:
+    with contextlib.ExitStack() as cleanup:  # every step undone, even when one of them raises
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
         workdir.chmod(0o755)
         spool = workdir / "mail"
         spool.mkdir()
         os.chown(spool, 0, MAIL_GID)
         spool.chmod(0o2775)
-        conf = hook_config(workdir / "mailrouter.toml", slapd, demo_data, spool)
+        conf = hook_config(workdir / "mailrouter.toml", dataset, [slapd.uri], spool)
         exim = hub_exim(workdir, conf)
+        cleanup.callback(exim.close)  # fails the test on a paniclog entry
         body = "From: sender@example.net\nTo: carol@example.org\nSubject: via exim\n\nDelivered by Exim.\n"
         result = exim.deliver(body, "carol@example.org", sender="sender@example.net")
         mailbox = spool / "carol@example.org"
         assert mailbox.exists(), result.output + exim.main_log()
         assert os.stat(mailbox).st_uid == MAIL_UID
         pop = Popa3d(workdir / "pop", str(conf), root=ROOT, spool=spool)
+        cleanup.callback(pop.stop)
         pop.start()
         client = poplib.POP3_SSL("localhost", pop.tls_port, context=tls_context(pop), timeout=30)
         try:
-            reply = login_reply(client, "carol@example.org", demo_data.account("carol@example.org").password)
+            reply = login_reply(client, "carol@example.org", dataset.account("carol@example.org").password)
             assert reply.startswith(b"+OK")
             assert client.stat()[0] == 1
             _response, lines, _octets = client.retr(1)
             assert b"Subject: via exim" in lines and b"Delivered by Exim." in lines
         finally:
             client.quit()
-    finally:
-        if pop is not None:
-            pop.stop()
-        if exim is not None:
-            exim.close()
-        shutil.rmtree(workdir, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import re
-import secrets
 import shutil
 import tempfile
 import time
@@ -28,7 +27,8 @@ from conftest import ROOT, hook_config
 from mailrouter import config as config_module
 from mailrouter import entries
 from mailrouter.sandbox import demo
-from mailrouter.sandbox.slapd import Slapd
+from mailrouter.sandbox.slapd import Slapd, free_port
+from mailrouter.sandbox.web import web_settings
 
 A, B = "example.com", "example.org"
 HTTPS = "https://localhost"
@@ -112,12 +112,10 @@ def web() -> Iterator[Web]:
     slapd = Slapd(workdir / "ldap", ldif=[data.ldif, extra], root=ROOT, seed_passwords=data.seed_passwords)
     slapd.start()
     try:
-        conf = hook_config(workdir / "mailrouter.toml", slapd, data, workdir / "mail")
-        secret = workdir / "web.secret"
-        secret.write_text(secrets.token_urlsafe(48) + "\n")
-        with conf.open("a") as handle:
-            handle.write(f'\n[web]\nsecret_key_file = "{secret}"\nstate_dir = "{workdir / "state"}"\n'
-                         "login_failures_per_account = 3\nlogin_failures_per_client = 1000\n")
+        web = web_settings(workdir, free_port(), None, None)
+        web.update(state_dir=str(workdir / "state"), login_failures_per_account=3,
+                   login_failures_per_client=1000)
+        conf = hook_config(workdir / "mailrouter.toml", data, [slapd.uri], workdir / "mail", web=web)
         config = config_module.load(str(conf))
         from mailrouter.admin.web import create_app
 

@@ -14,43 +14,21 @@ import base64
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, start_slapd
-from mailrouter import auth, config, entries, passwords
-from mailrouter.sandbox import demo
-from mailrouter.sandbox.popa3d import write_config
+from conftest import BIN, CASES, ROOT, VENV_ENV, alice, hook_config, refusal_cases, start_slapd
+from dataset import DISABLED_LOGIN, Dataset
+from mailrouter import auth, config, passwords
+from mailrouter.sandbox.configs import secret_path, write_config
 from mailrouter.sandbox.slapd import Slapd, free_port
 
-BIN = Path(sys.executable).parent
 PAM_AUTH = str(BIN / "mailrouter-pam-auth")
 USERDB = str(BIN / "mailrouter-userdb")
 CHECKPASSWORD = str(BIN / "mailrouter-checkpassword")
-DISABLED = "frozen@example.com"
-DISABLED_PASSWORD = "disabled-but-correct-1"
-
-
-def disabled_user_ldif(data: demo.DemoDirectory) -> str:
-    entry = entries.user_entry(
-        "frozen",
-        "example.com",
-        data.base_dn,
-        password_hash=passwords.hash_password(DISABLED_PASSWORD, "argon2"),
-        uid_number=8,
-        gid_number=8,
-        mailbox="/var/mail/frozen@example.com",
-        active=False,
-    )
-    return entries.to_ldif([entry])
-
-
-def make_config(workdir: Path, data: demo.DemoDirectory, uris: list[str], **kwargs: object) -> Path:
-    service = data.account("service")
-    return write_config(workdir, uris, data.base_dn, service.dn, service.password, **kwargs)  # type: ignore[arg-type]
+DISABLED = DISABLED_LOGIN
 
 
 def permissive_root(workdir: Path) -> Path:
@@ -67,18 +45,13 @@ def permissive_root(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def anon_slapd(tmp_path_factory: pytest.TempPathFactory, demo_data: demo.DemoDirectory) -> Iterator[Slapd]:
-    """The demo directory plus a disabled user, on a slapd where an empty-password
+def anon_slapd(tmp_path_factory: pytest.TempPathFactory, dataset: Dataset) -> Iterator[Slapd]:
+    """The data set (it holds the disabled user) on a slapd where an empty-password
     bind succeeds (``allow bind_anon_dn``)."""
     workdir = tmp_path_factory.mktemp("anon-slapd")
-    server = Slapd(
-        workdir / "slapd",
-        ldif=[demo_data.ldif, disabled_user_ldif(demo_data)],
-        root=permissive_root(workdir),
-        seed_passwords=demo_data.seed_passwords,
-        extra_config="allow bind_anon_dn",
+    server = start_slapd(
+        workdir / "slapd", dataset, root=permissive_root(workdir), extra_config="allow bind_anon_dn"
     )
-    server.start()
     try:
         yield server
     finally:
@@ -87,9 +60,9 @@ def anon_slapd(tmp_path_factory: pytest.TempPathFactory, demo_data: demo.DemoDir
 
 @pytest.fixture(scope="module")
 def conf_path(
-    tmp_path_factory: pytest.TempPathFactory, anon_slapd: Slapd, demo_data: demo.DemoDirectory
+    tmp_path_factory: pytest.TempPathFactory, anon_slapd: Slapd, dataset: Dataset
 ) -> Path:
-    return make_config(tmp_path_factory.mktemp("auth-conf"), demo_data, [anon_slapd.uri])
+    return hook_config(tmp_path_factory.mktemp("auth-conf") / "mailrouter.toml", dataset, [anon_slapd.uri])
 
 
 @pytest.fixture(scope="module")
@@ -98,62 +71,33 @@ def conf(conf_path: Path) -> config.Config:
 
 
 @pytest.fixture
-def dead_conf_path(tmp_path: Path, demo_data: demo.DemoDirectory) -> Path:
+def dead_conf_path(tmp_path: Path, dataset: Dataset) -> Path:
     """A config whose only LDAP URI has nobody listening."""
-    return make_config(tmp_path / "dead", demo_data, [f"ldap://127.0.0.1:{free_port()}/"], timeouts=1.0)
-
-
-def alice(data: demo.DemoDirectory) -> demo.Account:
-    return data.account("alice@example.com")
-
-
-def refusal_cases(data: demo.DemoDirectory) -> dict[str, tuple[str, str]]:
-    password = alice(data).password
-    return {
-        "wrong password": ("alice@example.com", password + "x"),
-        "unknown user": ("nobody@example.com", password),
-        "unknown domain": ("alice@example.net", password),
-        "upper-case local part": ("ALICE@example.com", password),
-        "upper-case domain": ("alice@EXAMPLE.COM", password),
-        "dot-dot slash": ("../alice@example.com", password),
-        "slash": ("x/alice@example.com", password),
-        "leading dot": (".alice@example.com", password),
-        "NUL in login": ("alice\x00@example.com", password),
-        "control character": ("alice\n@example.com", password),
-        "trailing space": ("alice@example.com ", password),
-        "over-long": ("a" * 65 + "@example.com", password),
-        "no domain": ("alice", password),
-        "empty password": ("alice@example.com", ""),
-        "over-long password": ("alice@example.com", password + "x" * 1100),
-        "disabled, right password": (DISABLED, DISABLED_PASSWORD),
-        "disabled, wrong password": (DISABLED, DISABLED_PASSWORD + "x"),
-    }
-
-
-CASES = list(refusal_cases(demo.build()).keys())
+    dead = f"ldap://127.0.0.1:{free_port()}/"
+    return hook_config(tmp_path / "dead" / "mailrouter.toml", dataset, [dead], timeouts=1.0)
 
 
 # -- the core ----------------------------------------------------------------
-def test_right_password_is_accepted(conf: config.Config, demo_data: demo.DemoDirectory) -> None:
-    result = auth.authenticate(conf, "alice@example.com", alice(demo_data).password)
+def test_right_password_is_accepted(conf: config.Config, dataset: Dataset) -> None:
+    result = auth.authenticate(conf, "alice@example.com", alice(dataset).password)
     assert result.verdict is auth.Verdict.OK
     assert result.user is not None and result.user.address == "alice@example.com"
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_every_refusal_is_the_same_answer(
-    conf: config.Config, demo_data: demo.DemoDirectory, case: str
+    conf: config.Config, dataset: Dataset, case: str
 ) -> None:
-    login, password = refusal_cases(demo_data)[case]
+    login, password = refusal_cases(dataset)[case]
     result = auth.authenticate(conf, login, password)
     assert (result.verdict, result.user) == (auth.Verdict.REFUSED, None)
 
 
-def test_empty_password_really_binds_on_this_slapd(anon_slapd: Slapd, demo_data: demo.DemoDirectory) -> None:
+def test_empty_password_really_binds_on_this_slapd(anon_slapd: Slapd, dataset: Dataset) -> None:
     """The precondition that makes the empty-password case meaningful: slapd itself
     accepts an empty-password bind to alice's DN (as anonymous)."""
     done = subprocess.run(
-        ["ldapwhoami", "-x", "-H", anon_slapd.uri, "-D", alice(demo_data).dn, "-w", ""],
+        ["ldapwhoami", "-x", "-H", anon_slapd.uri, "-D", alice(dataset).dn, "-w", ""],
         capture_output=True,
         check=False,
     )
@@ -161,28 +105,28 @@ def test_empty_password_really_binds_on_this_slapd(anon_slapd: Slapd, demo_data:
 
 
 def test_empty_password_refused_on_default_slapd_too(
-    slapd: Slapd, demo_data: demo.DemoDirectory, tmp_path: Path
+    slapd: Slapd, dataset: Dataset, tmp_path: Path
 ) -> None:
     """The shipped slapd.conf refuses the empty bind itself; so do we."""
     done = subprocess.run(
-        ["ldapwhoami", "-x", "-H", slapd.uri, "-D", alice(demo_data).dn, "-w", ""],
+        ["ldapwhoami", "-x", "-H", slapd.uri, "-D", alice(dataset).dn, "-w", ""],
         capture_output=True,
         check=False,
     )
     assert done.returncode != 0
-    conf = config.load(str(make_config(tmp_path, demo_data, [slapd.uri])))
+    conf = config.load(str(hook_config(tmp_path / "mailrouter.toml", dataset, [slapd.uri])))
     assert auth.authenticate(conf, "alice@example.com", "").verdict is auth.Verdict.REFUSED
-    assert auth.authenticate(conf, "bob@example.com", demo_data.account("bob@example.com").password).ok
+    assert auth.authenticate(conf, "bob@example.com", dataset.account("bob@example.com").password).ok
 
 
 def test_unknown_user_costs_a_hash_wrong_password_does_not(
-    conf: config.Config, demo_data: demo.DemoDirectory, monkeypatch: pytest.MonkeyPatch
+    conf: config.Config, dataset: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No timing assert: the dummy hash must run exactly when slapd verifies none."""
     calls: list[str] = []
     real = passwords.dummy_work
     monkeypatch.setattr(passwords, "dummy_work", lambda p: (calls.append("x"), real(p))[1])
-    password = alice(demo_data).password
+    password = alice(dataset).password
     auth.authenticate(conf, "nobody@example.com", password)
     assert len(calls) == 1
     auth.authenticate(conf, "ALICE@example.com", password)
@@ -191,20 +135,21 @@ def test_unknown_user_costs_a_hash_wrong_password_does_not(
     assert len(calls) == 2
 
 
-def test_ldap_down_is_temporary(dead_conf_path: Path, demo_data: demo.DemoDirectory) -> None:
+def test_ldap_down_is_temporary(dead_conf_path: Path, dataset: Dataset) -> None:
     conf = config.load(str(dead_conf_path))
-    result = auth.authenticate(conf, "alice@example.com", alice(demo_data).password)
+    result = auth.authenticate(conf, "alice@example.com", alice(dataset).password)
     assert result.verdict is auth.Verdict.TEMPORARY
 
 
-def test_ldap_frozen_is_temporary(tmp_path: Path, demo_data: demo.DemoDirectory) -> None:
-    server = start_slapd(tmp_path / "slapd", demo_data)
+def test_ldap_frozen_is_temporary(tmp_path: Path, dataset: Dataset) -> None:
+    server = start_slapd(tmp_path / "slapd", dataset)
     try:
-        conf = config.load(str(make_config(tmp_path / "c", demo_data, [server.uri], timeouts=1.0)))
-        assert auth.authenticate(conf, "alice@example.com", alice(demo_data).password).ok
+        path = hook_config(tmp_path / "c" / "mailrouter.toml", dataset, [server.uri], timeouts=1.0)
+        conf = config.load(str(path))
+        assert auth.authenticate(conf, "alice@example.com", alice(dataset).password).ok
         server.freeze()
         for login, password in [
-            ("alice@example.com", alice(demo_data).password),
+            ("alice@example.com", alice(dataset).password),
             ("alice@example.com", "wrong-password"),
         ]:
             assert auth.authenticate(conf, login, password).verdict is auth.Verdict.TEMPORARY
@@ -213,21 +158,23 @@ def test_ldap_frozen_is_temporary(tmp_path: Path, demo_data: demo.DemoDirectory)
 
 
 def test_wrong_service_password_is_temporary_not_bad_password(
-    anon_slapd: Slapd, demo_data: demo.DemoDirectory, tmp_path: Path
+    anon_slapd: Slapd, dataset: Dataset, tmp_path: Path
 ) -> None:
-    service = demo_data.account("service")
-    path = write_config(tmp_path, [anon_slapd.uri], demo_data.base_dn, service.dn, "not-the-password")
-    result = auth.authenticate(config.load(str(path)), "alice@example.com", alice(demo_data).password)
+    service = dataset.account("service")
+    path = write_config(tmp_path / "mailrouter.toml", uris=[anon_slapd.uri], base_dn=dataset.base_dn,
+                        bind_dn=service.dn, password="not-the-password")
+    result = auth.authenticate(config.load(str(path)), "alice@example.com", alice(dataset).password)
     assert result.verdict is auth.Verdict.TEMPORARY
 
 
-def test_failover_to_second_uri(anon_slapd: Slapd, demo_data: demo.DemoDirectory, tmp_path: Path) -> None:
-    path = make_config(tmp_path, demo_data, [f"ldap://127.0.0.1:{free_port()}/", anon_slapd.uri])
-    assert auth.authenticate(config.load(str(path)), "alice@example.com", alice(demo_data).password).ok
+def test_failover_to_second_uri(anon_slapd: Slapd, dataset: Dataset, tmp_path: Path) -> None:
+    dead = f"ldap://127.0.0.1:{free_port()}/"
+    path = hook_config(tmp_path / "mailrouter.toml", dataset, [dead, anon_slapd.uri])
+    assert auth.authenticate(config.load(str(path)), "alice@example.com", alice(dataset).password).ok
 
 
-def test_raw_input_must_be_utf8(conf: config.Config, demo_data: demo.DemoDirectory) -> None:
-    password = alice(demo_data).password.encode()
+def test_raw_input_must_be_utf8(conf: config.Config, dataset: Dataset) -> None:
+    password = alice(dataset).password.encode()
     assert auth.authenticate_raw(conf, b"alice@example.com", password).ok
     assert not auth.authenticate_raw(conf, b"alice@example.com", password + b"\xff").ok
     assert not auth.authenticate_raw(conf, b"alice@example.com\xff", password).ok
@@ -251,16 +198,16 @@ def run_pam(
     )
 
 
-def test_pam_auth_accepts_and_is_silent(conf_path: Path, demo_data: demo.DemoDirectory) -> None:
-    done = run_pam(conf_path, "alice@example.com", alice(demo_data).password.encode())
+def test_pam_auth_accepts_and_is_silent(conf_path: Path, dataset: Dataset) -> None:
+    done = run_pam(conf_path, "alice@example.com", alice(dataset).password.encode())
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
     # A trailing NUL (other PAM versions) is not part of the password.
-    assert run_pam(conf_path, "alice@example.com", alice(demo_data).password.encode() + b"\0").returncode == 0
+    assert run_pam(conf_path, "alice@example.com", alice(dataset).password.encode() + b"\0").returncode == 0
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_pam_auth_refusals_exit_1(conf_path: Path, demo_data: demo.DemoDirectory, case: str) -> None:
-    login, password = refusal_cases(demo_data)[case]
+def test_pam_auth_refusals_exit_1(conf_path: Path, dataset: Dataset, case: str) -> None:
+    login, password = refusal_cases(dataset)[case]
     if "\x00" in login:
         pytest.skip("an environment variable cannot hold a NUL")
     done = run_pam(conf_path, login, password.encode())
@@ -268,9 +215,9 @@ def test_pam_auth_refusals_exit_1(conf_path: Path, demo_data: demo.DemoDirectory
 
 
 def test_pam_auth_misuse_and_temporary(
-    conf_path: Path, dead_conf_path: Path, demo_data: demo.DemoDirectory
+    conf_path: Path, dead_conf_path: Path, dataset: Dataset
 ) -> None:
-    password = alice(demo_data).password.encode()
+    password = alice(dataset).password.encode()
     assert run_pam(conf_path, None, password).returncode == 2
     assert run_pam(conf_path, "alice@example.com", password, pam_type="account").returncode == 2
     done = run_pam(dead_conf_path, "alice@example.com", password)
@@ -283,11 +230,11 @@ def test_pam_auth_misuse_and_temporary(
     ids=repr,
 )
 def test_pam_auth_usage_errors_exit_2(
-    conf_path: Path, demo_data: demo.DemoDirectory, extra_args: tuple[str, ...]
+    conf_path: Path, dataset: Dataset, extra_args: tuple[str, ...]
 ) -> None:
     """Through the installed console script and its guard: argv misuse is 2, silently,
     even with the right password (``--write-userdb`` is mailrouter-userdb's now)."""
-    done = run_pam(conf_path, "alice@example.com", alice(demo_data).password.encode(), extra_args=extra_args)
+    done = run_pam(conf_path, "alice@example.com", alice(dataset).password.encode(), extra_args=extra_args)
     assert (done.returncode, done.stdout, done.stderr) == (2, b"", b"")
 
 
@@ -360,9 +307,9 @@ def parse_env(output: bytes) -> dict[str, str]:
 
 
 def test_checkpassword_success_execs_with_dovecot_variables(
-    conf_path: Path, demo_data: demo.DemoDirectory, tmp_path: Path
+    conf_path: Path, dataset: Dataset, tmp_path: Path
 ) -> None:
-    request = b"alice@example.com\0" + alice(demo_data).password.encode() + b"\0\0"
+    request = b"alice@example.com\0" + alice(dataset).password.encode() + b"\0\0"
     done = run_checkpassword(conf_path, tmp_path, request, ["/usr/bin/env"])
     assert done.returncode == 0, done
     env = parse_env(done.stdout)
@@ -377,9 +324,9 @@ def test_checkpassword_success_execs_with_dovecot_variables(
 
 @pytest.mark.parametrize("case", CASES)
 def test_checkpassword_refusals_exit_1(
-    conf_path: Path, demo_data: demo.DemoDirectory, tmp_path: Path, case: str
+    conf_path: Path, dataset: Dataset, tmp_path: Path, case: str
 ) -> None:
-    login, password = refusal_cases(demo_data)[case]
+    login, password = refusal_cases(dataset)[case]
     if "\x00" in login:
         pytest.skip("the protocol cannot carry a NUL in the login")
     request = login.encode() + b"\0" + password.encode() + b"\0\0"
@@ -388,9 +335,9 @@ def test_checkpassword_refusals_exit_1(
 
 
 def test_checkpassword_misuse_and_temporary(
-    conf_path: Path, dead_conf_path: Path, demo_data: demo.DemoDirectory, tmp_path: Path
+    conf_path: Path, dead_conf_path: Path, dataset: Dataset, tmp_path: Path
 ) -> None:
-    good = b"alice@example.com\0" + alice(demo_data).password.encode() + b"\0\0"
+    good = b"alice@example.com\0" + alice(dataset).password.encode() + b"\0\0"
     assert run_checkpassword(conf_path, tmp_path, good, []).returncode == 2  # no PROG
     assert run_checkpassword(conf_path, tmp_path, None, ["/usr/bin/env"]).returncode == 2  # no fd 3
     assert run_checkpassword(conf_path, tmp_path, b"alice@example.com", ["/usr/bin/env"]).returncode == 2
@@ -402,9 +349,9 @@ def test_checkpassword_misuse_and_temporary(
 
 
 def test_checkpassword_config_from_environment(
-    conf_path: Path, demo_data: demo.DemoDirectory, tmp_path: Path
+    conf_path: Path, dataset: Dataset, tmp_path: Path
 ) -> None:
-    good = b"alice@example.com\0" + alice(demo_data).password.encode() + b"\0\0"
+    good = b"alice@example.com\0" + alice(dataset).password.encode() + b"\0\0"
     done = run_checkpassword(
         None, tmp_path, good, ["/usr/bin/env"], env={"MAILROUTER_CONFIG": str(conf_path)}
     )
@@ -445,15 +392,15 @@ def slapcat_password(server: Slapd, dn: str) -> str:
     raise AssertionError("no userPassword")
 
 
-def test_passwd_changes_own_password_hashed(tmp_path: Path, demo_data: demo.DemoDirectory) -> None:
+def test_passwd_changes_own_password_hashed(tmp_path: Path, dataset: Dataset) -> None:
     from mailrouter.cmd import passwd
 
-    server = start_slapd(tmp_path / "slapd", demo_data)
+    server = start_slapd(tmp_path / "slapd", dataset)
     try:
-        path = make_config(tmp_path / "c", demo_data, [server.uri])
-        secret = tmp_path / "c" / "ldap.secret"
+        path = hook_config(tmp_path / "c" / "mailrouter.toml", dataset, [server.uri])
+        secret = secret_path(path)
         secret.rename(tmp_path / "hidden")  # the tool must not need the service account
-        old = demo_data.account("bob@example.com").password
+        old = dataset.account("bob@example.com").password
         new = "a brand new passphrase"
         old_file, new_file = tmp_path / "old", tmp_path / "new"
         old_file.write_text(old + "\n")
@@ -469,7 +416,7 @@ def test_passwd_changes_own_password_hashed(tmp_path: Path, demo_data: demo.Demo
             str(new_file),
         ]
         assert passwd.main(argv) == 0
-        stored = slapcat_password(server, demo_data.account("bob@example.com").dn)
+        stored = slapcat_password(server, dataset.account("bob@example.com").dn)
         assert stored.startswith("{ARGON2}$argon2id$") and new not in stored
         (tmp_path / "hidden").rename(secret)
         conf = config.load(str(path))
@@ -505,6 +452,7 @@ def test_passwd_changes_own_password_hashed(tmp_path: Path, demo_data: demo.Demo
             input=f"{new}\nthe third passphrase\n".encode(),
             capture_output=True,
             check=False,
+            env={"PATH": "/usr/bin:/bin", **VENV_ENV},  # the wrapper runs the venv under test
         )
         assert (done.returncode, done.stdout) == (0, b"mailrouter-passwd: password changed\n"), done.stderr
         assert auth.authenticate(conf, "bob@example.com", "the third passphrase").ok
@@ -516,7 +464,7 @@ def test_passwd_changes_own_password_hashed(tmp_path: Path, demo_data: demo.Demo
 
 
 def test_passwd_says_when_the_outcome_is_unknown(
-    tmp_path: Path, demo_data: demo.DemoDirectory, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, dataset: Dataset, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A change sent with no answer back (directory.Session raises it, see
@@ -528,8 +476,8 @@ def test_passwd_says_when_the_outcome_is_unknown(
         raise WriteOutcomeUnknown(f"modify {dn}: the outcome is unknown")
 
     monkeypatch.setattr(passwd.Session, "modify", no_answer)
-    path = make_config(tmp_path / "c", demo_data, [f"ldap://127.0.0.1:{free_port()}/"])
-    (tmp_path / "pw").write_text(demo_data.account("bob@example.com").password + "\na brand new passphrase\n")
+    path = hook_config(tmp_path / "c" / "mailrouter.toml", dataset, [f"ldap://127.0.0.1:{free_port()}/"])
+    (tmp_path / "pw").write_text(dataset.account("bob@example.com").password + "\na brand new passphrase\n")
     argv = ["--config", str(path), "--login", "bob@example.com",
             "--old-password-file", "-", "--new-password-file", "-"]
     with (tmp_path / "pw").open() as stdin:

@@ -1,8 +1,11 @@
 """Delegated administration, enforced by slapd: the permission matrix.
 
 A real slapd runs with exactly ldap/slapd.conf, ldap/acl.conf, ldap/mailrouter.schema
-and ldap/seed.ldif (the files the README tells admins to deploy), plus two domains.
-Every cell is one real LDAP operation by one actor, with slapd's exact result code.
+and ldap/seed.ldif (the files the README tells admins to deploy), plus the suite's
+data set, whose a.example / b.example hold one account per actor (tests/dataset.py).
+Every cell is one real LDAP operation by one actor, with slapd's exact result code
+(checked: a cell that asks slapd nothing fails).  Anonymous has no entry of its
+own: its "own" operations claim user_a's.
 Operations are made independent of each other: each actor deletes its own victim,
 adds its own new user, and so on.
 """
@@ -14,32 +17,27 @@ from pathlib import Path
 
 import ldap3
 import pytest
-from ldap3 import BASE, MODIFY_ADD, MODIFY_REPLACE, NONE, Connection, Server
+from ldap3 import ANONYMOUS, BASE, MODIFY_ADD, MODIFY_REPLACE, NONE, SIMPLE, Connection, Server
 
+from conftest import start_slapd
+from dataset import ACL_A, ACL_ACCOUNTS, ACL_ACTORS, ACL_B, Dataset, acl_password
 from mailrouter import entries, passwords
+from mailrouter.directory import person_dn, user_dn
 from mailrouter.sandbox.slapd import Slapd
 
 BASE_DN = "o=top"
-A, B = "a.example", "b.example"
+A, B = ACL_A, ACL_B
 SCHEME = "ssha"  # fast to hash; the argon2 path is covered by test_directory
 
 # Result codes (RFC 4511)
 OK, INSUFFICIENT, VALUE_EXISTS, INVISIBLE = 0, 50, 20, 32
 EXISTS = VALUE_EXISTS
 AUTH_REQUIRED = 8  # slapd refuses every anonymous update before looking at ACLs
+INAPPROPRIATE_AUTH = 48  # an anonymous bind: "disallow bind_anon"
+SCHEMA = 65  # objectClassViolation: the global admin is no mail user, it has no quota
 HIDDEN = "hidden"  # the search succeeds but the attribute is not returned
-NA = "n/a"
 
-ACTORS = ["anonymous", "user_a", "postmaster_a", "admin_a", "admin_b", "global"]
-ACTOR_DN = {
-    "anonymous": None,
-    "user_a": f"uid=alice,dc={A},{BASE_DN}",
-    "postmaster_a": f"uid=postmaster,dc={A},{BASE_DN}",
-    "admin_a": f"uid=boss,dc={A},{BASE_DN}",
-    "admin_b": f"uid=boss,dc={B},{BASE_DN}",
-    "global": f"uid=admin,{BASE_DN}",
-}
-PASSWORD = {actor: f"pw-{actor}-Secret" for actor in ACTORS}
+ACTORS = ACL_ACTORS
 
 
 def user(local: str, domain: str, password: str | None = None) -> entries.Entry:
@@ -55,29 +53,24 @@ def user(local: str, domain: str, password: str | None = None) -> entries.Entry:
     )
 
 
-def matrix_ldif() -> str:
-    objects = [entries.domain_entry(A, BASE_DN), entries.domain_entry(B, BASE_DN)]
-    objects += [
-        user("alice", A, PASSWORD["user_a"]),
-        user("postmaster", A, PASSWORD["postmaster_a"]),
-        user("boss", A, PASSWORD["admin_a"]),
-        user("boss", B, PASSWORD["admin_b"]),
-        user("pwvictim", A, "victim-password"),
-        entries.admin_group_entry(A, BASE_DN, [ACTOR_DN["admin_a"]]),
-        entries.admin_group_entry(B, BASE_DN, [ACTOR_DN["admin_b"]]),
-    ]
-    objects += [user(f"victim-{actor.replace('_', '-')}", A) for actor in ACTORS]
-    return entries.to_ldif(objects)
+ACTOR_DN: dict[str, str | None] = {
+    "anonymous": None,
+    **{actor: user_dn(local, domain, BASE_DN) for actor, (local, domain) in ACL_ACCOUNTS.items()},
+    "global": person_dn("admin", BASE_DN),  # the seed's global admin
+}
+PASSWORD = {actor: acl_password(actor) for actor in ACTORS}
+# Whose entry an actor's "own" operations touch: anonymous has none, and claims user_a's.
+OWN = {actor: ACTOR_DN[actor] or ACTOR_DN["user_a"] for actor in ACTORS}
 
 
 @pytest.fixture(scope="module")
-def matrix_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
-    server = Slapd(
-        Path(tmp_path_factory.mktemp("acl")),
-        ldif=[matrix_ldif()],
-        seed_passwords={ACTOR_DN["global"]: passwords.hash_password(PASSWORD["global"], SCHEME)},
-    )
-    server.start()
+def matrix_slapd(tmp_path_factory: pytest.TempPathFactory, dataset: Dataset) -> Iterator[Slapd]:
+    """A writable slapd with the data set (a.example / b.example are the matrix's),
+    the global admin's password set to the matrix's."""
+    global_dn = ACTOR_DN["global"]
+    assert global_dn is not None and global_dn in dataset.seed_passwords
+    seed = {**dataset.seed_passwords, global_dn: passwords.hash_password(PASSWORD["global"], SCHEME)}
+    server = start_slapd(Path(tmp_path_factory.mktemp("acl")), dataset, seed_passwords=seed)
     try:
         yield server
     finally:
@@ -87,11 +80,13 @@ def matrix_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
 def connect(slapd: Slapd, actor: str) -> Connection:
     server = Server(slapd.uri.rstrip("/"), get_info=NONE, connect_timeout=5)
     dn = ACTOR_DN[actor]
+    # collect_usage: test_permission checks that every cell really asked slapd.
     if dn is None:
-        connection = Connection(server, raise_exceptions=False)
+        connection = Connection(server, raise_exceptions=False, collect_usage=True)
         connection.open()  # no bind at all: operations run as anonymous
         return connection
-    connection = Connection(server, user=dn, password=PASSWORD[actor], raise_exceptions=False)
+    connection = Connection(server, user=dn, password=PASSWORD[actor], raise_exceptions=False,
+                            collect_usage=True)
     assert connection.bind(), f"{actor} could not bind: {connection.result}"
     return connection
 
@@ -123,15 +118,16 @@ def read_entry_in(domain: str) -> Callable[[Connection, str], object]:
 
 
 def bind(c: Connection, actor: str) -> object:
-    return NA if ACTOR_DN[actor] is None else c.result["result"]
+    """A fresh bind as the actor; for anonymous an explicit anonymous bind (RFC 4513 5.1.1)."""
+    dn = ACTOR_DN[actor]
+    c.rebind(user=dn or "", password=PASSWORD[actor] if dn else "",
+             authentication=SIMPLE if dn else ANONYMOUS)
+    return c.result["result"]
 
 
 def replace_own_password(c: Connection, actor: str) -> object:
-    dn = ACTOR_DN[actor]
-    if dn is None:
-        return NA
     new_hash = passwords.hash_password(PASSWORD[actor], SCHEME)  # same password, new hash
-    c.modify(dn, {"userPassword": [(MODIFY_REPLACE, [new_hash])]})
+    c.modify(OWN[actor], {"userPassword": [(MODIFY_REPLACE, [new_hash])]})
     return c.result["result"]
 
 
@@ -162,10 +158,7 @@ def modify_domain_a(c: Connection, actor: str) -> object:
 
 def add_self_to(group_dn: str) -> Callable[[Connection, str], object]:
     def operation(c: Connection, actor: str) -> object:
-        dn = ACTOR_DN[actor]
-        if dn is None:
-            return NA
-        c.modify(group_dn, {"member": [(MODIFY_ADD, [dn])]})
+        c.modify(group_dn, {"member": [(MODIFY_ADD, [OWN[actor]])]})
         return c.result["result"]
 
     return operation
@@ -186,10 +179,7 @@ def add_domain(c: Connection, actor: str) -> object:
 
 
 def raise_own_quota(c: Connection, actor: str) -> object:
-    dn = ACTOR_DN[actor]
-    if dn is None or actor == "global":  # the global admin is not a mail user
-        return NA
-    c.modify(dn, {"mailQuota": [(MODIFY_REPLACE, ["10G"])]})
+    c.modify(OWN[actor], {"mailQuota": [(MODIFY_REPLACE, ["10G"])]})
     return c.result["result"]
 
 
@@ -202,19 +192,19 @@ MATRIX: dict[str, tuple[Callable[[Connection, str], object], list[object]]] = {
     "read a userPassword": (read_password, [INVISIBLE, HIDDEN, HIDDEN, HIDDEN, INVISIBLE, HIDDEN]),
     "read a user of A": (read_entry_in(A), [INVISIBLE, OK, OK, OK, INVISIBLE, OK]),
     "read a user of B": (read_entry_in(B), [INVISIBLE, INVISIBLE, INVISIBLE, INVISIBLE, OK, OK]),
-    "bind": (bind, [NA, OK, OK, OK, OK, OK]),
-    "replace own password": (replace_own_password, [NA, OK, OK, OK, OK, OK]),
+    "bind": (bind, [INAPPROPRIATE_AUTH, OK, OK, OK, OK, OK]),
+    "replace own password": (replace_own_password, [U, OK, OK, OK, OK, OK]),
     "replace another user's password": (replace_other_password, [U, NO, OK, OK, NO, OK]),
     "add a user in A": (add_user_in(A), [U, NO, OK, OK, NO, OK]),
     "delete a user in A": (delete_user_in_a, [U, NO, OK, OK, NO, OK]),
     "add a user in B": (add_user_in(B), [U, NO, NO, NO, OK, OK]),
     "modify the domain entry of A": (modify_domain_a, [U, NO, OK, OK, NO, OK]),
     # admin_b is already in B's group: slapd answers "value exists", not "denied"
-    "add self to cn=admin,dc=B": (add_self_to(f"cn=admin,dc={B},{BASE_DN}"), [NA, NO, NO, NO, EXISTS, OK]),
-    "add self to cn=admin,o=top": (add_self_to(f"cn=admin,{BASE_DN}"), [NA, NO, NO, NO, NO, EXISTS]),
+    "add self to cn=admin,dc=B": (add_self_to(f"cn=admin,dc={B},{BASE_DN}"), [U, NO, NO, NO, EXISTS, OK]),
+    "add self to cn=admin,o=top": (add_self_to(f"cn=admin,{BASE_DN}"), [U, NO, NO, NO, NO, EXISTS]),
     "modify a mailSetting": (modify_setting, [U, NO, NO, NO, NO, OK]),
     "add a new domain": (add_domain, [U, NO, NO, NO, NO, OK]),
-    "raise own quota": (raise_own_quota, [NA, NO, OK, OK, OK, NA]),
+    "raise own quota": (raise_own_quota, [U, NO, OK, OK, OK, SCHEMA]),
 }
 
 CELLS = [
@@ -229,7 +219,9 @@ def test_permission(matrix_slapd: Slapd, operation: str, actor: str, expected: o
     function = MATRIX[operation][0]
     connection = connect(matrix_slapd, actor)
     try:
+        before = connection.usage.operations
         assert function(connection, actor) == expected
+        assert connection.usage.operations > before, "the cell asked slapd nothing"
     finally:
         connection.unbind()
 

@@ -19,12 +19,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from conftest import hook_config, hub_exim
+from dataset import Dataset
 from deliver_support import (
     DELIVER,
     MAIL_GID,
@@ -38,7 +40,8 @@ from deliver_support import (
     write_config,
 )
 from mailrouter.mailbox import mbox
-from mailrouter.sandbox.slapd import free_port, wait_for_port
+from mailrouter.sandbox.exim import Exim
+from mailrouter.sandbox.slapd import Slapd, free_port, wait_for_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 
@@ -118,7 +121,8 @@ def test_runs_as_the_storage_account_like_exim_does(sp: Spool) -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        "mailbox=/etc/passwd format=mbox quota=0 uid=8 gid=8",
+        # {outside}: a stand-in for /etc/passwd, a file outside the spool
+        "mailbox={outside} format=mbox quota=0 uid=8 gid=8",
         "mailbox={spool}/../alice@example.com format=mbox quota=0 uid=8 gid=8",
         "mailbox={spool}/Alice@example.com format=mbox quota=0 uid=8 gid=8",
         "mailbox={spool}/alice@example.com format=mbox quota=0 uid=0 gid=0",
@@ -130,9 +134,23 @@ def test_runs_as_the_storage_account_like_exim_does(sp: Spool) -> None:
     ],
 )
 def test_refuses_bad_address_data_with_75(sp: Spool, data: str) -> None:
-    done = run_deliver(sp.config, data.format(spool=sp.spool), message("x"))
+    data = data.format(spool=sp.spool, outside=sp.root / "etc" / "passwd")
+    target = Path(data.split()[0].removeprefix("mailbox="))
+    standin = None
+    if os.path.normpath(target) != str(sp.box):
+        # Whatever the data names, a file the storage account could write: refused
+        # deliveries must leave it exactly as it was (bytes and mtime).
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(b"root:x:0:0:stand-in:/root:/bin/sh\n")
+        os.chown(target, MAIL_UID, MAIL_GID)
+        target.chmod(0o600)
+        os.utime(target, ns=(1_000_000_000, 1_000_000_000))
+        standin = snapshot(target)
+    done = run_deliver(sp.config, data, message("x"))
     assert done.returncode == 75, done
     assert not sp.box.exists()
+    if standin is not None:
+        assert snapshot(target) == standin
 
 
 def test_missing_from_line_is_75(sp: Spool) -> None:
@@ -530,88 +548,142 @@ def _pop_session(server: Popa3d, seen: Counter[str], errors: list[str]) -> None:
         client.quit()
 
 
+@pytest.mark.slow
 def test_50_concurrent_deliveries_while_popa3d_reads(sp: Spool, popa3d: Popa3d) -> None:
+    """Two waves of 25 deliveries at once; the second starts only after popa3d has
+    already taken mail out, and a reader session must overlap it.  Every session
+    is recorded; a failing one fails the test."""
     config = write_config(sp.root / "busy.toml", sp.spool, lock_timeout=60.0)
     seen: Counter[str] = Counter()
     errors: list[str] = []
+    failures: list[BaseException] = []
+    sessions: list[tuple[float, float]] = []  # (start, end) of each reader session
+    took_mail = threading.Event()
     finished = threading.Event()
-    sessions = 0
 
     def reader() -> None:
-        nonlocal sessions
-        while not finished.is_set():
-            _pop_session(popa3d, seen, errors)
-            sessions += 1
-            finished.wait(0.05)  # leave the deliveries some CPU on a 2-core runner
+        try:
+            while not finished.is_set():
+                started = time.monotonic()
+                _pop_session(popa3d, seen, errors)
+                sessions.append((started, time.monotonic()))
+                if seen:
+                    took_mail.set()
+                finished.wait(0.05)  # leave the deliveries some CPU on a 2-core runner
+        except BaseException as exc:  # noqa: BLE001 - reported by the test, not as a warning
+            failures.append(exc)
+            took_mail.set()
+
+    def wave(numbers: range) -> list[tuple[int, bytes]]:
+        procs = [
+            subprocess.Popen([DELIVER, "--config", str(config), "--address-data", address_data(sp.box)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            for _ in numbers
+        ]
+        for proc, n in zip(procs, numbers, strict=True):  # all at once: input first, then wait
+            assert proc.stdin is not None
+            proc.stdin.write(from_line() + message(f"msg{n:02d}", 40))
+            proc.stdin.close()
+        results = []
+        for proc in procs:
+            assert proc.stdout is not None
+            output = proc.stdout.read()
+            results.append((proc.wait(timeout=120), output))
+        return results
 
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        procs = []
-        for n in range(50):
-            proc = subprocess.Popen(
-                [DELIVER, "--config", str(config), "--address-data", address_data(sp.box)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            procs.append((proc, message(f"msg{n:02d}", 40)))
-        results = [p.communicate(from_line() + m, timeout=120) for p, m in procs]
-        codes = [p.returncode for p, _m in procs]
+        results = wave(range(25))
+        assert took_mail.wait(60), "popa3d took no mail out while the first wave went in"
+        second_started = time.monotonic()
+        results += wave(range(25, 50))
+        second_ended = time.monotonic()
     finally:
         finished.set()
         thread.join(timeout=120)
-    assert codes == [0] * 50, results
+    assert not thread.is_alive() and failures == [], failures
+    assert [code for code, _output in results] == [0] * 50, results
+    during = [(start, end) for start, end in sessions if start < second_ended and end > second_started]
+    assert during, f"no popa3d session while the second wave was delivered ({len(sessions)} in all)"
     _pop_session(popa3d, seen, errors)  # whatever is left after the last delivery
     assert errors == []
     assert seen == Counter({f"msg{n:02d}": 1 for n in range(50)}), seen
     # popa3d rewrote the file under its fcntl lock while we appended: still a clean mbox.
     assert sp.box.read_bytes() == b""
-    print(f"popa3d sessions during the deliveries: {sessions}")
 
 
 # --- through real Exim ------------------------------------------------------
 
 
 @pytest.fixture
-def exim(sp: Spool) -> MiniExim:
-    return MiniExim(sp.root / "exim", sp.config, hook_users={
+def exim(sp: Spool) -> Iterator[MiniExim]:
+    """The smallest private config around the hook (``deliver_support.MiniExim``)."""
+    mini = MiniExim(sp.root / "exim", sp.config, hook_users={
         "alice": sp.data(),
         "full": address_data(sp.spool / "full@example.com", quota="1K"),
         "tiny": address_data(sp.spool / "tiny@example.com", quota="100"),
     })
+    try:
+        yield mini
+    finally:
+        mini.close()  # fails on a paniclog entry
 
 
-def test_exim_defers_while_locked_then_delivers_once(sp: Spool, exim: MiniExim) -> None:
-    assert exim.submit(message("first"), "alice@example.com").returncode == 0
+@pytest.fixture
+def hub(sp: Spool, slapd: Slapd, dataset: Dataset) -> Iterator[Exim]:
+    """The shipped exim/mailrouter.conf: LDAP routing (the suite's data set, fulluser has
+    a 1K quota) and the shipped ``mailrouter_delivery`` transport, into this test's spool."""
+    config = hook_config(sp.root / "hub.toml", dataset, [slapd.uri], sp.spool, lock_timeout=1.0)
+    shipped = hub_exim(sp.root, config)
+    try:
+        yield shipped
+    finally:
+        shipped.close()  # fails on a paniclog entry
+
+
+def _defers_while_locked_then_delivers_once(sp: Spool, exim: Exim, deliver: Callable[[str], object]) -> None:
+    deliver("first")
+    assert sp.subjects() == ["first"], exim.main_log()
     holder = Holder(["exim_lock", "-q", str(sp.box), "echo locked; cat >/dev/null"])
     try:
-        exim.submit(message("second"), "alice@example.com")
-        assert exim.queue_size() == 1, exim.mainlog()
-        assert "== alice@example.com" in exim.mainlog()
+        deliver("second")
+        assert exim.queue_count() == 1, exim.main_log()
+        assert "== alice@example.com" in exim.main_log()
         assert sp.subjects() == ["first"]
     finally:
         holder.release()
     done = exim.queue_run()
     assert done.returncode == 0, done
-    assert exim.queue_size() == 0, exim.mainlog()
+    assert exim.queue_count() == 0, exim.main_log()
     assert sp.subjects() == ["first", "second"]
-    done = exim.queue_run()  # nothing left to deliver twice
+    exim.queue_run()  # nothing left to deliver twice
     assert sp.subjects() == ["first", "second"]
+
+
+def test_exim_defers_while_locked_then_delivers_once(sp: Spool, exim: MiniExim) -> None:
+    _defers_while_locked_then_delivers_once(
+        sp, exim, lambda tag: exim.submit(message(tag), "alice@example.com"))
+
+
+def test_shipped_exim_defers_while_locked_then_delivers_once(sp: Spool, hub: Exim) -> None:
+    _defers_while_locked_then_delivers_once(
+        sp, hub, lambda tag: hub.deliver(message(tag), "alice@example.com", sender="sender@example.org"))
+    assert "R=users T=mailrouter_delivery" in hub.main_log()
 
 
 def test_exim_daemon_smtp_delivery(sp: Spool, exim: MiniExim) -> None:
-    port = free_port()
-    daemon = exim.daemon(port)
+    (port,) = exim.start_daemon()
     try:
-        assert wait_for_port(port, 10, daemon), exim.mainlog()
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             client.sendmail("smtp@example.org", ["alice@example.com"],
                             b"Subject: via daemon\r\n\r\nFrom a line\r\n.leading dot\r\n")
         deadline = time.monotonic() + 30
-        while "Completed" not in exim.mainlog() and time.monotonic() < deadline:
+        while "Completed" not in exim.main_log() and time.monotonic() < deadline:
             time.sleep(0.05)  # delivery runs in a child of the daemon
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
-    assert "=> alice <alice@example.com> R=to_hook T=mailrouter_deliver" in exim.mainlog()
+        exim.stop_daemon()
+    assert "=> alice <alice@example.com> R=to_hook T=mailrouter_deliver" in exim.main_log()
     data = sp.box.read_bytes()
     assert data.startswith(b"From smtp@example.org ") and data.endswith(
         b"\n\n>From a line\n.leading dot\n\n")
@@ -623,13 +695,36 @@ def test_exim_over_quota_defers_and_too_big_bounces(sp: Spool, exim: MiniExim) -
     exim.submit(message("fits"), "full@example.com")
     assert len(mailbox.mbox(str(full))) == 1
     exim.submit(message("overflow", 40), "full@example.com")
-    log = exim.mainlog()
+    log = exim.main_log()
     assert "== full@example.com" in log and "mailbox full" in log, log
-    assert exim.queue_size() >= 1
+    assert exim.queue_count() >= 1
     exim.submit(message("huge", 40), "tiny@example.com")
-    log = exim.mainlog()
+    log = exim.main_log()
     assert "** tiny@example.com" in log and "whole quota" in log, log
     assert not (sp.spool / "tiny@example.com").exists()
+
+
+def test_shipped_exim_over_quota_defers_and_too_big_bounces(sp: Spool, hub: Exim) -> None:
+    full = sp.spool / "fulluser@example.com"  # quota 1K in the data set
+
+    def deliver(tag: str, lines: int) -> None:
+        done = hub.deliver(message(tag, lines), "fulluser@example.com", sender="sender@example.org")
+        assert done.returncode == 0, done  # taken in; the delivery's fate is in the log
+
+    deliver("fits", 3)
+    assert [m["Subject"] for m in mailbox.mbox(str(full))] == ["fits"], hub.main_log()
+    before = snapshot(full)
+    deliver("overflow", 20)  # fits alone, not beside "fits": wait for room
+    log = hub.main_log()
+    assert "== fulluser@example.com R=users T=mailrouter_delivery" in log and "mailbox full" in log, log
+    assert hub.queue_count() == 1
+    deliver("huge", 200)  # larger than the whole quota: never fits, bounce
+    log = hub.main_log()
+    assert "** fulluser@example.com R=users T=mailrouter_delivery" in log, log
+    # return_fail_output: the hook's reason is in the bounce (to sender@example.org,
+    # which example.org's catch-all hands to carol).
+    assert "whole quota" in (sp.spool / "carol@example.org").read_text(), log
+    assert snapshot(full) == before
 
 
 # --- syslog -----------------------------------------------------------------
@@ -679,14 +774,25 @@ def test_one_mail_syslog_line_per_delivery(sp: Spool) -> None:
 
 
 def test_ldap_secret_is_never_read(sp: Spool) -> None:
-    """The storage account cannot read the LDAP secret; delivery must not need it."""
+    """Delivery must not need the LDAP secret (the storage account cannot read it).
+
+    Run as root the hook could read a 0600 file, so permissions prove nothing:
+    every open(2) of the hook and its children is traced instead.
+    """
+    if shutil.which("strace") is None:
+        pytest.fail("strace (package strace, bin/install-deps) is needed to watch the hook's opens")
     secret = sp.root / "ldap.secret"
     secret.write_text("s3cret\n")
     secret.chmod(0o600)  # root only
     config = sp.root / "with-secret.toml"
     config.write_text(sp.config.read_text().replace(
-        "[spool]", f'bind_dn = "cn=svc,o=top"\nbind_password_file = "{secret}"\n[spool]'))
+        "[ldap]\n", f'[ldap]\nbind_dn = "cn=svc,o=top"\nbind_password_file = "{secret}"\n'))
     config.chmod(0o644)
-    done = run_deliver(config, sp.data(), message("one"))
+    trace = sp.root / "opens.trace"
+    tracer = ["strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace)]
+    done = run_deliver(config, sp.data(), message("one"), wrapper=tracer)
     assert done.returncode == 0, done
     assert sp.subjects() == ["one"]
+    opened = trace.read_text()
+    assert str(config) in opened  # the trace sees the hook's opens ...
+    assert str(secret) not in opened  # ... and the secret is not among them
