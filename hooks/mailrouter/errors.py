@@ -136,6 +136,26 @@ class AdminError(PermanentFailure):
         self.field = field
 
 
+class FieldErrors(AdminError):
+    """Several input fields are wrong at once (HTTP 422 with one message per field)."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__("invalid input: " + ", ".join(sorted(fields)), kind="invalid")
+        self.fields = fields
+
+
+class NotLoggedIn(Exception):
+    """A web page or API call needs a login it does not have (HTTP 401 / the login page)."""
+
+
+class Throttled(Exception):
+    """Too many refused logins for this account or client address (HTTP 429)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many failed logins; try again later")
+        self.retry_after = retry_after
+
+
 # -- malformed input (not MailrouterError: each caller maps it itself) ------------
 class GarbledQuota(ValueError):
     """A mailQuota value we cannot read."""

@@ -26,20 +26,12 @@ from mailrouter.admin import aliases, catchall, domains, settings, users
 from mailrouter.admin.normalise import normalise_quota
 from mailrouter.admin.web import auth
 from mailrouter.admin.web.views.home import change_own_password
-from mailrouter.errors import AdminError
+from mailrouter.errors import AdminError, FieldErrors
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-
-
-class FieldErrors(AdminError):
-    """Several fields are wrong at once (422 with one message per field)."""
-
-    def __init__(self, fields: dict[str, str]) -> None:
-        super().__init__("invalid input: " + ", ".join(sorted(fields)), kind="invalid")
-        self.fields = fields
 
 
 def _body(required: dict[str, type], optional: dict[str, type]) -> dict[str, Any]:

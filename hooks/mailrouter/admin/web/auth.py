@@ -46,10 +46,10 @@ from wtforms.validators import DataRequired, Length
 
 from mailrouter.admin.session import AdminSession
 from mailrouter.admin.web import identity
-from mailrouter.admin.web.errors import NotLoggedIn, Throttled, is_api
+from mailrouter.admin.web.errors import is_api
 from mailrouter.admin.web.state import State
 from mailrouter.config import Config
-from mailrouter.errors import AdminError, LdapRefused
+from mailrouter.errors import AdminError, LdapRefused, NotLoggedIn, Throttled
 
 MIN_REFUSAL_SECONDS = 0.5
 REFUSED = "invalid login or password"

@@ -20,7 +20,9 @@ from mailrouter.errors import (
     DirectoryUnavailable,
     InvalidName,
     LdapRefused,
+    NotLoggedIn,
     TemporaryFailure,
+    Throttled,
 )
 
 RETRY_AFTER_SECONDS = 30
@@ -32,18 +34,6 @@ LDAP_REFUSAL_STATUS = {
 }
 
 log = logging.getLogger("mailrouter.web")
-
-
-class NotLoggedIn(Exception):
-    """No valid login for a page or API call that needs one (401)."""
-
-
-class Throttled(Exception):
-    """Too many refused logins for this account or client (429)."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("too many failed logins; try again later")
-        self.retry_after = retry_after
 
 
 def status_of(exc: BaseException) -> tuple[int, str, dict[str, str]]:
