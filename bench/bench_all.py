@@ -254,7 +254,10 @@ def bench_pop3(work: Path, data: demo.DemoDirectory, sessions: int, label: str) 
     pops: list[Popa3d] = []
     try:
         service = data.account("service")
-        conf = write_popa3d_config(work / "pop-conf", [slapd.uri], data.base_dn, service.dn, service.password)
+        # The data's own scheme, or the first login would rehash it (mailrouter.auth).
+        scheme = "ssha" if label == "{SSHA}" else "argon2"
+        conf = write_popa3d_config(work / "pop-conf", [slapd.uri], data.base_dn, service.dn, service.password,
+                                   extra=f'\n[auth]\npassword_scheme = "{scheme}"\n')
         ours = Popa3d(work / "pop-ours", str(conf), root=ROOT, tls=False)
         permit = Popa3d(work / "pop-permit", str(conf), root=ROOT, tls=False)
         permit.configure()

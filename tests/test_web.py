@@ -112,7 +112,8 @@ def web() -> Iterator[Web]:
     slapd = Slapd(workdir / "ldap", ldif=[data.ldif, extra], root=ROOT, seed_passwords=data.seed_passwords)
     slapd.start()
     try:
-        conf = hook_config(workdir / "mailrouter.toml", slapd, data, workdir / "mail")
+        # The data's own scheme: logins rehash to the configured one (mailrouter.auth).
+        conf = hook_config(workdir / "mailrouter.toml", slapd, data, workdir / "mail", password_scheme="ssha")
         secret = workdir / "web.secret"
         secret.write_text(secrets.token_urlsafe(48) + "\n")
         with conf.open("a") as handle:

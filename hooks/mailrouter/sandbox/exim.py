@@ -101,10 +101,12 @@ def write_service_config(
     connect_timeout: float = 2.0,
     operation_timeout: float = 2.0,
     group: str = EXIM_USER,
+    password_scheme: str | None = None,
 ) -> Path:
     """A mailrouter.toml for the hooks (0644: the delivery hook reads it as the
     storage user), with the service secret beside it (0640 root:group, for the
-    hooks that bind to LDAP as Debian-exim)."""
+    hooks that bind to LDAP as Debian-exim).  ``password_scheme``: ``auth.password_scheme``
+    (the scheme logins rehash to; give the demo data's own to keep its hashes)."""
     secret = write_private(path.with_name(path.stem + ".secret"), password + "\n", group)
     lines = [
         "[ldap]",
@@ -125,6 +127,8 @@ def write_service_config(
     lines += ["", "[auth]", f"sender_ownership = {'true' if sender_ownership else 'false'}"]
     if auth_socket:
         lines.append(f"auth_socket = {toml_string(auth_socket)}")
+    if password_scheme:
+        lines.append(f"password_scheme = {toml_string(password_scheme)}")
     return write_private(path, "\n".join(lines) + "\n", group, mode=0o644)
 
 
