@@ -41,7 +41,8 @@ only shows up in pam_exec's syslog line, for the admin):
     1   refused: unknown user, wrong or empty password, disabled account,
         non-canonical login -- all the same on purpose
     2   misuse: no PAM_USER, PAM_TYPE is not auth, bad arguments
-    75  temporary: LDAP down or slow, bad configuration, any unexpected error
+    75  temporary: LDAP down or slow, bad configuration, the user's record could
+        not be written and none exists, any unexpected error
         (``mailrouter.cmd.guard`` maps escapes and import failures)
 """
 
