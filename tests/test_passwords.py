@@ -581,3 +581,26 @@ def test_new_user_logs_in_over_pop3_at_once(hub: Hub) -> None:
     assert hub.admin("user", "remove", login).returncode == 0
     assert hub.pop3(login, password) == REFUSAL
     assert not record.exists()
+
+
+def test_the_scheme_label_is_the_users_and_the_service_accounts(hub: Hub) -> None:
+    """acl.conf rule 2a: the service account reads a user's mailPasswordScheme, the
+    user writes their own, another user of the domain neither reads nor writes it."""
+    from mailrouter.directory import MODIFY_REPLACE, Session
+    from mailrouter.errors import LdapRefused
+
+    ldap = hub.conf_object().ldap
+    alice_dn = hub.data.account(f"alice@{DOMAIN}").dn
+    with Directory(ldap) as directory:
+        assert directory.read(alice_dn, "mailUser", ["mailPasswordScheme"]) == {
+            "mailPasswordScheme": [password_stamp(TARGET, None)]
+        }
+    bob = hub.data.account(f"bob@{DOMAIN}")
+    with Session(ldap, bob.dn, bob.password) as session:
+        seen = session.directory.read(alice_dn, "mailUser", ["mailPasswordScheme", "uid"])
+        assert seen is not None and seen["uid"] == ["alice"] and not seen["mailPasswordScheme"]
+        with pytest.raises(LdapRefused) as refused:
+            session.modify(alice_dn, {"mailPasswordScheme": (MODIFY_REPLACE, [password_stamp(TARGET, None)])})
+        assert refused.value.code == 50
+        session.modify(bob.dn, {"mailPasswordScheme": (MODIFY_REPLACE, ["{SSHA} -"])})
+    assert hub.entry("bob")["mailpasswordscheme"] == ["{SSHA} -"]
