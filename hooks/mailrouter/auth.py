@@ -33,7 +33,8 @@ The rules, and why:
   (ldap/seed.ldif) answers a locked account's bind with rc 49 at once, without
   a hash check; the core then spends ``dummy_work`` (the entry's
   ``pwdAccountLockedTime`` says so), so the refusal also costs what a wrong
-  password costs.
+  password costs.  (After the lock has run out the attribute stays until the
+  next successful bind: a wrong password then costs two hashes once or twice.)
 * **Rehash on login** (:func:`rehash_after_login`, after every successful
   check, on every front end): when the stored hash is not known to be of the
   configured ``auth.password_scheme``, the same password is written again,
