@@ -34,7 +34,7 @@ The rules, and why:
   a hash check; the core then spends ``dummy_work`` (the entry's
   ``pwdAccountLockedTime`` says so), so the refusal also costs what a wrong
   password costs.  (After the lock has run out the attribute stays until the
-  next successful bind: a wrong password then costs two hashes once or twice.)
+  next successful bind, and until then a wrong password costs two hashes.)
 * **Rehash on login** (:func:`rehash_after_login`, after every successful
   check, on every front end): when the stored hash is not known to be of the
   configured ``auth.password_scheme``, the same password is written again,
