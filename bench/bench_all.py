@@ -255,8 +255,10 @@ def bench_pop3(work: Path, data: demo.DemoDirectory, sessions: int, label: str) 
     pops: list[Popa3d] = []
     try:
         service = data.account("service")
+        # The data's own scheme, or the first login would rehash it (mailrouter.auth).
+        scheme = "ssha" if label == "{SSHA}" else "argon2"
         conf = write_config(work / "pop-conf" / "mailrouter.toml", uris=[slapd.uri], base_dn=data.base_dn,
-                            bind_dn=service.dn, password=service.password)
+                            bind_dn=service.dn, password=service.password, password_scheme=scheme)
         ours = Popa3d(work / "pop-ours", str(conf), root=ROOT, tls=False)
         permit = Popa3d(work / "pop-permit", str(conf), root=ROOT, tls=False)
         permit.configure()

@@ -29,6 +29,17 @@ The rules, and why:
   gives :attr:`Verdict.TEMPORARY` -- for malformed logins too, since they make
   the same round trip.
 
+* **Locked accounts look like wrong passwords.**  slapd's ppolicy lockout
+  (ldap/seed.ldif) answers a locked account's bind with rc 49 at once, without
+  a hash check; the core then spends ``dummy_work`` (the entry's
+  ``pwdAccountLockedTime`` says so), so the refusal also costs what a wrong
+  password costs.  (After the lock has run out the attribute stays until the
+  next successful bind, and until then a wrong password costs two hashes.)
+* **Rehash on login** (:func:`rehash_after_login`, after every successful
+  check, on every front end): when the stored hash is not known to be of the
+  configured ``auth.password_scheme``, the same password is written again,
+  hashed that way, under the user's own identity.  It never changes the verdict.
+
 The user entry is looked up with the service account *before* the user bind,
 because a bind to a DN that does not exist fails at once while a wrong
 password costs slapd a hash verification: only the lookup tells us when to do
@@ -45,7 +56,7 @@ from dataclasses import dataclass
 
 from mailrouter import names, passwords
 from mailrouter.config import Config, LdapConfig
-from mailrouter.directory import Directory, User
+from mailrouter.directory import MODIFY_REPLACE, Directory, Session, User
 from mailrouter.errors import InvalidName, TemporaryFailure
 
 # Longer passwords are refused without asking LDAP: nobody types them, and an
@@ -136,12 +147,42 @@ def authenticate(
             # The DN is rebuilt from the canonical name, not taken from the entry.
             dn = directory.user_dn(local, domain)
             if not directory.check_password(dn, password):
-                return _refused("wrong password", password, spend=False)
+                # A locked account's bind is refused without a hash check: spend it here.
+                return _refused("wrong password", password, spend=user.locked)
             if not user.active:
                 return _refused("account disabled", password, spend=False)
-            return AuthResult(Verdict.OK, user, "ok")
+            return AuthResult(Verdict.OK, user, "ok" + rehash_after_login(config, user, password))
     except TemporaryFailure as exc:
         return AuthResult(Verdict.TEMPORARY, None, f"temporary: {exc}")
+
+
+def rehash_after_login(config: Config, user: User, password: str) -> str:
+    """After a successful login: store ``password`` again under the configured
+    scheme if the stored hash is not known to be of that scheme.  Returns a note
+    for the caller's log (``""`` when nothing was to be done); never raises.
+
+    Why here and like this: OpenLDAP 2.5 has no rehash on bind (2.7's
+    ``pwdRehashOnBind``), and only a login sees the password.  Nobody may read a
+    hash, so the scheme is known from ``mailPasswordScheme`` (``User.password_scheme``,
+    ``None`` when absent or stale: rehash once).  The write is a replace of
+    ``userPassword`` under the user's own bind (the ACL's ``by self =wx``) with
+    a hash made here, so it is exactly ``auth.password_scheme`` -- also when
+    that is not slapd's ``password-hash`` -- and the label written next to it is
+    the truth.  A rehash that fails (LDAP trouble, an ACL, anything) leaves the
+    old hash and the verdict alone; the next login tries again.
+    """
+    scheme = config.auth.password_scheme
+    target = passwords.scheme_label(scheme)
+    if user.password_scheme == target:
+        return ""
+    try:
+        new_hash = passwords.hash_password(password, scheme)
+        with Session(config.ldap, user.dn, password) as session:
+            session.modify(user.dn, {"userPassword": (MODIFY_REPLACE, [new_hash])})
+            session.stamp_password_scheme(user.dn, target)
+    except Exception as exc:  # noqa: BLE001 - a failed rehash must never fail the login
+        return f"; rehash to {target} failed: {type(exc).__name__}: {exc}"
+    return f"; rehashed ({user.password_scheme or 'unknown'} -> {target})"
 
 
 def lookup(

@@ -23,7 +23,8 @@ The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
 
     [auth]
     sender_ownership = true                     # authenticated senders must own MAIL FROM
-    password_scheme = "argon2"                  # argon2 | sha512_crypt | ssha
+    password_scheme = "argon2"                  # argon2 | sha512_crypt | ssha: what our tools
+                                                #   write and what every login rehashes to
     auth_socket = "/run/mailrouter/auth.sock"
 
     [web]                                       # mailrouter-web (admin and self-service pages, API)

@@ -79,7 +79,16 @@ USER_ATTRIBUTES = (
     "gidNumber",
     "mailQuota",
     "mailAccountStatus",
+    # The rehash on login (mailrouter.auth) and the lockout timing: never the hash itself.
+    "mailPasswordScheme",
+    "pwdChangedTime",
+    "pwdAccountLockedTime",
 )
+
+# mailPasswordScheme = "<scheme label> <pwdChangedTime of the write>" (mailrouter.passwords
+# labels); "-" when slapd kept no pwdChangedTime (slapadd, no ppolicy overlay).
+PASSWORD_SCHEME = "mailPasswordScheme"
+NO_CHANGE_TIME = "-"
 
 T = TypeVar("T")
 
@@ -93,6 +102,8 @@ class User:
     gid_number: int | None
     quota: str | None  # raw mailQuota, e.g. "32M"; parsed by the caller that enforces it
     active: bool
+    password_scheme: str | None = None  # label of the stored hash; None = unknown (see password_stamp)
+    locked: bool = False  # ppolicy's pwdAccountLockedTime is set (the lock may have run out)
 
     @property
     def address(self) -> str:
@@ -160,6 +171,11 @@ def person_dn(uid: str, base_dn: str) -> str:
     return f"uid={escape_rdn(uid)},{base_dn}"
 
 
+def no_lockout_policy_dn(base_dn: str) -> str:
+    """The ppolicy entry without lockout (ldap/seed.ldif): service account, global admins."""
+    return f"cn=no-lockout,ou=policies,{base_dn}"
+
+
 def _int_or_none(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -170,6 +186,29 @@ def _int_or_none(value: str | None) -> int | None:
 def _is_active(attributes: dict[str, Any]) -> bool:
     status = first(attributes, "mailAccountStatus")
     return status is None or status.lower() == STATUS_ACTIVE
+
+
+def password_stamp(label: str, changed: str | None) -> str:
+    """The ``mailPasswordScheme`` value for a hash labelled ``label`` whose write
+    slapd timestamped ``changed`` (``pwdChangedTime``; ``None``: no timestamp)."""
+    return f"{label} {changed or NO_CHANGE_TIME}"
+
+
+def stamped_label(attributes: dict[str, Any]) -> str | None:
+    """The label of the stored hash, or ``None`` when it is unknown.
+
+    Why the timestamp: a writer that does not keep the label (``ldapmodify``,
+    ``ldappasswd``, a migration script) cannot be stopped, but slapd's ppolicy
+    overlay stamps every password write with ``pwdChangedTime``.  The label is
+    believed only while that time is still the one its writer saw, so any later
+    write by anything makes it unknown, and unknown means "rehash once"."""
+    stamp = first(attributes, PASSWORD_SCHEME)
+    if not stamp:
+        return None
+    label, _, changed = stamp.rpartition(" ")
+    if not label or changed != (first(attributes, "pwdChangedTime") or NO_CHANGE_TIME):
+        return None
+    return label
 
 
 def _discard(connection: Connection) -> None:
@@ -361,6 +400,8 @@ class Directory:
             gid_number=_int_or_none(first(attributes, "gidNumber")),
             quota=first(attributes, "mailQuota"),
             active=_is_active(attributes),
+            password_scheme=stamped_label(attributes),
+            locked=bool(first(attributes, "pwdAccountLockedTime")),
         )
 
     def alias(self, name: str, domain: str) -> Alias | None:
@@ -544,6 +585,18 @@ class Session:
             self._check(connection, "password change", dn)
 
         self._directory._with_connection(operation, write=f"password change {dn}")
+
+    def stamp_password_scheme(self, dn: str, label: str) -> None:
+        """Record that the hash just written to ``dn`` is ``label``'s, for the rehash on login.
+
+        Called by every writer of ours right after it changed the password: reads
+        the ``pwdChangedTime`` slapd gave that write and stores
+        :func:`password_stamp` in ``mailPasswordScheme``."""
+        attributes = self._directory.read(dn, "mailUser", ["pwdChangedTime"])
+        if attributes is None:
+            raise LdapRefused(RESULT_NO_SUCH_OBJECT, "read", dn)
+        stamp = password_stamp(label, first(attributes, "pwdChangedTime"))
+        self.modify(dn, {PASSWORD_SCHEME: (MODIFY_REPLACE, [stamp])})
 
     def search(
         self, base: str, search_filter: str, attributes: Sequence[str], subtree: bool = False

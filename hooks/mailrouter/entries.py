@@ -14,7 +14,7 @@ import base64
 from dataclasses import dataclass, field
 
 from mailrouter import names
-from mailrouter.directory import admin_group_dn, alias_dn, domain_dn, person_dn, user_dn
+from mailrouter.directory import admin_group_dn, alias_dn, domain_dn, no_lockout_policy_dn, person_dn, user_dn
 
 Attributes = dict[str, list[str]]
 
@@ -45,7 +45,11 @@ def user_entry(
     quota: str | None = None,
     active: bool = True,
     full_name: str | None = None,
+    password_stamp: str | None = None,
 ) -> Entry:
+    """``password_stamp``: the ``mailPasswordScheme`` value (``directory.password_stamp``),
+    for entries loaded with slapadd; an LDAP add stamps after the add instead, since
+    slapd's ppolicy gives the add its own ``pwdChangedTime``."""
     names.local_part(local)
     names.domain(domain)
     address = f"{local}@{domain}"
@@ -64,6 +68,8 @@ def user_entry(
     }
     if password_hash:
         attributes["userPassword"] = [password_hash]
+        if password_stamp:
+            attributes["mailPasswordScheme"] = [password_stamp]
     if quota:
         attributes["mailQuota"] = [quota]
     return Entry(user_dn(local, domain, base_dn), attributes)
@@ -97,12 +103,14 @@ def admin_group_entry(domain: str | None, base_dn: str, members: list[str]) -> E
 
 
 def person_entry(uid: str, base_dn: str, password_hash: str | None) -> Entry:
-    """A top-level account such as a global admin: ``uid=NAME,BASE``."""
+    """A top-level account such as a global admin: ``uid=NAME,BASE``, exempt from
+    the lockout like the seed's admin (an attacker must not lock the admins out)."""
     attributes: Attributes = {
         "objectClass": ["inetOrgPerson"],
         "uid": [uid],
         "cn": [uid],
         "sn": [uid],
+        "pwdPolicySubentry": [no_lockout_policy_dn(base_dn)],
     }
     if password_hash:
         attributes["userPassword"] = [password_hash]

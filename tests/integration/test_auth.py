@@ -500,5 +500,7 @@ def test_shipped_pam_file_names_the_installed_helper() -> None:
             "/opt/mailrouter/venv/bin/mailrouter-pam-auth",
             "--config",
             "/etc/mailrouter/mailrouter.toml",
+            "--userdb",
+            "/etc/userdb",
         ]
     ]

@@ -9,6 +9,7 @@ import ldap3
 import pytest
 
 from conftest import ROOT
+from mailrouter import passwords
 from mailrouter.sandbox.slapd import SLAPADD, SLAPD, SLAPTEST, free_port, render_slapd_conf, wait_for_port
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
@@ -43,6 +44,13 @@ def test_slapd_conf_converts_to_cn_config_and_serves(tmp_path: Path) -> None:
         connection.unbind()
         olc = (config_dir / "cn=config" / "olcDatabase={1}mdb.ldif").read_text().replace("\n ", "")
         assert 'member.expand="cn=admin,dc=$2,o=top" =wx' in olc
+        # The password settings came along too: the project's Argon2 strength and ppolicy.
+        modules = (config_dir / "cn=config" / "cn=module{0}.ldif").read_text().replace("\n ", "")
+        assert f"olcModuleLoad: {{1}}{passwords.slapd_moduleload()}\n" in modules
+        assert "olcModuleLoad: {2}ppolicy\n" in modules
+        overlay = (config_dir / "cn=config" / "olcDatabase={1}mdb" / "olcOverlay={0}ppolicy.ldif").read_text()
+        assert "olcPPolicyHashCleartext: TRUE" in overlay and "olcPPolicyUseLockout: FALSE" in overlay
+        assert "olcPPolicyDefault: cn=default,ou=policies,o=top" in overlay
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -55,7 +63,7 @@ def test_schema_ldif_loads_into_a_cn_config_tree(tmp_path: Path) -> None:
     parts = [
         "dn: cn=config\nobjectClass: olcGlobal\ncn: config\n",
         "dn: cn=module{0},cn=config\nobjectClass: olcModuleList\ncn: module{0}\n"
-        "olcModulePath: /usr/lib/ldap\nolcModuleLoad: back_mdb\n",
+        "olcModulePath: /usr/lib/ldap\nolcModuleLoad: back_mdb\nolcModuleLoad: ppolicy\n",  # seed: policies
         "dn: cn=schema,cn=config\nobjectClass: olcSchemaConfig\ncn: schema\n",
     ]
     for name in ("core", "cosine", "inetorgperson", "nis"):

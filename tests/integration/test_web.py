@@ -115,7 +115,9 @@ def web() -> Iterator[Web]:
         web = web_settings(workdir, free_port(), None, None)
         web.update(state_dir=str(workdir / "state"), login_failures_per_account=3,
                    login_failures_per_client=1000)
-        conf = hook_config(workdir / "mailrouter.toml", data, [slapd.uri], workdir / "mail", web=web)
+        # The data's own scheme: logins rehash to the configured one (mailrouter.auth).
+        conf = hook_config(workdir / "mailrouter.toml", data, [slapd.uri], workdir / "mail", web=web,
+                           password_scheme="ssha")
         config = config_module.load(str(conf))
         from mailrouter.admin.web import create_app
 

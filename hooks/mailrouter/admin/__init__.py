@@ -96,7 +96,10 @@ PASSWORDS
     ``user add`` stores a hash made with the config's ``auth.password_scheme``;
     ``user passwd`` uses the Password Modify operation (RFC 3062), so slapd
     hashes with its ``password-hash`` ({ARGON2}) and its ACLs decide: a user may
-    change their own password, a domain admin those of their domain.
+    change their own password, a domain admin those of their domain.  Both
+    record the scheme in the user's ``mailPasswordScheme``, so that logins
+    rehash only what needs it (README, Passwords).  New global admins
+    (``admin grant --global --create``) get the no-lockout password policy.
 
 OUTPUT
     Human-readable tables on stdout by default; ``--json`` prints one JSON

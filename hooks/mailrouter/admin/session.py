@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailrouter import directory as dirmod
+from mailrouter import passwords
 from mailrouter.admin.normalise import normalise_address
 from mailrouter.config import Config
 from mailrouter.directory import Session
 from mailrouter.entries import Entry
-from mailrouter.errors import REFUSAL_CODES, AdminError, DirectoryUnavailable, LdapRefused
+from mailrouter.errors import REFUSAL_CODES, AdminError, DirectoryUnavailable, LdapRefused, TemporaryFailure
 
 Changes = dict[str, tuple[str, list[str]]]
 
@@ -203,9 +204,22 @@ class AdminSession:
     ) -> None:
         """RFC 3062 Password Modify: slapd hashes with its ``password-hash``; not undoable.
 
-        With ``old_password`` slapd also checks the current password (self-service)."""
+        With ``old_password`` slapd also checks the current password (self-service).
+        A mail user's ``mailPasswordScheme`` then records slapd's scheme
+        (``passwords.SLAPD_SCHEME``); other accounts carry no label."""
         session = self._session
         self._do(lambda: session.password_modify(dn, password, old_password), action, subject, missing)
+        self.stamp_password_scheme(dn, passwords.scheme_label(passwords.SLAPD_SCHEME))
+
+    def stamp_password_scheme(self, dn: str, label: str) -> bool:
+        """Record ``label`` as the scheme of the hash just written to ``dn`` (see
+        ``mailrouter.directory.Session.stamp_password_scheme``).  Not undoable, and
+        never fatal: without it the user's next login rehashes once.  True if stored."""
+        try:
+            self._session.stamp_password_scheme(dn, label)
+        except (LdapRefused, TemporaryFailure):
+            return False
+        return True
 
     @property
     def pending(self) -> int:
@@ -243,6 +257,10 @@ class AdminSession:
     def read(self, dn: str, object_class: str, attributes: Sequence[str]) -> dict[str, Any] | None:
         """Base-scope read of ``dn``; ``None`` when it does not exist (or is not visible)."""
         return self._session.directory.read(dn, object_class, attributes)
+
+    def user(self, local: str, domain: str) -> dirmod.User | None:
+        """The typed user entry (``mailrouter.directory.Directory.user``), as this session's identity."""
+        return self._session.directory.user(local, domain)
 
     def search(
         self, base: str, search_filter: str, attributes: Sequence[str], subtree: bool = False

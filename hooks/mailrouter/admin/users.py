@@ -69,6 +69,8 @@ def add_user(
     s.require_domain(domain)
     entry = user_entry(s, local, domain, password, quota=quota_value, active=enabled, full_name=name)
     s.add(entry, f"add users in {s.domain_dn(domain)}", f"user {local}@{domain}", f"no such domain {domain}")
+    if password:
+        s.stamp_password_scheme(entry.dn, passwords.scheme_label(s.config.auth.password_scheme))
     if admin:
         admins.add_to_domain_group(s, entry.dn, domain)
     s.commit()

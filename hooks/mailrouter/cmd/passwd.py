@@ -16,7 +16,9 @@ What it does: binds to LDAP *as the user* with the old password (DN built from
 the login with escaped RDNs), hashes the new password with the configured
 ``auth.password_scheme`` (passlib: ``{ARGON2}``, ``{CRYPT}`` SHA-512 or
 ``{SSHA}``) and replaces ``userPassword`` with the hash under the user's own
-bind (the ACL's ``by self =wx``).  Cleartext is never written.  No service
+bind (the ACL's ``by self =wx``), then records the scheme in
+``mailPasswordScheme`` (for the rehash on login, ``mailrouter.auth``).
+Cleartext is never written.  No service
 account is used, so the service password file need not be readable: only
 ``ldap.uris``, ``ldap.base_dn``, the timeouts and ``auth.password_scheme`` are
 read from the configuration.
@@ -77,6 +79,15 @@ def check_new_password(new: str, old: str) -> None:
         raise Misuse("the new password equals the old one")
 
 
+def _stamp(session: Session, dn: str, label: str) -> None:
+    """Record the new hash's scheme (``mailPasswordScheme``); the password is
+    changed already, so a failure here only means one rehash at the next login."""
+    try:
+        session.stamp_password_scheme(dn, label)
+    except (LdapRefused, TemporaryFailure):
+        pass
+
+
 def change_password(config: Config, login: str, old: str, new: str) -> int:
     """Exit code of one change; the password checks come first, then LDAP."""
     try:
@@ -90,6 +101,7 @@ def change_password(config: Config, login: str, old: str, new: str) -> int:
         # Bound as the user: only the ACL's "by self =wx" lets this through.
         with Session(config.ldap, dn, old) as session:
             session.modify(dn, {"userPassword": (MODIFY_REPLACE, [new_hash])})
+            _stamp(session, dn, passwords.scheme_label(config.auth.password_scheme))
     except LdapRefused:  # 49: wrong old password or unknown user; 50: not allowed
         return EX_REFUSED
     except WriteOutcomeUnknown:

@@ -31,9 +31,11 @@ up
        "web_url"}
 
     "web_url" is the web interface (https on loopback, certificate from the
-    sandbox CA in "ca_cert"); every account above logs in there.  A user-record
-    refresher (mailrouter-userdb every 5 s, the production timer's job) lets
-    users added while the sandbox runs log in over POP3 moments later.
+    sandbox CA in "ca_cert"); every account above logs in there.  Users added
+    while the sandbox runs log in over POP3 at once: the PAM helper writes a
+    user's record at login, as in production (no refresher runs here; the
+    production timer only sweeps records of removed users, which PAM refuses
+    anyway).
 
     "exim" is a shell command line that runs exim with the sandbox config
     (append arguments such as -bt ADDRESS or -qf).  Daemons keep running after
@@ -90,7 +92,6 @@ from mailrouter.sandbox.slapd import Slapd, free_port
 from mailrouter.sandbox.web import WebServer, web_settings
 
 STATE_FILE = "sandbox.json"
-USERDB_REFRESH_SECONDS = 5
 STOP_TIMEOUT = 10.0
 
 
@@ -238,8 +239,6 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     assert web.process is not None
     sandbox.record("web", web.process.pid)
     components["web_url"] = f"https://127.0.0.1:{web_port}/"
-    log("starting the user-record refresher (systemd's mailrouter-userdb.timer, every 5 s here)")
-    start_userdb_refresher(directory, sandbox, config)
 
     admin = data.account("global-admin")
     return {
@@ -272,20 +271,6 @@ def start_socket_server(
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"mailrouter-{name} did not start: " + log_path.read_text())
         time.sleep(0.02)
-
-
-def start_userdb_refresher(directory: Path, sandbox: Sandbox, config: Path) -> None:
-    """What mailrouter-userdb.timer does in production, every few seconds: a user
-    added while the sandbox runs can log in over POP3 moments later."""
-    userdb = directory / "userdb"  # the directory popa3d's namespace sees as /run/userdb
-    command = shlex.join([str(Path(sys.executable).parent / "mailrouter-userdb"), "--config", str(config),
-                          str(userdb)])
-    with (directory / "userdb-refresh.log").open("ab") as log_file:
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", f"while :; do {command}; sleep {USERDB_REFRESH_SECONDS}; done"],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
-        )
-    sandbox.record("userdb-refresh", process.pid)
 
 
 def start_services(

@@ -11,6 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from mailrouter import entries, passwords
+from mailrouter.directory import password_stamp
 
 GLOBAL_ADMIN_DN_TEMPLATE = "uid=admin,{base}"
 SERVICE_DN_TEMPLATE = "uid=mailrouter,{base}"
@@ -69,6 +70,8 @@ def build(
             domain,
             base_dn,
             password_hash=passwords.hash_password(password, scheme),
+            # slapadd sets no pwdChangedTime: the label holds until a later write.
+            password_stamp=password_stamp(passwords.scheme_label(scheme), None),
             uid_number=storage_uid,
             gid_number=storage_gid,
             mailbox=mbox_template.format(local=local, domain=domain),

@@ -7,11 +7,13 @@ those paths inside an ``unshare -m`` mount namespace, by bind mounts of files in
 its work directory.  The host's /etc is never modified:
 
 * ``/etc/pam.d``          a copy of the host's, with ``popa3d/pam.d-popa3d`` as
-                          ``popa3d`` (only the venv bin dir and config path re-pointed)
+                          ``popa3d`` (only the venv bin dir, the config path and
+                          ``--userdb /etc/userdb`` re-pointed, to /run/userdb)
 * ``/etc/nsswitch.conf``  the host's, with the ``passwd:`` line of
                           ``popa3d/nsswitch.conf.passwd``
 * ``/run/userdb``         (on a private tmpfs /run) a directory of systemd JSON user
-                          records written by the real ``mailrouter-userdb``
+                          records, written by the real ``mailrouter-userdb`` at start
+                          and by the PAM helper at each login
 * ``/var/mail``           a private spool directory (root:mail 2775, like Debian's)
 
 Plain POP3 runs inetd-style under ``socat`` (one popa3d per connection), POP3S
@@ -43,15 +45,22 @@ UNSHARE = "/usr/bin/unshare"
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SHIPPED_BIN = "/opt/mailrouter/venv/bin"
 SHIPPED_CONFIG = "/etc/mailrouter/mailrouter.toml"
+SHIPPED_USERDB = "/etc/userdb"
+NAMESPACE_USERDB = "/run/userdb"  # what the namespace shows of Popa3d.userdb
 START_TIMEOUT = 10.0
 MAIL_GID = 8  # Debian's "mail" group owns /var/mail
 
 
 def render_pam_file(template: str, bin_dir: str, config_path: str) -> str:
-    """The shipped PAM file with only the venv bin dir and the config path re-pointed."""
-    if SHIPPED_BIN not in template or SHIPPED_CONFIG not in template:
-        raise DaemonError("popa3d/pam.d-popa3d no longer names the shipped bin dir and config")
-    return template.replace(SHIPPED_BIN, bin_dir.rstrip("/")).replace(SHIPPED_CONFIG, config_path)
+    """The shipped PAM file with only the venv bin dir, the config path and the
+    user-record directory re-pointed (the host's /etc/userdb is never written)."""
+    if any(shipped not in template for shipped in (SHIPPED_BIN, SHIPPED_CONFIG, SHIPPED_USERDB)):
+        raise DaemonError("popa3d/pam.d-popa3d no longer names the shipped bin dir, config and userdb")
+    return (
+        template.replace(SHIPPED_BIN, bin_dir.rstrip("/"))
+        .replace(SHIPPED_CONFIG, config_path)
+        .replace(SHIPPED_USERDB, NAMESPACE_USERDB)
+    )
 
 
 def render_nsswitch(host: str, passwd_line: str) -> str:
@@ -181,7 +190,7 @@ class Popa3d:
         return [
             (self.pam_dir, "/etc/pam.d"),
             (self.nsswitch, "/etc/nsswitch.conf"),
-            (self.userdb, "/run/userdb"),
+            (self.userdb, NAMESPACE_USERDB),
             (self.spool, "/var/mail"),
         ]
 

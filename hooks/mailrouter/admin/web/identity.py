@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mailrouter import directory, names
+from mailrouter import auth, directory, names
 from mailrouter.admin.session import AdminSession
 from mailrouter.config import Config
 from mailrouter.errors import AdminError, InvalidName, LdapRefused
@@ -72,7 +72,15 @@ def authenticate(config: Config, login: str, password: str) -> Person | None:
         return None
     try:
         with AdminSession(config, dn, password) as session:
-            return _person(config, session, dn, login.strip().lower(), address, domain)
+            person = _person(config, session, dn, login.strip().lower(), address, domain)
+            if person is not None and person.address is not None:
+                # The same rehash as every other front end (mailrouter.auth); as the
+                # person, who may read their own label.  It never fails the login.
+                local, _, user_domain = person.address.partition("@")
+                user = session.user(local, user_domain)
+                if user is not None:
+                    auth.rehash_after_login(config, user, password)
+            return person
     except (AdminError, LdapRefused):
         return None
 
