@@ -233,11 +233,13 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
         web=web_settings(directory, web_port, certificates.cert, certificates.key),
     )
 
-    components = start_services(directory, sandbox, config, certificates, log)
+    # The web's port is written into the config before anything listens on it:
+    # start it first, so no later free_port() of ours can hand the same port out.
     log("starting mailrouter-web (gunicorn, HTTPS)")
     web = WebServer(directory, config, web_port).start()
     assert web.process is not None
     sandbox.record("web", web.process.pid)
+    components = start_services(directory, sandbox, config, certificates, log)
     components["web_url"] = f"https://127.0.0.1:{web_port}/"
 
     admin = data.account("global-admin")
