@@ -380,6 +380,46 @@ def test_blacklisted_sender_and_sender_domain_are_refused(world: World) -> None:
     assert world.smtp(["alice@example.com"], sender="friend@bad.example") == ["250 Accepted"]
 
 
+# Spellings of one listed mailbox that Exim accepts in MAIL FROM and routes as
+# spammer@bad.example: quoting (whole, partial), backslash escapes, case.
+SPAMMER_SPELLINGS = [
+    '"spammer"@bad.example',
+    '"Spammer"@BAD.example',
+    '"SPAMMER"@Bad.Example',
+    "spam\\mer@bad.example",
+    '"spam\\mer"@bad.example',
+    "SpAmMeR@bAd.ExAmPlE",
+]
+
+
+@pytest.mark.parametrize("sender", SPAMMER_SPELLINGS)
+def test_blacklisted_sender_is_refused_in_every_spelling(world: World, sender: str) -> None:
+    assert world.smtp(["alice@example.com"], sender=sender) == ["550 5.7.1 Sender address blacklisted"]
+
+
+@pytest.mark.parametrize("sender", ['"anyone"@SPAM.example', 'x@Mx.Spam.Example', '"a b"@spam.example'])
+def test_blacklisted_domain_is_refused_in_every_spelling(world: World, sender: str) -> None:
+    assert world.smtp(["alice@example.com"], sender=sender) == ["550 5.7.1 Sender address blacklisted"]
+
+
+def test_quoting_that_names_another_mailbox_is_not_listed(world: World) -> None:
+    # Routing tells these apart from spammer@bad.example, so the blacklist does too.
+    for sender in ('"spammer "@bad.example', '"spammer.x"@bad.example', "spammerx@bad.example"):
+        assert world.smtp(["alice@example.com"], sender=sender) == ["250 Accepted"], sender
+
+
+def test_sender_ownership_compares_the_routed_form(world: World) -> None:
+    auth = "alice@example.com"
+    for own in ('"alice"@Example.COM', "ALICE@example.com", "al\\ice@example.com", '"Team"@example.com'):
+        assert world.smtp(["x@remote.example"], sender=own, authenticated_id=auth) == ["250 Accepted"], own
+    foreign_senders = ['"bob"@example.com', "b\\ob@EXAMPLE.com", '"alice"@example.org',
+                       '"alice bob"@example.com']
+    for foreign in foreign_senders:
+        assert world.smtp(["x@remote.example"], sender=foreign, authenticated_id=auth) == [
+            "550 5.7.1 Sender address does not belong to the authenticated user"
+        ], foreign
+
+
 def test_full_mailbox_gets_452_directly_and_through_aliases(world: World) -> None:
     full = "452 4.2.2 Mailbox full"
     replies = world.smtp(["fulluser@example.com", "fullalias@example.com", "partlyfull@example.com"])

@@ -152,3 +152,25 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     readme = (root / "README.md").read_text()
     test_command = " && ".join(ci_commands)
     assert f"\n{test_command}\n" in readme, test_command
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("spammer@bad.example", ("spammer", "bad.example")),
+        ('"spammer"@bad.example', ("spammer", "bad.example")),
+        ('"Spam\\Mer"@BAD.Example.', ("spammer", "bad.example")),
+        ('"spam"mer@bad.example', ("spammer", "bad.example")),
+        ('"a\\"b"@x.example', ('a"b', "x.example")),
+        ('"a@b"@x.example', ("a@b", "x.example")),
+        ('"a b"@x.example', ("a b", "x.example")),
+        ("ÄLICE@x.example", ("Älice", "x.example")),  # ASCII-only lower case, as Exim's
+        ("", None),
+        ("no-at-sign", None),
+        ('""@x.example', None),
+        ("a@", None),
+        ("a@.", None),
+    ],
+)
+def test_envelope_address_is_the_form_exim_routes(raw: str, expected: tuple[str, str] | None) -> None:
+    assert names.envelope_address(raw) == expected

@@ -59,7 +59,8 @@ def _bad_ip(args: list[str]) -> bool:
 
 
 def _bad_sender(args: list[str]) -> bool:
-    return "@" not in args[0]  # the null sender and unqualified junk are never listed
+    # The null sender and unqualified junk are never listed.
+    return names.envelope_address(args[0]) is None
 
 
 def _never(_args: list[str]) -> bool:

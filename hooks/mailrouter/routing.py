@@ -274,15 +274,22 @@ def host_matches(ip: str, patterns: Iterable[str]) -> bool:
 
 
 def sender_blacklisted(sender: str, senders: Iterable[str], domains: Iterable[str]) -> bool:
-    """Whether ``sender`` is listed, or its domain (or a parent domain of it) is."""
-    sender = sender.strip().lower()
-    if not sender or "@" not in sender:
+    """Whether ``sender`` is listed, or its domain (or a parent domain of it) is.
+
+    Both the sender and the listed addresses are compared in the form routing
+    uses (:func:`names.envelope_address`): quoting, escapes and case cannot
+    make a listed sender look unlisted.  Listed domains are compared
+    lower-cased, without leading or trailing dots (``.spam.example`` and
+    ``spam.example`` both list the domain and its subdomains).
+    """
+    key = names.envelope_address(sender.strip())
+    if key is None:
         return False
-    if sender in {s.strip().lower() for s in senders}:
+    if any(names.envelope_address(listed.strip()) == key for listed in senders):
         return True
-    domain = sender.rpartition("@")[2]
+    domain = key[1]
     for listed in domains:
-        listed = listed.strip().lower().lstrip(".")
+        listed = listed.strip().lower().strip(".")
         if listed and (domain == listed or domain.endswith("." + listed)):
             return True
     return False
@@ -291,11 +298,15 @@ def sender_blacklisted(sender: str, senders: Iterable[str], domains: Iterable[st
 def owns_sender(directory: Directory, sender: str, auth_id: str) -> bool:
     """Whether the authenticated ``auth_id`` may use ``sender`` as MAIL FROM.
 
-    Its own address, or an alias of the same domain that delivers to it.
+    Its own address, or an alias of the same domain that delivers to it;
+    ``sender`` is compared in the form routing uses (:func:`names.envelope_address`).
     """
+    key = names.envelope_address(sender)  # "alice"@Example.COM is alice@example.com
+    if key is None:
+        return False
     try:
         auth_local, auth_domain = names.address(auth_id.lower())
-        sender_local, sender_domain = names.address(sender.lower())
+        sender_local, sender_domain = names.local_part(key[0]), names.domain(key[1])
     except InvalidName:
         return False
     if (sender_local, sender_domain) == (auth_local, auth_domain):

@@ -34,6 +34,11 @@ answered "no" without a query).  The predicates -- ``relay-host``,
                                         ``auth.sender_ownership`` is false)
 ======================================  ==========================================================
 
+ADDRESS and SENDER are taken as Exim holds them (``$sender_address``: the
+client's quoting, escapes and case) and compared in the one form routing uses,
+:func:`mailrouter.names.envelope_address` -- ``"spammer"@Bad.Example`` is
+``spammer@bad.example``, for the entries of ``blacklisted_senders`` too.
+
 Address data (one line, the contract with ``mailrouter-deliver``)::
 
     mailbox=<absolute path> format=<mbox|maildir> quota=<raw mailQuota or 0> uid=<int> gid=<int>
