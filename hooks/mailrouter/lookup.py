@@ -97,8 +97,8 @@ def _quota(directory: Directory, config: Config, args: list[str]) -> Answer:
         size = int(size_text)
     except ValueError:
         size = -1
-    full = routing.full_mailboxes(directory, config.spool, local, domain, size)
-    return " ".join(full) if full else None
+    verdict = routing.quota_verdict(directory, config.spool, local, domain, size)
+    return str(verdict) if verdict is not None else None
 
 
 def _predicate(result: bool) -> Answer:

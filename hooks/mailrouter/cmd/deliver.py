@@ -77,7 +77,9 @@ EXIT CODES
         hard link, not a regular file, wrong owner, path outside the template),
         bad arguments, address data or config, missing From_ line, any
         unexpected exception
-    77  permanent: the message alone is larger than the mailbox's whole quota
+    77  permanent: the message alone (as piped, without the From_ line and the
+        >From escaping) is larger than the mailbox's whole quota; Exim's
+        DATA-time check refuses such a message before accepting it
     (67 is never used here: only a definite "no such user" from LDAP may be
     permanent, and this hook does not query LDAP.)
 

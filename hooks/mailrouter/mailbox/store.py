@@ -29,9 +29,9 @@ concurrency.
 
 Errors: only :class:`~mailrouter.errors.TemporaryFailure` and its subclasses
 (lock held, over quota, refused mailbox, I/O error, bad target) and
-:class:`~mailrouter.errors.TooBigForQuota` (the message alone exceeds the whole
-quota: permanent).  Anything else escaping is a bug; front ends map it to
-their temporary answer.
+:class:`~mailrouter.errors.TooBigForQuota` (the message alone -- without the mbox
+``From `` line and escaping -- exceeds the whole quota: permanent).  Anything
+else escaping is a bug; front ends map it to their temporary answer.
 """
 
 from __future__ import annotations
@@ -159,8 +159,12 @@ def _restore(fd: int, old: os.stat_result) -> None:
 def _deliver_mbox(spool_config: SpoolConfig, template: str, target: AddressData, prefix: bytes,
                   message: bytes, quota: int) -> str:
     entry = mbox.entry(prefix, message)
-    if quota and len(entry) > quota:
-        raise TooBigForQuota(f"message of {len(entry)} bytes exceeds the whole quota of {quota}")
+    # Permanent only for the message itself, as Exim measured it plus the headers
+    # its transport added: what the DATA-time check counts (routing.quota_verdict),
+    # so a message Exim accepted is never bounced for its size.  The From_ line
+    # and ">From" escaping can still overfill: that is the temporary OverQuota.
+    if quota and len(message) > quota:
+        raise TooBigForQuota(f"message of {len(message)} bytes exceeds the whole quota of {quota}")
     dir_fd, name = _open_parent(template, target.mailbox)
     try:
         for _ in range(_IDENTITY_RETRIES):
