@@ -96,6 +96,8 @@ def write_service_config(
     maildir_template: str | None = None,
     spool_format: str = "mbox",
     storage_user: str = "mail",
+    per_user_ids: bool = False,
+    min_uid: int = 100,
     sender_ownership: bool = True,
     auth_socket: str | None = None,
     connect_timeout: float = 2.0,
@@ -119,6 +121,8 @@ def write_service_config(
         f"format = {toml_string(spool_format)}",
         f"mbox_template = {toml_string(mbox_template)}",
         f"storage_user = {toml_string(storage_user)}",
+        f"per_user_ids = {'true' if per_user_ids else 'false'}",
+        f"min_uid = {min_uid}",
     ]
     if maildir_template:
         lines.append(f"maildir_template = {toml_string(maildir_template)}")
