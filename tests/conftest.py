@@ -167,8 +167,8 @@ def hub_exim(workdir: Path, config: Path, config_file: Path | None = None, **mac
     paniclog).
     """
     defaults = {
+        "MAILROUTER_BIN": str(BIN),  # the hooks of the venv under test, never another install
         "MAILROUTER_CONFIG": str(config),
-        "MAILROUTER_BIN": str(BIN),
         "MAILROUTER_HOSTNAME": "hub.example.net",
         "MAILROUTER_RELAY_HOST": "127.0.0.1",
         "MAILROUTER_RELAY_PORT": str(free_port()),

@@ -132,6 +132,9 @@ def routing_entries(marker: Path) -> list[entries.Entry]:
         _alias("partlyfull", com, ["alice@example.com", "fulluser@example.com"]),
         # fullchain -> fullnested -> fulluser (and a remote address, no quota here)
         _alias("fullchain", com, ["fullnested@example.com"]),
+        _user("halffull", com, quota="100K"),  # 60K used (see test_exim_routing's world)
+        _alias("halfalias", com, ["halffull@example.com"]),
+        _user("small", com, quota="20K"),
         _alias("fullnested", com, ["fulluser@example.com", "x@remote.example"]),
         _alias("hostile", com, [*marked, "alice@example.com"]),
         _alias("hostileonly", com, marked),
@@ -157,18 +160,32 @@ def routing_entries(marker: Path) -> list[entries.Entry]:
     ]
 
 
+def _storage_user(local: str, domain: str, password: str | None = None, uid: int = 8) -> entries.Entry:
+    """An account as the admin library writes it: the storage account's ids (8 = mail),
+    home /nonexistent, shell nologin -- what a domain admin may add and delete (acl.conf 3)."""
+    return entries.user_entry(
+        local, domain, BASE,
+        password_hash=passwords.hash_password(password, FAST) if password else None,
+        uid_number=uid, gid_number=uid, mailbox=f"/var/mail/{local}@{domain}", quota="10M",
+    )
+
+
 def acl_entries() -> list[entries.Entry]:
     objects = [entries.domain_entry(ACL_A, BASE), entries.domain_entry(ACL_B, BASE)]
     objects += [
-        _user(local, domain, acl_password(actor), quota="10M")
+        _storage_user(local, domain, acl_password(actor))
         for actor, (local, domain) in ACL_ACCOUNTS.items()
     ]
-    objects.append(_user("pwvictim", ACL_A, ACL_VICTIM_PASSWORD))
+    objects.append(_storage_user("pwvictim", ACL_A, ACL_VICTIM_PASSWORD))
     objects += [
         entries.admin_group_entry(ACL_A, BASE, [user_dn("boss", ACL_A, BASE)]),
         entries.admin_group_entry(ACL_B, BASE, [user_dn("boss", ACL_B, BASE)]),
     ]
-    objects += [_user(f"victim-{actor.replace('_', '-')}", ACL_A) for actor in ACL_ACTORS]
+    slugs = [actor.replace("_", "-") for actor in ACL_ACTORS]
+    objects += [_storage_user(f"victim-{slug}", ACL_A) for slug in slugs]
+    objects += [_storage_user(f"idvictim-{slug}", ACL_A) for slug in slugs]
+    # An account a global admin gave its own system identity (spool.per_user_ids).
+    objects += [_storage_user(f"owned-{slug}", ACL_A, uid=5000) for slug in slugs]
     return objects
 
 

@@ -16,7 +16,8 @@ The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
     mbox_template = "/var/mail/{local}@{domain}"  # what stock popa3d opens
     maildir_template = "/var/mail/{domain}/{local}/Maildir"
     storage_user = "mail"                       # one storage account, as the seed mandates
-    per_user_ids = false                        # true: uidNumber/gidNumber from LDAP
+    per_user_ids = false                        # true: uidNumber/gidNumber from LDAP (set by
+                                                #   global admins only: ldap/acl.conf rule 3)
     min_uid = 100                               # per-user ids below this are refused
     lock_timeout = 10.0                         # seconds to wait for a mailbox lock
     stale_lock_age = 600                        # seconds after which a dotlock is stale

@@ -59,7 +59,8 @@ def _bad_ip(args: list[str]) -> bool:
 
 
 def _bad_sender(args: list[str]) -> bool:
-    return "@" not in args[0]  # the null sender and unqualified junk are never listed
+    # The null sender and unqualified junk are never listed.
+    return names.envelope_address(args[0]) is None
 
 
 def _never(_args: list[str]) -> bool:
@@ -96,8 +97,8 @@ def _quota(directory: Directory, config: Config, args: list[str]) -> Answer:
         size = int(size_text)
     except ValueError:
         size = -1
-    full = routing.full_mailboxes(directory, config.spool, local, domain, size)
-    return " ".join(full) if full else None
+    verdict = routing.quota_verdict(directory, config.spool, local, domain, size)
+    return str(verdict) if verdict is not None else None
 
 
 def _predicate(result: bool) -> Answer:

@@ -7,6 +7,11 @@ stores -- lower case ASCII, no ``/``, no leading ``.``, no ``..``, no control
 characters, within RFC 5321 lengths -- and everything else is refused before it
 reaches LDAP or the file system.  Callers that want to be lenient (Exim already
 lower-cases local parts) normalise *before* calling these functions.
+
+Envelope addresses (a sender, a blacklist entry) are compared in one form,
+:func:`envelope_address`: the one Exim's routing itself uses, so that no
+spelling -- quoting, backslash escapes, case -- reaches a mailbox while
+escaping a check.
 """
 
 from __future__ import annotations
@@ -32,6 +37,48 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # The one definition, used where targets are written (admin) and where they are
 # handed to Exim (routing).
 TARGET_LOCAL_PART = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def envelope_address(value: str) -> tuple[str, str] | None:
+    """``(local part, domain)`` of an envelope address, as routing compares them.
+
+    ``value`` is an address as Exim holds it (``$sender_address``, a recipient,
+    an entry of ``blacklisted_senders``): Exim keeps the client's spelling, so
+    ``"spammer"@Bad.Example``, ``spam\\mer@bad.example`` and
+    ``spammer@bad.example`` are three strings for one mailbox.  The rule is
+    Exim's own (``deliver_split_address`` + routing's ``lc_local_part``):
+
+    * the domain is everything after the *last* ``@``, lower-cased; trailing
+      dots (the DNS root) are dropped;
+    * in the local part every ``\\x`` becomes ``x`` and every other ``"`` is
+      removed, then it is lower-cased (``caseful_local_part`` is off).
+
+    Lower-casing is ASCII only, as Exim's (C locale) is.  ``None`` when there is
+    no ``@`` or either side is empty: nothing routes there.  The result is
+    *not* a canonical name (``"a b"@x`` gives ``a b``); callers that need one
+    check it with :func:`local_part`/:func:`domain`.
+    """
+    raw_local, at, raw_domain = value.rpartition("@")
+    if not at:
+        return None
+    domain_part = raw_domain.translate(_ASCII_LOWER).rstrip(".")
+    chars: list[str] = []
+    escaped = False
+    for char in raw_local:
+        if escaped:
+            chars.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char != '"':
+            chars.append(char)
+    local = "".join(chars).translate(_ASCII_LOWER)
+    if not local or not domain_part:
+        return None
+    return local, domain_part
 
 
 def local_part(value: str) -> str:

@@ -20,11 +20,12 @@ Rules, and why:
   without a query -- and the catch-all refuses it instead of swallowing it.
 * **Disabled is not absent.**  A disabled user or alias is refused with a 5xx;
   it never falls through to the catch-all.
-* **Quota at RCPT time follows aliases** to every local mailbox they reach, so a
-  full mailbox behind an alias gets ``452`` before the data is sent (no
-  backscatter).  The check is a best effort: when the storage cannot be read by
-  the SMTP process it says "not full" and the delivery hook, which is the
-  authority, decides.  Both count with :mod:`mailrouter.mailbox.usage`.
+* **Quota at RCPT and DATA time follows aliases** to every local mailbox they
+  reach, so a full mailbox behind an alias gets ``452`` (``552`` when the
+  message can never fit) before the message is accepted (no backscatter).
+  The check is a best effort: when the storage cannot be read by the SMTP
+  process it says "not full" and the delivery hook, which is the authority,
+  decides.  Both count with :mod:`mailrouter.mailbox.usage`.
 """
 
 from __future__ import annotations
@@ -220,11 +221,41 @@ def is_over_quota(used: int, message_size: int, limit: int) -> bool:
     return used + max(message_size, 0) > limit
 
 
-def full_mailboxes(
+# What a delivery stores beyond Exim's $message_size: the From_ line, the
+# Return-path, Envelope-to and Delivery-date headers the pipe transport adds
+# (each at most one 256-octet address long) and the blank separator -- well
+# under this.  (">From" escaping is not counted: it is never a permanent reason.)
+DELIVERY_ALLOWANCE = 4096
+
+TOO_BIG = "toobig"  # the message alone exceeds a mailbox's whole quota: it can never fit
+FULL = "full"  # a mailbox is too full for this message now
+
+
+@dataclass(frozen=True)
+class QuotaVerdict:
+    """Why a message cannot be stored now: :data:`TOO_BIG` wins over :data:`FULL`."""
+
+    word: str
+    addresses: tuple[str, ...]  # the mailboxes of that verdict
+
+    def __str__(self) -> str:
+        return " ".join((self.word, *self.addresses))
+
+
+def quota_verdict(
     directory: Directory, spool_config: SpoolConfig, local: str, domain: str, message_size: int
-) -> list[str]:
-    """Addresses of the local mailboxes behind ``local@domain`` that this message would overfill."""
-    full = []
+) -> QuotaVerdict | None:
+    """Whether a message of ``message_size`` octets (<0: unknown) fits every mailbox
+    ``local@domain`` reaches; ``None`` when it does.
+
+    A known size is counted with :data:`DELIVERY_ALLOWANCE`, so a message this
+    accepts is never refused by the delivery hook as larger than the whole
+    quota (a bounce, possibly to a forged sender).  Unknown size (RCPT without
+    SIZE): only a mailbox already over its quota is full.
+    """
+    counted = message_size + DELIVERY_ALLOWANCE if message_size >= 0 else -1
+    too_big: list[str] = []
+    full: list[str] = []
     for user in expand(directory, local, domain).users:
         try:
             limit = quota.parse_quota(user.quota)
@@ -232,14 +263,21 @@ def full_mailboxes(
             raise ConfigError(str(exc)) from exc
         if limit == quota.UNLIMITED:
             continue
+        if counted > limit:
+            too_big.append(user.address)
+            continue
         try:
             path = spool.mailbox_path(spool_config.template(), user.local, user.domain)
         except InvalidName:
             continue
         used = usage.mailbox_usage(path, spool_config.format)
-        if used is not None and is_over_quota(used, message_size, limit):
+        if used is not None and is_over_quota(used, counted, limit):
             full.append(user.address)
-    return full
+    if too_big:
+        return QuotaVerdict(TOO_BIG, tuple(too_big))
+    if full:
+        return QuotaVerdict(FULL, tuple(full))
+    return None
 
 
 # -- host and sender policy --------------------------------------------------
@@ -274,15 +312,22 @@ def host_matches(ip: str, patterns: Iterable[str]) -> bool:
 
 
 def sender_blacklisted(sender: str, senders: Iterable[str], domains: Iterable[str]) -> bool:
-    """Whether ``sender`` is listed, or its domain (or a parent domain of it) is."""
-    sender = sender.strip().lower()
-    if not sender or "@" not in sender:
+    """Whether ``sender`` is listed, or its domain (or a parent domain of it) is.
+
+    Both the sender and the listed addresses are compared in the form routing
+    uses (:func:`names.envelope_address`): quoting, escapes and case cannot
+    make a listed sender look unlisted.  Listed domains are compared
+    lower-cased, without leading or trailing dots (``.spam.example`` and
+    ``spam.example`` both list the domain and its subdomains).
+    """
+    key = names.envelope_address(sender.strip())
+    if key is None:
         return False
-    if sender in {s.strip().lower() for s in senders}:
+    if any(names.envelope_address(listed.strip()) == key for listed in senders):
         return True
-    domain = sender.rpartition("@")[2]
+    domain = key[1]
     for listed in domains:
-        listed = listed.strip().lower().lstrip(".")
+        listed = listed.strip().lower().strip(".")
         if listed and (domain == listed or domain.endswith("." + listed)):
             return True
     return False
@@ -291,11 +336,15 @@ def sender_blacklisted(sender: str, senders: Iterable[str], domains: Iterable[st
 def owns_sender(directory: Directory, sender: str, auth_id: str) -> bool:
     """Whether the authenticated ``auth_id`` may use ``sender`` as MAIL FROM.
 
-    Its own address, or an alias of the same domain that delivers to it.
+    Its own address, or an alias of the same domain that delivers to it;
+    ``sender`` is compared in the form routing uses (:func:`names.envelope_address`).
     """
+    key = names.envelope_address(sender)  # "alice"@Example.COM is alice@example.com
+    if key is None:
+        return False
     try:
         auth_local, auth_domain = names.address(auth_id.lower())
-        sender_local, sender_domain = names.address(sender.lower())
+        sender_local, sender_domain = names.local_part(key[0]), names.domain(key[1])
     except InvalidName:
         return False
     if (sender_local, sender_domain) == (auth_local, auth_domain):

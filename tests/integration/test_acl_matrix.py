@@ -40,14 +40,18 @@ HIDDEN = "hidden"  # the search succeeds but the attribute is not returned
 ACTORS = ACL_ACTORS
 
 
-def user(local: str, domain: str, password: str | None = None) -> entries.Entry:
+STORAGE_ID = 8  # Debian's "mail": the ids every account gets from the admin library
+
+
+def user(local: str, domain: str, password: str | None = None, uid_number: int = STORAGE_ID,
+         gid_number: int = STORAGE_ID) -> entries.Entry:
     return entries.user_entry(
         local,
         domain,
         BASE_DN,
         password_hash=passwords.hash_password(password, SCHEME) if password else None,
-        uid_number=8,
-        gid_number=8,
+        uid_number=uid_number,
+        gid_number=gid_number,
         mailbox=f"/var/mail/{local}@{domain}",
         quota="10M",
     )
@@ -146,6 +150,41 @@ def add_user_in(domain: str) -> Callable[[Connection, str], object]:
     return operation
 
 
+def add_user_in_a_with(tag: str, **changes: int | str) -> Callable[[Connection, str], object]:
+    """Add a user in A whose system identity differs from the storage account's."""
+    def operation(c: Connection, actor: str) -> object:
+        entry = user(f"{tag}-{slug(actor)}", A, "x-password")
+        attributes = dict(entry.attributes)
+        for name, value in changes.items():
+            attributes[name] = [str(value)]
+        c.add(entry.dn, attributes=attributes)
+        return c.result["result"]
+
+    return operation
+
+
+def set_attribute_of_a_user_in_a(attribute: str, value: str) -> Callable[[Connection, str], object]:
+    def operation(c: Connection, actor: str) -> object:
+        c.modify(f"uid=idvictim-{slug(actor)},dc={A},{BASE_DN}", {attribute: [(MODIFY_REPLACE, [value])]})
+        return c.result["result"]
+
+    return operation
+
+
+def delete_owned_user_in_a(c: Connection, actor: str) -> object:
+    c.delete(f"uid=owned-{slug(actor)},dc={A},{BASE_DN}")
+    return c.result["result"]
+
+
+def set_own(attribute: str, value: str) -> Callable[[Connection, str], object]:
+    def operation(c: Connection, actor: str) -> object:
+        # Anonymous claims user_a's entry; the global admin is no mail user (schema).
+        c.modify(OWN[actor], {attribute: [(MODIFY_REPLACE, [value])]})
+        return c.result["result"]
+
+    return operation
+
+
 def delete_user_in_a(c: Connection, actor: str) -> object:
     c.delete(f"uid=victim-{slug(actor)},dc={A},{BASE_DN}")
     return c.result["result"]
@@ -205,6 +244,21 @@ MATRIX: dict[str, tuple[Callable[[Connection, str], object], list[object]]] = {
     "modify a mailSetting": (modify_setting, [U, NO, NO, NO, NO, OK]),
     "add a new domain": (add_domain, [U, NO, NO, NO, NO, OK]),
     "raise own quota": (raise_own_quota, [U, NO, OK, OK, OK, SCHEMA]),
+    # The system identity (uid/gid mail is stored as with spool.per_user_ids, home,
+    # shell): global admins only.  Domain admins add accounts with the storage
+    # account's ids ("add a user in A" above) and nothing else.
+    "add a user in A with uid 5000": (add_user_in_a_with("uid", uidNumber=5000), [U, NO, NO, NO, NO, OK]),
+    "add a user in A with gid 0": (add_user_in_a_with("gid", gidNumber=0), [U, NO, NO, NO, NO, OK]),
+    "add a user in A with a shell": (add_user_in_a_with("sh", loginShell="/bin/sh"), [U, NO, NO, NO, NO, OK]),
+    "add a user in A with a home": (add_user_in_a_with("home", homeDirectory="/"), [U, NO, NO, NO, NO, OK]),
+    "set a uidNumber in A": (set_attribute_of_a_user_in_a("uidNumber", "5000"), [U, NO, NO, NO, NO, OK]),
+    "set a uidNumber in A to the storage id": (set_attribute_of_a_user_in_a("uidNumber", "8"),
+                                                [U, NO, NO, NO, NO, OK]),
+    "set a gidNumber in A": (set_attribute_of_a_user_in_a("gidNumber", "5000"), [U, NO, NO, NO, NO, OK]),
+    "set a loginShell in A": (set_attribute_of_a_user_in_a("loginShell", "/bin/sh"), [U, NO, NO, NO, NO, OK]),
+    "set a homeDirectory in A": (set_attribute_of_a_user_in_a("homeDirectory", "/"), [U, NO, NO, NO, NO, OK]),
+    "set own uidNumber": (set_own("uidNumber", "5000"), [U, NO, NO, NO, NO, SCHEMA]),
+    "delete a user with its own uid in A": (delete_owned_user_in_a, [U, NO, NO, NO, NO, OK]),
 }
 
 CELLS = [

@@ -108,6 +108,22 @@ class World:
         assert replies[2].startswith("250"), result.output
         return replies[3:-1]
 
+    def transaction(self, rcpts: list[str], body: bytes, sender: str = "someone@remote.example",
+                    size: int | None = None) -> tuple[list[str], str]:
+        """RCPT replies and the reply to the end of DATA of one ``exim -bh`` session
+        ("" when no RCPT was accepted and DATA was refused before the message)."""
+        mail = f"MAIL FROM:<{sender}>" + (f" SIZE={size}" if size is not None else "")
+        head = ["EHLO client.example", mail, *(f"RCPT TO:<{r}>" for r in rcpts), "DATA"]
+        script = "".join(line + "\r\n" for line in head).encode() + body + b"\r\n.\r\nQUIT\r\n"
+        result = self.exim.run("-bh", CLIENT, stdin=script)
+        replies = [line for line in result.stdout.splitlines() if re.match(r"\d{3} ", line)]
+        assert replies[0].startswith("220") and replies[-1].startswith("221"), result.output
+        rcpt_replies = replies[3 : 3 + len(rcpts)]
+        rest = replies[3 + len(rcpts) : -1]
+        if rest and rest[0].startswith("354"):
+            return rcpt_replies, rest[1]
+        return rcpt_replies, ""
+
     # -- LDAP changes as the global admin -------------------------------------
     def ldap(self, tool: str, ldif: str, *args: str) -> None:
         argv = [tool, "-x", "-H", self.slapd.uri, "-D", self.data.account("global-admin").dn]
@@ -177,8 +193,9 @@ def world(request: pytest.FixtureRequest, dataset: Dataset) -> Iterator[World]:
         os.chown(spool, 0, grp.getgrnam("mail").gr_gid)
         spool.chmod(0o775)
         config = hook_config(workdir / "mailrouter.toml", dataset, [slapd.uri], spool)
-        # fulluser's mailbox already holds 2 KiB against a 1K quota.
+        # fulluser's mailbox already holds 2 KiB against a 1K quota; halffull's 60K of 100K.
         (spool / "fulluser@example.com").write_bytes(b"x" * 2048)
+        (spool / "halffull@example.com").write_bytes(b"x" * 60 * 1024)
         admin_secret = write_private(
             workdir / "admin.secret", dataset.account("global-admin").password, group="root", mode=0o600
         )
@@ -347,14 +364,99 @@ def test_blacklisted_sender_and_sender_domain_are_refused(world: World) -> None:
     assert world.smtp(["alice@example.com"], sender="friend@bad.example") == ["250 Accepted"]
 
 
+# Spellings of one listed mailbox that Exim accepts in MAIL FROM and routes as
+# spammer@bad.example: quoting (whole, partial), backslash escapes, case.
+SPAMMER_SPELLINGS = [
+    '"spammer"@bad.example',
+    '"Spammer"@BAD.example',
+    '"SPAMMER"@Bad.Example',
+    "spam\\mer@bad.example",
+    '"spam\\mer"@bad.example',
+    "SpAmMeR@bAd.ExAmPlE",
+]
+
+
+@pytest.mark.parametrize("sender", SPAMMER_SPELLINGS)
+def test_blacklisted_sender_is_refused_in_every_spelling(world: World, sender: str) -> None:
+    assert world.smtp(["alice@example.com"], sender=sender) == ["550 5.7.1 Sender address blacklisted"]
+
+
+@pytest.mark.parametrize("sender", ['"anyone"@SPAM.example', 'x@Mx.Spam.Example', '"a b"@spam.example'])
+def test_blacklisted_domain_is_refused_in_every_spelling(world: World, sender: str) -> None:
+    assert world.smtp(["alice@example.com"], sender=sender) == ["550 5.7.1 Sender address blacklisted"]
+
+
+def test_quoting_that_names_another_mailbox_is_not_listed(world: World) -> None:
+    # Routing tells these apart from spammer@bad.example, so the blacklist does too.
+    for sender in ('"spammer "@bad.example', '"spammer.x"@bad.example', "spammerx@bad.example"):
+        assert world.smtp(["alice@example.com"], sender=sender) == ["250 Accepted"], sender
+
+
+def test_sender_ownership_compares_the_routed_form(world: World) -> None:
+    auth = "alice@example.com"
+    for own in ('"alice"@Example.COM', "ALICE@example.com", "al\\ice@example.com", '"Team"@example.com'):
+        assert world.smtp(["x@remote.example"], sender=own, authenticated_id=auth) == ["250 Accepted"], own
+    foreign_senders = ['"bob"@example.com', "b\\ob@EXAMPLE.com", '"alice"@example.org',
+                       '"alice bob"@example.com']
+    for foreign in foreign_senders:
+        assert world.smtp(["x@remote.example"], sender=foreign, authenticated_id=auth) == [
+            "550 5.7.1 Sender address does not belong to the authenticated user"
+        ], foreign
+
+
 @pytest.mark.slow
 def test_full_mailbox_gets_452_directly_and_through_aliases(world: World) -> None:
     full = "452 4.2.2 Mailbox full"
     replies = world.smtp(["fulluser@example.com", "fullalias@example.com", "partlyfull@example.com"])
     assert replies == [full, full, full]
-    # Alice has room for a small message but not for one larger than her 10M quota.
+    # Alice has room for a small message; one larger than her whole 10M quota can never fit.
     assert world.smtp(["alice@example.com"], size=1000) == ["250 Accepted"]
-    assert world.smtp(["alice@example.com"], size=11 * 1024 * 1024) == [full]
+    assert world.smtp(["alice@example.com"], size=11 * 1024 * 1024) == [
+        "552 5.2.2 Message larger than the mailbox quota"
+    ]
+    # A declared size that fits the quota but not the room left now: 452.
+    assert world.smtp(["halffull@example.com"], size=50 * 1024) == [full]
+
+
+# -- quota at the end of DATA, for clients that declare no SIZE --------------------------
+
+def body_of(size: int) -> bytes:
+    """A message of about ``size`` octets (lines of 76 + CRLF)."""
+    line = b"x" * 76 + b"\r\n"
+    return b"Subject: big\r\n\r\n" + line * (size // len(line))
+
+
+NEVER = "552 5.2.2 Message larger than a recipient's mailbox quota"
+NOT_NOW = "452 4.2.2 Mailbox full"
+
+
+def test_message_larger_than_the_quota_is_refused_at_end_of_data(world: World) -> None:
+    # 11.5 MB to a 10 MB mailbox, no SIZE: refused before it is accepted (no bounce).
+    rcpts, end = world.transaction(["alice@example.com"], body_of(int(11.5 * 1024 * 1024)))
+    assert rcpts == ["250 Accepted"] and end == NEVER
+
+
+def test_message_that_fits_only_later_gets_452_at_end_of_data(world: World) -> None:
+    body = body_of(50 * 1024)  # 60K used + 50K > 100K, but 50K alone fits
+    assert world.transaction(["halffull@example.com"], body) == (["250 Accepted"], NOT_NOW)
+    assert world.transaction(["halfalias@example.com"], body) == (["250 Accepted"], NOT_NOW)  # an alias
+    assert world.transaction(["alice@example.com"], body)[1].startswith("250 ")
+
+
+def test_one_answer_for_every_recipient_of_the_message(world: World) -> None:
+    body = body_of(50 * 1024)
+    # Alice has room: the message is accepted for her alone ...
+    assert world.transaction(["alice@example.com", "bob@example.com"], body)[1].startswith("250 ")
+    # ... but one full mailbox makes the client try the whole message later (452),
+    assert world.transaction(["alice@example.com", "halffull@example.com"], body) == (
+        ["250 Accepted", "250 Accepted"], NOT_NOW)
+    # and one it can never fit refuses it for good (552), even beside a full one.
+    assert world.transaction(["alice@example.com", "halffull@example.com", "small@example.com"], body) == (
+        ["250 Accepted"] * 3, NEVER)
+    # Remote recipients are not ours to judge.
+    rcpts, end = world.transaction(["x@remote.example", "alice@example.com"], body,
+                                   sender="alice@example.com")
+    assert rcpts == ["550 5.7.1 Relaying denied", "250 Accepted"] and end.startswith("250 ")
 
 
 # -- hostile addresses through real SMTP ---------------------------------------------
@@ -738,3 +840,44 @@ def test_auth_login_on_the_tls_on_connect_port(daemon: Daemon) -> None:
         client.user, client.password = "alice@example.com", "right pass"
         code, _ = client.auth("LOGIN", client.auth_login, initial_response_ok=False)
         assert code == 235
+
+
+# -- the daemon: no paniclog flood, no held mail ------------------------------------------
+
+def test_ldap_outage_defers_every_rcpt_without_a_paniclog_line(world: World, daemon: Daemon) -> None:
+    rcpts = [f"user{n}@example.com" for n in range(20)] + [f"x{n}@remote.example" for n in range(15)]
+    rcpts += [f'"Q{n}"@Example.ORG' for n in range(10)] + ["alice@example.com"] * 5
+    assert len(rcpts) == 50
+    # (The daemon shares the world's spool and logs: its macros name them.)
+    logged_before = world.exim.main_log().count("temporarily rejected RCPT")
+    world.slapd.stop()
+    try:
+        with smtplib.SMTP("127.0.0.1", daemon.submission_port, timeout=60) as client:
+            client.ehlo("client.example")
+            assert client.docmd("MAIL", "FROM:<someone@remote.example>")[0] == 250
+            codes = [client.docmd("RCPT", f"TO:<{rcpt}>") for rcpt in rcpts]
+    finally:
+        world.slapd.restart()
+    assert [code for code, _ in codes] == [451] * 50
+    assert {text for _, text in codes} == {b"4.3.0 Directory temporarily unavailable, please try again later"}
+    assert world.exim.panic_log() == ""
+    assert world.exim.main_log().count("temporarily rejected RCPT") - logged_before == 50
+
+
+def test_every_message_of_a_long_connection_is_delivered_at_once(world: World, daemon: Daemon) -> None:
+    """No queue runner here: Exim's default would hold the 11th and later messages."""
+    tag = f"conn-{time.monotonic_ns()}"
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port, timeout=60) as client:
+        client.ehlo("client.example")
+        for n in range(15):
+            message = f"Subject: {tag} {n}\r\n\r\nmessage {n}\r\n"
+            client.sendmail("someone@remote.example", ["bob@example.com"], message)
+    mailbox = world.spool / "bob@example.com"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = mailbox.read_text() if mailbox.exists() else ""
+        if text.count(f"Subject: {tag} ") == 15:
+            break
+        time.sleep(0.2)
+    assert all(f"Subject: {tag} {n}\n" in text for n in range(15)), text.count(tag)
+    assert "no immediate delivery" not in world.exim.main_log()

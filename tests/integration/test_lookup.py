@@ -138,18 +138,19 @@ def test_catchall(setup: Setup) -> None:
 
 
 def test_quota_follows_aliases(setup: Setup) -> None:
-    assert setup.run("quota", "fulluser", "example.com", "100") == (0, "fulluser@example.com")
+    # fulluser (1K quota) already holds more than its quota: full whatever the size...
+    assert setup.run("quota", "fulluser", "example.com", "-1") == (0, "full fulluser@example.com")
+    # ...and a message of known size can never fit 1K with what delivery adds.
+    assert setup.run("quota", "fulluser", "example.com", "100") == (0, "toobig fulluser@example.com")
     # fullchain -> fullnested -> fulluser (and a remote address, which has no quota here).
-    assert setup.run("quota", "fullchain", "example.com", "-1") == (0, "fulluser@example.com")
+    assert setup.run("quota", "fullchain", "example.com", "-1") == (0, "full fulluser@example.com")
     assert setup.run("quota", "loopa", "example.com", "100") == (1, "")
     assert setup.run("quota", "alice", "example.com", "1000") == (1, "")
-    assert setup.run("quota", "alice", "example.com", str(11 * 1024 * 1024)) == (
-        0,
-        "alice@example.com",
-    )
+    too_big = str(11 * 1024 * 1024)
+    assert setup.run("quota", "alice", "example.com", too_big) == (0, "toobig alice@example.com")
     assert setup.run("quota", "team", "example.com", str(11 * 1024 * 1024)) == (
         0,
-        "alice@example.com bob@example.com",
+        "toobig alice@example.com bob@example.com",
     )
 
 

@@ -226,7 +226,7 @@ def test_rcpt_time_check_uses_the_same_count(box_dir: Path) -> None:
     md = box_dir / "example.com" / "carol" / "Maildir"
     make_maildir(md, {"new/1.a.host,S=900": b"x"})
     config = SpoolConfig(format="maildir", maildir_template=f"{box_dir}/{{domain}}/{{local}}/Maildir")
-    user = make_user("carol", quota="1000")
+    user = make_user("carol", quota="10000")
 
     class OneUser:
         def alias(self, *_: str) -> None:
@@ -238,9 +238,18 @@ def test_rcpt_time_check_uses_the_same_count(box_dir: Path) -> None:
         def is_local_domain(self, _: str) -> bool:
             return True
 
-    full = routing.full_mailboxes(OneUser(), config, "carol", "example.com", 101)  # type: ignore[arg-type]
-    assert full == ["carol@example.com"]
-    assert routing.full_mailboxes(OneUser(), config, "carol", "example.com", 100) == []  # type: ignore[arg-type]
+    def verdict(size: int) -> object:
+        return routing.quota_verdict(OneUser(), config, "carol", "example.com", size)  # type: ignore[arg-type]
+
+    room = 10000 - 900 - routing.DELIVERY_ALLOWANCE  # what fits beside the 900 used octets
+    assert verdict(-1) is None and verdict(room) is None
+    assert verdict(room + 1) == routing.QuotaVerdict(routing.FULL, ("carol@example.com",))
+    # Larger than the whole quota (with what delivery adds): it can never fit.
+    largest = 10000 - routing.DELIVERY_ALLOWANCE
+    assert verdict(largest) == routing.QuotaVerdict(routing.FULL, ("carol@example.com",))
+    assert verdict(largest + 1) == routing.QuotaVerdict(
+        routing.TOO_BIG, ("carol@example.com",)
+    )
 
 
 # --- the store ---------------------------------------------------------------

@@ -205,12 +205,12 @@ def test_full_mailbox_is_refused_at_rcpt_with_452(hub: dict[str, Any]) -> None:
 
 def test_ldap_stopped_mid_way_defers_then_delivers(hub: dict[str, Any]) -> None:
     subject = subject_for("ldap-down")
-    # Accepted into the queue while LDAP is up ...
-    queued = exim(hub, "-odq", "-f", "sender@client.example", "alice@example.com",
-                  stdin=message(subject, "alice@example.com").as_string())
-    assert queued.returncode == 0, queued.stderr
     assert sandbox_command("ldap", "stop", "--dir", hub["dir"]).returncode == 0
     try:
+        # Accepted into the queue (reception asks no LDAP) ...
+        queued = exim(hub, "-odq", "-f", "sender@client.example", "alice@example.com",
+                      stdin=message(subject, "alice@example.com").as_string())
+        assert queued.returncode == 0, queued.stderr
         # ... delivery attempted while it is down: deferred, not bounced, not lost.
         exim(hub, "-qf")
         assert "alice@example.com" in exim(hub, "-bp").stdout
@@ -223,6 +223,40 @@ def test_ldap_stopped_mid_way_defers_then_delivers(hub: dict[str, Any]) -> None:
     exim(hub, "-qf")
     assert fetch_and_delete(hub, "alice@example.com", subject) == 1
     assert "alice@example.com" not in exim(hub, "-bp").stdout
+
+
+def test_fifteen_messages_in_one_connection_all_arrive(hub: dict[str, Any]) -> None:
+    subjects = [subject_for(f"burst-{n}") for n in range(15)]
+    with connect_smtp(hub) as smtp:
+        for subject in subjects:
+            refused = smtp.send_message(message(subject, "carol@example.org"), to_addrs=["carol@example.org"])
+            assert refused == {}
+    # No exim -q here: every one is delivered by itself.
+    assert [fetch_and_delete(hub, "carol@example.org", subject) for subject in subjects] == [1] * 15
+
+
+def test_mail_deferred_while_ldap_is_down_is_delivered_once_it_is_back(hub: dict[str, Any]) -> None:
+    subject = subject_for("ldap-retry")
+    mainlog = Path(hub["dir"]) / "exim" / "log" / "mainlog"
+    assert sandbox_command("ldap", "stop", "--dir", hub["dir"]).returncode == 0
+    try:
+        # A local submission is taken in without LDAP; its delivery defers.
+        offset = mainlog.stat().st_size
+        queued = exim(hub, "-f", "sender@client.example", "dave@example.org",
+                      stdin=message(subject, "dave@example.org").as_string())
+        assert queued.returncode == 0, queued.stderr
+        log = mainlog.read_text()[offset:].splitlines()
+        received = [line for line in log if " <= sender@client.example " in line]
+        message_id = received[0].split()[2]
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT
+        while f"{message_id} == dave@example.org" not in mainlog.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert f"{message_id} == dave@example.org" in mainlog.read_text()
+    finally:
+        assert sandbox_command("ldap", "start", "--dir", hub["dir"]).returncode == 0
+    # No exim -q: the daemon's queue runner retries it.
+    assert fetch_and_delete(hub, "dave@example.org", subject) == 1
+    assert message_id not in exim(hub, "-bp").stdout
 
 
 def test_an_interrupted_up_leaves_no_daemon_behind() -> None:

@@ -150,26 +150,30 @@ def test_expand_follows_aliases_and_the_catchall_and_ends_loops(fake: FakeDirect
 
 
 @pytest.mark.parametrize(
-    ("local", "size", "full"),
+    ("local", "size", "verdict"),
     [
-        ("fulluser", 100, ["fulluser@example.com"]),
-        ("fullalias", -1, ["fulluser@example.com"]),
-        ("fullchain", -1, ["fulluser@example.com"]),  # two aliases deep
-        ("partlyfull", -1, ["fulluser@example.com"]),
-        ("loopa", 100, []),
-        ("alice", 1000, []),
-        ("alice", 11 * MiB, ["alice@example.com"]),  # larger than her 10M quota
-        ("team", 11 * MiB, ["alice@example.com", "bob@example.com"]),
-        ("nobody", 11 * MiB, []),
+        # 100 octets plus what delivery adds can never fit a 1K quota
+        ("fulluser", 100, "toobig fulluser@example.com"),
+        ("fullalias", -1, "full fulluser@example.com"),  # already over: full at any size
+        ("fullchain", -1, "full fulluser@example.com"),  # two aliases deep
+        ("partlyfull", -1, "full fulluser@example.com"),
+        ("loopa", 100, None),
+        ("alice", 1000, None),
+        ("alice", 11 * MiB, "toobig alice@example.com"),  # larger than her whole 10M quota
+        ("team", 11 * MiB, "toobig alice@example.com bob@example.com"),
+        ("nobody", 11 * MiB, None),
     ],
 )
-def test_full_mailboxes(fake: FakeDirectory, config: Config, local: str, size: int, full: list[str]) -> None:
-    assert routing.full_mailboxes(fake, config.spool, local, "example.com", size) == full
+def test_quota_verdict(
+    fake: FakeDirectory, config: Config, local: str, size: int, verdict: str | None
+) -> None:
+    found = routing.quota_verdict(fake, config.spool, local, "example.com", size)
+    assert (str(found) if found is not None else None) == verdict
 
 
 def test_a_garbled_quota_behind_an_alias_is_temporary(fake: FakeDirectory, config: Config) -> None:
     with pytest.raises(ConfigError):
-        routing.full_mailboxes(fake, config.spool, "garbled", "example.com", 100)
+        routing.quota_verdict(fake, config.spool, "garbled", "example.com", 100)
 
 
 def test_mailbox_size(tmp_path: Path) -> None:
@@ -276,8 +280,8 @@ def test_lookup_answers(ask: Callable[..., str | None], spool: Path) -> None:
     assert answer("user", "disabled", "example.com") is None
     assert answer("alias", "gone", "example.com") == routing.FAIL_DISABLED
     assert answer("catchall", "whoever", "example.org") == "carol@example.org"
-    assert answer("quota", "fullchain", "example.com", "-1") == "fulluser@example.com"
-    assert answer("quota", "team", "example.com", str(11 * MiB)) == "alice@example.com bob@example.com"
+    assert answer("quota", "fullchain", "example.com", "-1") == "full fulluser@example.com"
+    assert answer("quota", "team", "example.com", str(11 * MiB)) == "toobig alice@example.com bob@example.com"
     assert answer("relay-host", "::ffff:127.0.0.1") == "yes"
     assert answer("relay-host", "192.0.2.10") is None
     assert answer("blacklisted-host", "192.0.2.66") == "yes"

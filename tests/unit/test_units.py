@@ -171,3 +171,25 @@ def test_install_check_names_every_difference(tmp_path: Path) -> None:
         "differs: sub/changed.py",
     ]
     assert install_differences(checkout, checkout) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("spammer@bad.example", ("spammer", "bad.example")),
+        ('"spammer"@bad.example', ("spammer", "bad.example")),
+        ('"Spam\\Mer"@BAD.Example.', ("spammer", "bad.example")),
+        ('"spam"mer@bad.example', ("spammer", "bad.example")),
+        ('"a\\"b"@x.example', ('a"b', "x.example")),
+        ('"a@b"@x.example', ("a@b", "x.example")),
+        ('"a b"@x.example', ("a b", "x.example")),
+        ("ÄLICE@x.example", ("Älice", "x.example")),  # ASCII-only lower case, as Exim's
+        ("", None),
+        ("no-at-sign", None),
+        ('""@x.example', None),
+        ("a@", None),
+        ("a@.", None),
+    ],
+)
+def test_envelope_address_is_the_form_exim_routes(raw: str, expected: tuple[str, str] | None) -> None:
+    assert names.envelope_address(raw) == expected

@@ -87,9 +87,9 @@ def route_address(config: Config, local: str, domain: str) -> dict[str, Any]:
             result.update(outcome="refused: " + data[len(":fail:"):].strip())
         else:
             result.update(targets=[t.strip() for t in data.split(",") if t.strip()], outcome="redirected")
-            full = ask("quota", local, domain, "-1")
+            full = ask("quota", local, domain, "-1")  # "full ADDRESS..." (size unknown: never toobig)
             if full:
-                result.update(full_mailboxes=full.split(), outcome="deferred at RCPT (452): mailbox full")
+                result.update(full_mailboxes=full.split()[1:], outcome="deferred at RCPT (452): mailbox full")
         return result
     result.update(router=None, outcome="unknown user: refused with 550")
     return result

@@ -52,11 +52,15 @@ STDIN
     The whole message is read before anything else happens, so Exim never sees
     a broken pipe.
 
-    A hook killed mid-write (SIGKILL cannot be caught) leaves a torn entry and
-    its dotlock behind.  The dotlock names our pid, so the next delivery removes
-    it at once; that delivery sees the mailbox does not end in a blank line and
-    writes one first, so its ``From `` line still starts a new entry.  Earlier
-    entries are never touched.
+    A hook killed at any point (SIGKILL cannot be caught) leaves its dotlock
+    behind, holding the append's journal (the mailbox's size before it, and the
+    first bytes it writes).  The next delivery to that mailbox sees the owner is
+    gone, truncates the mailbox back to that size -- only if the bytes beyond
+    it are that append's -- and removes the lock, all under the fcntl lock;
+    then it delivers.  So the mailbox ends exactly as if the killed delivery
+    never started, and Exim's retry (the message is frozen by freeze_signal and
+    thawed by auto_thaw or an operator) stores the message once, whole.
+    Earlier entries are never touched.
 
 CONFIG
     ``--config`` is the project TOML (``[spool]`` is what matters here).  The
@@ -77,7 +81,9 @@ EXIT CODES
         hard link, not a regular file, wrong owner, path outside the template),
         bad arguments, address data or config, missing From_ line, any
         unexpected exception
-    77  permanent: the message alone is larger than the mailbox's whole quota
+    77  permanent: the message alone (as piped, without the From_ line and the
+        >From escaping) is larger than the mailbox's whole quota; Exim's
+        DATA-time check refuses such a message before accepting it
     (67 is never used here: only a definite "no such user" from LDAP may be
     permanent, and this hook does not query LDAP.)
 

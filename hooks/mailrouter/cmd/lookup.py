@@ -22,9 +22,13 @@ answered "no" without a query).  The predicates -- ``relay-host``,
 ``catchall LOCAL DOMAIN``               0 + redirect data once aliases and users declined:
                                         the catch-all's targets, or ``:fail:`` for a disabled
                                         user/alias, an alias loop or a hostile local part
-``quota LOCAL DOMAIN SIZE``             0 + the full addresses if the message (SIZE octets, -1 =
-                                        unknown) would overfill a mailbox LOCAL@DOMAIN reaches
-                                        (directly or through aliases); 1 when none would be full
+``quota LOCAL DOMAIN SIZE``             0 + ``toobig ADDRESS...`` when the message (SIZE octets)
+                                        is larger than the whole quota of a mailbox LOCAL@DOMAIN
+                                        reaches (directly or through aliases), else ``full
+                                        ADDRESS...`` when it would overfill one now (SIZE -1 =
+                                        unknown: only a mailbox already over quota); 1 when it
+                                        fits everywhere.  SIZE is counted with 4 KiB for what
+                                        delivery adds (``routing.DELIVERY_ALLOWANCE``)
 ``relay-host IP``                       0 if IP is in the setting ``host_accept_relay``
 ``blacklisted-host IP``                 0 if IP is in the setting ``blacklisted_hosts``
 ``blacklisted-sender ADDRESS``          0 if ADDRESS is in ``blacklisted_senders`` or its domain
@@ -33,6 +37,11 @@ answered "no" without a query).  The predicates -- ``relay-host``,
                                         its domain delivering to it; always 0 when
                                         ``auth.sender_ownership`` is false)
 ======================================  ==========================================================
+
+ADDRESS and SENDER are taken as Exim holds them (``$sender_address``: the
+client's quoting, escapes and case) and compared in the one form routing uses,
+:func:`mailrouter.names.envelope_address` -- ``"spammer"@Bad.Example`` is
+``spammer@bad.example``, for the entries of ``blacklisted_senders`` too.
 
 Address data (one line, the contract with ``mailrouter-deliver``)::
 

@@ -13,7 +13,10 @@ The storage-id rule (:func:`storage_ids` for the side that reads LDAP,
 * with ``spool.per_user_ids`` off (the default, as the seed mandates) every
   mailbox belongs to the one storage account (``spool.storage_user``);
 * with it on, to the user's own ``uidNumber``/``gidNumber``, both at or
-  above ``spool.min_uid``.
+  above ``spool.min_uid``.  Only global admins can give an account such ids
+  (``ldap/acl.conf`` rule 3: domain admins add accounts with the storage
+  account's ids only, which this rule then refuses -- the mail waits until a
+  global admin has chosen the account's uid).
 
 Errors are :class:`~mailrouter.errors.ConfigError` (temporary: an admin fixes
 the entry or the configuration and the queued mail goes through).

@@ -19,9 +19,17 @@ with one link, owned by the target uid.  A missing mailbox is created with
 lock on the mailbox (:mod:`mailrouter.mailbox.locking`), retried for
 ``spool.lock_timeout`` seconds.  Under the locks: the quota check against the
 current size (:mod:`mailrouter.mailbox.usage`) plus the bytes to write,
-``>From`` escaping as appendfile does (:mod:`mailrouter.mailbox.mbox`), every
-write's count checked, ``fsync``.  On any failure the file is truncated back
-to its old size and its old mtime/atime restored.
+``>From`` escaping as appendfile does (:mod:`mailrouter.mailbox.mbox`), the
+append's journal in the dotlock (fsynced), every write's count checked,
+``fsync``.  On any failure the file is truncated back to its old size and its
+old mtime/atime restored.  A front end killed at any point (``kill -9``, OOM,
+power loss) cannot do that itself: the next delivery to the mailbox finds its
+dotlock, sees the owner is gone and truncates the mailbox back to the size the
+journal recorded -- after checking the bytes it removes are that append's --
+before appending (:mod:`mailrouter.mailbox.locking`).  So a killed delivery
+leaves the mailbox exactly as before it started, once the next delivery (the
+retry of the same message, usually) comes; until then readers may see the
+fragment.
 
 Maildir: the same parent walk, then :func:`mailrouter.mailbox.maildir.deliver`
 (tmp/, link to new/, fsync); no lock, so the quota check is approximate under
@@ -29,9 +37,9 @@ concurrency.
 
 Errors: only :class:`~mailrouter.errors.TemporaryFailure` and its subclasses
 (lock held, over quota, refused mailbox, I/O error, bad target) and
-:class:`~mailrouter.errors.TooBigForQuota` (the message alone exceeds the whole
-quota: permanent).  Anything else escaping is a bug; front ends map it to
-their temporary answer.
+:class:`~mailrouter.errors.TooBigForQuota` (the message alone -- without the mbox
+``From `` line and escaping -- exceeds the whole quota: permanent).  Anything
+else escaping is a bug; front ends map it to their temporary answer.
 """
 
 from __future__ import annotations
@@ -159,8 +167,12 @@ def _restore(fd: int, old: os.stat_result) -> None:
 def _deliver_mbox(spool_config: SpoolConfig, template: str, target: AddressData, prefix: bytes,
                   message: bytes, quota: int) -> str:
     entry = mbox.entry(prefix, message)
-    if quota and len(entry) > quota:
-        raise TooBigForQuota(f"message of {len(entry)} bytes exceeds the whole quota of {quota}")
+    # Permanent only for the message itself, as Exim measured it plus the headers
+    # its transport added: what the DATA-time check counts (routing.quota_verdict),
+    # so a message Exim accepted is never bounced for its size.  The From_ line
+    # and ">From" escaping can still overfill: that is the temporary OverQuota.
+    if quota and len(message) > quota:
+        raise TooBigForQuota(f"message of {len(message)} bytes exceeds the whole quota of {quota}")
     dir_fd, name = _open_parent(template, target.mailbox)
     try:
         for _ in range(_IDENTITY_RETRIES):
@@ -177,7 +189,7 @@ def _deliver_mbox(spool_config: SpoolConfig, template: str, target: AddressData,
                 if (current.st_dev, current.st_ino) != (old.st_dev, old.st_ino):
                     continue  # renamed/replaced before we locked it: start again
                 _check_file(old, target.uid)
-                return _append_locked(fd, old, entry, quota)
+                return _append_locked(fd, old, entry, quota, dotlock)
             finally:
                 # Close first (drops the fcntl lock), then remove the dotlock, as Exim does.
                 os.close(fd)
@@ -188,12 +200,18 @@ def _deliver_mbox(spool_config: SpoolConfig, template: str, target: AddressData,
         os.close(dir_fd)
 
 
-def _append_locked(fd: int, old: os.stat_result, entry: bytes, quota: int) -> str:
+def _append_locked(fd: int, old: os.stat_result, entry: bytes, quota: int, dotlock: locking.DotLock) -> str:
     tail = os.pread(fd, 2, max(0, old.st_size - 2)) if old.st_size else b""
     data = mbox.separator_for(tail, old.st_size) + entry
     used = usage.mbox_usage(old) or 0  # a regular file: _check_file said so
     if quota and used + len(data) > quota:
         raise OverQuota(f"mailbox full: {used} + {len(data)} bytes > quota {quota}")
+    # On disk before the first byte: a kill from here on is undone by the next
+    # delivery, which finds this dead lock (mailbox.locking, "journal").
+    dotlock.journal(locking.Journal(
+        size=old.st_size, mtime_ns=old.st_mtime_ns, atime_ns=old.st_atime_ns, dev=old.st_dev,
+        ino=old.st_ino, length=len(data), head=data[: locking.HEAD_LENGTH],
+    ))
     try:
         maildir.write_all(fd, data)
         os.fsync(fd)

@@ -49,8 +49,9 @@ down
     system service is started or stopped, ever.
 ldap stop|start
     Stops slapd, or starts it again on the same port with the same data, to
-    watch the hub defer (451 at SMTP time, queued deliveries) and recover
-    (`exim -qf`).
+    watch the hub defer (451 at SMTP time, queued deliveries) and recover by
+    itself: Exim's queue runner (every 2 s here, retry every 5 s) delivers
+    what waited, with no `exim -qf`.
 demo
     `up`, then sends a message with STARTTLS + AUTH on the submission port and
     fetches it over POP3S, printing what happened and how to connect; the
@@ -93,6 +94,11 @@ from mailrouter.sandbox.web import WebServer, web_settings
 
 STATE_FILE = "sandbox.json"
 STOP_TIMEOUT = 10.0
+# Exim's queue runner and retry times here: a message deferred (LDAP stopped,
+# mailbox locked) is tried again within seconds, with no `exim -q` by hand.
+# Production uses the config's defaults and the daemon's -q5m (exim/mailrouter.conf).
+QUEUE_INTERVAL = "2s"
+RETRY_TIMES = "F,4d,5s"
 
 
 @dataclass
@@ -320,10 +326,11 @@ def start_services(
             # (deferred) and nothing ever leaves the machine.
             "MAILROUTER_RELAY_HOST": "127.0.0.1",
             "MAILROUTER_RELAY_PORT": str(free_port()),
+            "MAILROUTER_RETRY_TIMES": RETRY_TIMES,
         },
     )
-    log("starting exim")
-    exim.start_daemon([smtp_port, submission_port, smtps_port])
+    log(f"starting exim (queue runner every {QUEUE_INTERVAL})")
+    exim.start_daemon([smtp_port, submission_port, smtps_port], queue_interval=QUEUE_INTERVAL)
     assert exim.daemon_pid is not None
     sandbox.record("exim", exim.daemon_pid)
 

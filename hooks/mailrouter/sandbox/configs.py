@@ -67,6 +67,8 @@ def write_config(
     mbox_template: str | None = None,
     maildir_template: str | None = None,
     storage_user: str | None = None,
+    per_user_ids: bool | None = None,
+    min_uid: int | None = None,
     lock_timeout: float | None = None,
     stale_lock_age: float | None = None,
     sender_ownership: bool | None = None,
@@ -99,6 +101,8 @@ def write_config(
         "mbox_template": mbox_template,
         "maildir_template": maildir_template,
         "storage_user": storage_user,
+        "per_user_ids": per_user_ids,
+        "min_uid": min_uid,
         "lock_timeout": lock_timeout,
         "stale_lock_age": stale_lock_age,
     })

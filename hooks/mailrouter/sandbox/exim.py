@@ -227,24 +227,35 @@ class Exim:
         return int(result.stdout)
 
     # -- the daemon ---------------------------------------------------------
-    def start_daemon(self, ports: Sequence[int] | None = None) -> list[int]:
-        """``exim -bd`` on ``ports`` (default: one free port), on 127.0.0.1 only."""
+    def start_daemon(
+        self, ports: Sequence[int] | None = None, queue_interval: str | None = None
+    ) -> list[int]:
+        """``exim -bd`` on ``ports`` (default: one free port), on 127.0.0.1 only.
+
+        ``queue_interval`` (an Exim time such as ``"2s"`` or ``"5m"``) makes the
+        daemon also start a queue runner that often (``-qINTERVAL``), as a
+        production daemon does: deferred mail is then retried without an
+        operator's ``-q``.  Without it nothing retries by itself.
+        """
         self.prepare()
         self.stop_daemon()
         self.ports = list(ports) if ports else [free_port()]
         listen = " : ".join(f"127.0.0.1.{port}" for port in self.ports)
         with contextlib.suppress(FileNotFoundError):
             self.pid_file.unlink()
-        result = self.run("-bd", "-oX", listen, "-oP", str(self.pid_file))
+        queue = [f"-q{queue_interval}"] if queue_interval else []
+        result = self.run("-bd", *queue, "-oX", listen, "-oP", str(self.pid_file))
         if result.returncode != 0:
             raise DaemonError(f"exim -bd failed (rc {result.returncode}): {result.output}")
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and not self.pid_file.exists():
-            time.sleep(0.02)
-        try:
-            self.daemon_pid = int(self.pid_file.read_text(encoding="ascii").strip())
-        except (OSError, ValueError) as exc:
-            raise DaemonError("exim daemon wrote no PID file: " + self.main_log()) from exc
+        while True:  # the file may exist a moment before its number is in it
+            try:
+                self.daemon_pid = int(self.pid_file.read_text(encoding="ascii").strip())
+                break
+            except (OSError, ValueError) as exc:
+                if time.monotonic() > deadline:
+                    raise DaemonError("exim daemon wrote no PID file: " + self.main_log()) from exc
+                time.sleep(0.02)
         for port in self.ports:
             if not wait_for_port(port, START_TIMEOUT):
                 self.stop_daemon()
