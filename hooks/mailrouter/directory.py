@@ -47,7 +47,7 @@ import ldap3
 from ldap3 import BASE, LEVEL, NONE, SUBTREE, Connection, Server
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import escape_rdn
+from ldap3.utils.dn import escape_rdn, parse_dn
 
 from mailrouter.config import LdapConfig
 from mailrouter.errors import (
@@ -139,7 +139,49 @@ def domain_dn(domain: str, base_dn: str) -> str:
 
 
 def user_dn(local: str, domain: str, base_dn: str) -> str:
-    return f"uid={escape_rdn(local)},{domain_dn(domain, base_dn)}"
+    return f"{user_rdn(local)},{domain_dn(domain, base_dn)}"
+
+
+def member_name(dn: str, base_dn: str) -> str:
+    """How people are named everywhere else: ``local@domain`` for
+    ``uid=LOCAL,dc=DOMAIN,BASE``, ``NAME`` for ``uid=NAME,BASE``, else ``dn`` itself."""
+    try:
+        rdns = [(attr.lower(), _unescape(value)) for attr, value, _ in parse_dn(dn)]
+        base = [(attr.lower(), value.lower()) for attr, value, _ in parse_dn(base_dn)]
+    except LDAPException:
+        return dn
+    head, tail = rdns[: len(rdns) - len(base)], rdns[len(rdns) - len(base):]
+    if [(a, v.lower()) for a, v in tail] != base or not head or head[0][0] != "uid":
+        return dn
+    if len(head) == 1:
+        return head[0][1]
+    if len(head) == 2 and head[1][0] == "dc":
+        return f"{head[0][1]}@{head[1][1]}"
+    return dn
+
+
+def _unescape(value: str) -> str:
+    """An RDN value as parse_dn returns it (``\\+``, ``\\2B``), unescaped."""
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        char = value[i]
+        if char == "\\" and i + 1 < len(value):
+            pair = value[i + 1 : i + 3]
+            if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):
+                out.append(int(pair, 16))
+                i += 3
+                continue
+            char = value[i + 1]
+            i += 1
+        out += char.encode("utf-8")
+        i += 1
+    return out.decode("utf-8", "replace")
+
+
+def user_rdn(local: str) -> str:
+    """The RDN of a user entry (``uid=LOCAL``), for a rename."""
+    return f"uid={escape_rdn(local)}"
 
 
 def alias_dn(name: str, domain: str, base_dn: str) -> str:
@@ -339,10 +381,18 @@ class Directory:
 
     # -- typed lookups ----------------------------------------------------
     def is_local_domain(self, domain: str) -> bool:
+        """True for a mailDomain entry, enabled or not: a disabled domain stays
+        ours (its mail is refused by the routers, never relayed elsewhere)."""
         if not _plausible_key(domain):
             return False
         attributes = self.read(self.domain_dn(domain), "mailDomain", ["dc"])
         return attributes is not None and domain in values(attributes, "dc")
+
+    def domain_active(self, domain: str) -> bool:
+        """False when ``dc=DOMAIN`` says ``mailAccountStatus: disabled`` (``domain
+        disable``): then every user and alias in it counts as disabled."""
+        attributes = self.read(self.domain_dn(domain), "mailDomain", ["mailAccountStatus"])
+        return attributes is None or _is_active(attributes)
 
     def user(self, local: str, domain: str) -> User | None:
         if not (_plausible_key(local) and _plausible_key(domain)):
@@ -360,7 +410,10 @@ class Directory:
             uid_number=_int_or_none(first(attributes, "uidNumber")),
             gid_number=_int_or_none(first(attributes, "gidNumber")),
             quota=first(attributes, "mailQuota"),
-            active=_is_active(attributes),
+            # One rule for every consumer (routing, logins, user records): an
+            # entry of a disabled domain is disabled.  Read only for an active
+            # entry, so a refusal costs no second query.
+            active=_is_active(attributes) and self.domain_active(domain),
         )
 
     def alias(self, name: str, domain: str) -> Alias | None:
@@ -377,7 +430,7 @@ class Directory:
             name=name,
             domain=domain,
             targets=tuple(values(attributes, "mailAliasedName")),
-            active=_is_active(attributes),
+            active=_is_active(attributes) and self.domain_active(domain),
         )
 
     def catchall(self, domain: str) -> Alias | None:
@@ -533,6 +586,16 @@ class Session:
             self._check(connection, "modify", dn)
 
         self._directory._with_connection(operation, write=f"modify {dn}")
+
+    def modify_dn(self, dn: str, new_rdn: str) -> None:
+        """Rename ``dn`` to ``new_rdn`` (an escaped ``attr=value``) under the same
+        parent, dropping the old naming value (``deleteoldrdn``)."""
+
+        def operation(connection: Connection) -> None:
+            connection.modify_dn(dn, new_rdn, delete_old_dn=True)
+            self._check(connection, "rename", dn)
+
+        self._directory._with_connection(operation, write=f"rename {dn}")
 
     def password_modify(self, dn: str, new_password: str, old_password: str | None = None) -> None:
         """RFC 3062 Password Modify: slapd hashes with its ``password-hash`` ({ARGON2})."""
