@@ -94,6 +94,7 @@ def hub_exim(workdir: Path, config: Path, **macros: str) -> Exim:
     machine); TLS and the auth socket are absent unless ``macros`` name them.
     """
     defaults = {
+        "MAILROUTER_BIN": str(BIN),  # the hooks under test, not whatever /opt/mailrouter/venv holds
         "MAILROUTER_CONFIG": str(config),
         "MAILROUTER_HOSTNAME": "hub.example.net",
         "MAILROUTER_RELAY_HOST": "127.0.0.1",

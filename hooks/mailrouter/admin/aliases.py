@@ -90,7 +90,8 @@ def check_loop(s: AdminSession, name: str, domain: str, targets: list[str]) -> N
             return found
         if s.read(s.user_dn(local, dom), "mailUser", ["uid"]) is not None:
             return []
-        if local != CATCHALL_NAME and read_targets(s, CATCHALL_NAME, dom) is not None:
+        being_written = name == CATCHALL_NAME and dom == domain
+        if local != CATCHALL_NAME and (being_written or read_targets(s, CATCHALL_NAME, dom) is not None):
             return [f"{CATCHALL_NAME}@{dom}"]
         return []
 

@@ -2,6 +2,7 @@
 
 SYNOPSIS
     mailrouter-sandbox up [--dir DIR]
+    mailrouter-sandbox env --dir DIR
     mailrouter-sandbox status --dir DIR
     mailrouter-sandbox down --dir DIR [--keep]
     mailrouter-sandbox demo [--dir DIR]
@@ -22,7 +23,13 @@ up
        "submission_port", "smtps_port", "pop3_port", "pop3s_port", "ca_cert",
        "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
        "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]},
-       "web_url"}
+       "web_url", "config", "exim_config", "tls_host"}
+
+    Keys are only ever added, never renamed or dropped.  "config" is the hooks'
+    TOML (what ``mailrouter-admin --config`` wants); "exim_config" the Exim
+    configuration file (a wrapper: the sandbox's macros, then exim/mailrouter.conf);
+    "tls_host" a host name the certificates match ("localhost"; they match IP
+    127.0.0.1 too, but clients such as fetchmail check names only).
 
     "web_url" is the web interface (https on loopback, certificate from the
     sandbox CA in "ca_cert"); every account above logs in there.  A user-record
@@ -32,6 +39,12 @@ up
     "exim" is a shell command line that runs exim with the sandbox config
     (append arguments such as -bt ADDRESS or -qf).  Daemons keep running after
     `up` exits; DIR/sandbox.json remembers them.
+env
+    Prints shell exports that point every bin/ tool at the sandbox in DIR:
+    ``eval "$(mailrouter-sandbox env --dir DIR)"`` sets MAILROUTER_CONFIG (the
+    hooks' TOML), MAILROUTER_BIND_DN and MAILROUTER_PASSWORD_FILE (the global
+    admin and a 0600 file with their password) and MAILROUTER_EXIM (the Exim
+    command line, for ``mailrouter-admin queue`` and ``test address --exim``).
 status
     Prints one JSON object: each daemon, its PID and whether it still runs.
 down
@@ -47,6 +60,13 @@ demo
     `up`, then sends a message with STARTTLS + AUTH on the submission port and
     fetches it over POP3S, printing what happened and how to connect; the
     sandbox keeps running (stop it with `down`).
+
+RELAYING
+    The seed's host_accept_relay setting (127.0.0.1 and ::1) lets every client on
+    127.0.0.1 relay to any domain without AUTH.  To see "550 5.7.1 Relaying
+    denied", connect from another loopback address (bind the client to
+    127.0.0.2), or remove 127.0.0.1 with ``mailrouter-admin setting remove
+    host_accept_relay 127.0.0.1``.
 
 EXIT CODES
     0 done; 1 failed (an `up` that fails stops whatever it had started);
@@ -84,6 +104,12 @@ from mailrouter.sandbox.slapd import Slapd, free_port, project_root
 from mailrouter.sandbox.web import WebServer, web_section
 
 STATE_FILE = "sandbox.json"
+ADMIN_SECRET = "admin.secret"  # the global admin's password, for MAILROUTER_PASSWORD_FILE
+TLS_HOST = "localhost"  # a name the certificates match (tls.make_certificates)
+RELAY_NOTE = (
+    "relaying   every client on 127.0.0.1 may relay without AUTH (the seed's host_accept_relay: "
+    "127.0.0.1, ::1); connect from 127.0.0.2 to see \"550 5.7.1 Relaying denied\""
+)
 USERDB_REFRESH_SECONDS = 5
 STOP_TIMEOUT = 10.0
 EXIM_GROUP = "Debian-exim"
@@ -198,7 +224,7 @@ def _group_readable(path: Path, group: str) -> None:
 def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> dict[str, Any]:
     root = project_root()
     directory.chmod(0o755)  # Debian-exim and mail must reach the config and the spool
-    certificates = tls.make_certificates(directory / "tls")
+    certificates = tls.make_certificates(directory / "tls", host=TLS_HOST)
     _group_readable(certificates.key, EXIM_GROUP)
 
     spool = directory / "mail"
@@ -240,6 +266,9 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     start_userdb_refresher(directory, sandbox, config)
 
     admin = data.account("global-admin")
+    fd = os.open(directory / ADMIN_SECRET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(admin.password + "\n")
     return {
         "dir": str(directory),
         "ldap_uri": slapd.uri,
@@ -252,6 +281,8 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
         "accounts": [a.as_json() for a in data.accounts if a.role != "service"],
         "aliases": data.aliases,
         "catchall": data.catchall,
+        "config": str(config),
+        "tls_host": TLS_HOST,
     }
 
 
@@ -350,6 +381,7 @@ def start_services(
         "pop3_port": popa3d.port,
         "pop3s_port": popa3d.tls_port,
         "exim": shlex.join(exim.argv()),
+        "exim_config": str(exim.wrapper),
     }
 
 
@@ -413,6 +445,18 @@ def ldap(directory: Path, action: str) -> None:
     sandbox.save()
 
 
+def env(directory: Path) -> str:
+    """The shell exports of `env` (values quoted for sh)."""
+    info = Sandbox.load(directory).info
+    exports = {
+        "MAILROUTER_CONFIG": info["config"],
+        "MAILROUTER_BIND_DN": info["admin_dn"],
+        "MAILROUTER_PASSWORD_FILE": str(directory / ADMIN_SECRET),
+        "MAILROUTER_EXIM": info["exim"],
+    }
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in exports.items())
+
+
 def down(directory: Path, keep: bool) -> None:
     stop_all(Sandbox.load(directory))
     if not keep:
@@ -467,7 +511,10 @@ def connection_help(info: dict[str, Any]) -> str:
             f"  CA          {info['ca_cert']}",
             f"  web         {info['web_url']}  (log in as admin, postmaster@example.com or a user)",
             f"  accounts    {Path(info['dir']) / STATE_FILE} (passwords; mode 0600)",
+            f"  config      {info['config']}  (mailrouter-admin --config; or, for every tool:"
+            f" eval \"$(mailrouter-sandbox env --dir {shlex.quote(info['dir'])})\")",
             f"  exim        {info['exim']} -bt alice@example.com",
+            f"  {RELAY_NOTE}",
             f"  stop        mailrouter-sandbox down --dir {shlex.quote(info['dir'])}",
         ]
     )
@@ -479,30 +526,51 @@ def console() -> int:
     return main(sys.argv[1:])
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mailrouter-sandbox", description="the whole hub on loopback")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("up", "demo"):
-        command = commands.add_parser(name)
-        command.add_argument("--dir", type=Path)
-    for name in ("status", "down", "ldap"):
-        command = commands.add_parser(name)
-        command.add_argument("--dir", type=Path, required=True)
+SUBCOMMANDS = {
+    "up": "start slapd, Exim, popa3d, the sockets and the web interface; print one JSON object",
+    "demo": "up, then send a message (submission, STARTTLS + AUTH) and fetch it (POP3S)",
+    "env": "print shell exports that point every bin/ tool at this sandbox (eval them)",
+    "status": "print each daemon, its PID and whether it runs (JSON)",
+    "down": "stop everything up started and remove DIR",
+    "ldap": "stop or start slapd, to watch the hub defer and recover",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailrouter-sandbox", description="The whole hub on loopback, in one directory, as root.",
+        epilog="Manual: man mailrouter-sandbox (or pydoc mailrouter.sandbox.cli).  "
+        "Exit: 0 done, 1 failed, 2 usage.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in SUBCOMMANDS.items():
+        command = commands.add_parser(name, help=text, description=text)
+        if name in ("up", "demo"):
+            command.add_argument("--dir", type=Path, help="the sandbox directory (default: new, in /tmp)")
+        else:
+            command.add_argument("--dir", type=Path, required=True,
+                                 help="the directory `up` printed as \"dir\"")
         if name == "down":
             command.add_argument("--keep", action="store_true", help="keep DIR (logs, mailboxes)")
         if name == "ldap":
-            command.add_argument("action", choices=("stop", "start"))
-    args = parser.parse_args(argv)
+            command.add_argument("action", choices=("stop", "start"), help="stop or start slapd")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    if args.command in ("status", "down", "ldap"):
+    if args.command in ("status", "down", "ldap", "env"):
         if not (args.dir / STATE_FILE).exists():
             log(f"mailrouter-sandbox: no sandbox in {args.dir}")
             return 1
         if args.command == "status":
             print(json.dumps(status(args.dir)))
+        elif args.command == "env":
+            sys.stdout.write(env(args.dir.resolve()))
         elif args.command == "ldap":
             ldap(args.dir, args.action)
         else:

@@ -34,7 +34,8 @@ def user_page(domain: str, local: str) -> Any:
     person = auth.current()
     info = users.show_user(auth.ldap(), _address(local, domain))
     return render_template(
-        "user.html", person=person, info=info, percent=percent_used(info["quota"]), domain=domain, local=local,
+        "user.html", person=person, info=info, percent=percent_used(info["quota"]), domain=domain,
+        local=local,
         quota_form=QuotaForm(quota=info["quota"]["limit"]), name_form=NameForm(name=info.get("name")),
         password_form=ResetPasswordForm(), action=ActionForm(),
     )
