@@ -29,6 +29,8 @@ from mailrouter.sandbox.exim import Exim, make_readable_dir
 from test_admin import GLOBAL, PM_COM, PM_ORG, Hub, assert_refused
 from test_admin import hub as hub  # noqa: F401 - the fixture, shared
 from test_auth import slapcat_password
+from test_web import LOGIN, Browser, Web
+from test_web import web as web  # noqa: F401 - the fixture, shared
 
 BASE = "o=top"
 
@@ -360,3 +362,18 @@ def test_item9_domain_disable_refuses_mail_and_logins(hub: Hub, exim_hub: EximHu
         assert hub.run(GLOBAL, "domain", "enable", "example.org").rc == 0
     assert hub.run(None, *secret).rc == 0
     assert "250 Accepted" in exim_hub.exim.host_test(session).output
+
+
+def test_item9_disabled_domain_refuses_web_logins(web: Web) -> None:
+    """The web interface refuses the people of a disabled domain as it refuses a wrong password."""
+    assert web.login("user_a").get("/me").status_code == 200
+    with Session(service_config(web.slapd, web.data), web.data.account(GLOBAL).dn,
+                 web.data.account(GLOBAL).password) as session:
+        session.modify(f"dc=example.com,{BASE}", {"mailAccountStatus": ("replace", ["disabled"])})
+        try:
+            refused = Browser(web.client()).login(LOGIN["user_a"], web.passwords["user_a"])
+            assert refused.status_code != 302 and "/me" not in refused.headers.get("Location", "")
+            assert web.login("global").get("/domains").status_code == 200  # a global admin is no user of it
+        finally:
+            session.modify(f"dc=example.com,{BASE}", {"mailAccountStatus": ("replace", ["active"])})
+    assert web.login("user_a").get("/me").status_code == 200
