@@ -64,14 +64,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_delivery  # noqa: E402 - sibling benchmark, reused as a library
 import bench_scale  # noqa: E402
 
-from mailrouter import demo  # noqa: E402
 from mailrouter.config import LdapConfig  # noqa: E402
+from mailrouter.sandbox import demo  # noqa: E402
 from mailrouter.sandbox.exim import Exim, write_service_config  # noqa: E402
 from mailrouter.sandbox.popa3d import Popa3d  # noqa: E402
 from mailrouter.sandbox.popa3d import write_config as write_popa3d_config  # noqa: E402
 from mailrouter.sandbox.slapd import SLAPD, Slapd, free_port, wait_for_port  # noqa: E402
 
-VENV_BIN = "/opt/mailrouter/venv/bin"
+VENV_BIN = str(Path(sys.executable).parent)  # the hooks of the venv running this
 BASE = "o=top"
 USER_ATTRIBUTES = "uid,dc,mail,uidNumber,gidNumber,mailQuota,mailAccountStatus,mailMessageStore"
 PAM_PERMIT = """\

@@ -59,6 +59,9 @@ from mailrouter.errors import (
 )
 
 RESULT_SUCCESS = 0
+RESULT_COMPARE_FALSE = 5
+RESULT_COMPARE_TRUE = 6
+RESULT_NO_SUCH_ATTRIBUTE = 16
 RESULT_NO_SUCH_OBJECT = 32
 RESULT_INVALID_CREDENTIALS = 49
 
@@ -389,10 +392,26 @@ class Directory:
         return attributes is not None and domain in values(attributes, "dc")
 
     def domain_active(self, domain: str) -> bool:
-        """False when ``dc=DOMAIN`` says ``mailAccountStatus: disabled`` (``domain
-        disable``): then every user and alias in it counts as disabled."""
-        attributes = self.read(self.domain_dn(domain), "mailDomain", ["mailAccountStatus"])
-        return attributes is None or _is_active(attributes)
+        """False when ``dc=DOMAIN`` has a ``mailAccountStatus`` other than ``active``
+        (``domain disable``): then every user and alias in it counts as disabled.
+
+        An LDAP Compare, not a read: it returns no entry for ldap3 to decode.  It
+        makes a hook's user lookup (connect, bind, read) 1.21x as long, a read
+        would make it 1.38x (bench/bench_domain_status.py: 1.42 -> 1.72 ms)."""
+        dn = self.domain_dn(domain)
+
+        def operation(connection: Connection) -> bool:
+            connection.compare(dn, "mailAccountStatus", STATUS_ACTIVE)
+            code = connection.result.get("result")
+            if code == RESULT_COMPARE_FALSE:
+                return False
+            # compareTrue; no such attribute (absent = active, as for entries);
+            # no such object (the domain went away: the entry's own read decides)
+            if code in (RESULT_COMPARE_TRUE, RESULT_NO_SUCH_ATTRIBUTE, RESULT_NO_SUCH_OBJECT):
+                return True
+            raise DirectoryUnavailable(f"compare {dn}: rc {code} {connection.result.get('description')}")
+
+        return self._with_connection(operation)
 
     def user(self, local: str, domain: str) -> User | None:
         if not (_plausible_key(local) and _plausible_key(domain)):
@@ -411,8 +430,8 @@ class Directory:
             gid_number=_int_or_none(first(attributes, "gidNumber")),
             quota=first(attributes, "mailQuota"),
             # One rule for every consumer (routing, logins, user records): an
-            # entry of a disabled domain is disabled.  Read only for an active
-            # entry, so a refusal costs no second query.
+            # entry of a disabled domain is disabled.  Asked only for an active
+            # entry, so "no such user" and a disabled user cost nothing more.
             active=_is_active(attributes) and self.domain_active(domain),
         )
 
