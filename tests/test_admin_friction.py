@@ -130,6 +130,25 @@ def test_item5_json_errors_numbers_quota_and_names(hub: Hub) -> None:
     admins = hub.run(PM_ORG, "--json", "admin", "list").json()
     assert admins["admins"] == ["admin"] and admins["admin_dns"] == [f"uid=admin,{BASE}"]  # type: ignore[index]
 
+    # People are addresses (or names) everywhere; a DN only under a key that says so.
+    def misplaced_dns(value: object, key: str = "") -> list[str]:
+        if isinstance(value, dict):
+            return [found for k, v in value.items() for found in misplaced_dns(v, k)]
+        if isinstance(value, list):
+            return [found for item in value for found in misplaced_dns(item, key)]
+        is_dn = isinstance(value, str) and value.endswith(f",{BASE}")
+        return [f"{key}={value}"] if is_dn and not key.endswith(("dn", "dns")) else []
+
+    outputs = [
+        hub.run(GLOBAL, "--json", *argv).json()
+        for argv in (("domain", "show", "example.org"), ("domain", "list", "--counts"), ("user", "list"),
+                     ("user", "show", "carol@example.org"), ("admin", "list", "example.org"),
+                     ("admin", "grant", "dave@example.org"), ("admin", "revoke", "dave@example.org"),
+                     ("user", "add", "shape@example.org", "--no-password", "--admin"),
+                     ("alias", "show", "default@example.org"), ("user", "remove", "shape@example.org"))
+    ]
+    assert misplaced_dns(outputs) == []
+
 
 # -- 6. help ------------------------------------------------------------------------------------------
 def _leaves(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple[str, argparse.ArgumentParser]]:

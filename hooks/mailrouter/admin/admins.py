@@ -81,7 +81,7 @@ def grant_domain_admin(s: AdminSession, who: str, domain: str | None = None) -> 
     s.commit()
     verb = "is now" if changed else "is already"
     return {"ok": True, "message": f"{local}@{home} {verb} an admin of {target}", "admin": f"{local}@{home}",
-            "member": member, "domain": target, "changed": changed}
+            "member_dn": member, "domain": target, "changed": changed}
 
 
 def revoke_domain_admin(s: AdminSession, who: str, domain: str | None = None) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def revoke_domain_admin(s: AdminSession, who: str, domain: str | None = None) ->
     s.commit()
     verb = "is no longer" if changed else "was not"
     return {"ok": True, "message": f"{local}@{home} {verb} an admin of {target}", "admin": f"{local}@{home}",
-            "member": member, "domain": target, "changed": changed}
+            "member_dn": member, "domain": target, "changed": changed}
 
 
 def _global_member(s: AdminSession, name: str) -> str:
@@ -133,7 +133,7 @@ def grant_global_admin(
     s.commit()
     name = member_name(member, s.base_dn)
     verb = "is now" if changed else "is already"
-    return {"ok": True, "message": f"{name} {verb} a global admin", "admin": name, "member": member,
+    return {"ok": True, "message": f"{name} {verb} a global admin", "admin": name, "member_dn": member,
             "changed": changed}
 
 
@@ -147,7 +147,7 @@ def revoke_global_admin(s: AdminSession, name: str) -> dict[str, Any]:
     s.commit()
     name = member_name(member, s.base_dn)
     verb = "is no longer" if changed else "was not"
-    return {"ok": True, "message": f"{name} {verb} a global admin", "admin": name, "member": member,
+    return {"ok": True, "message": f"{name} {verb} a global admin", "admin": name, "member_dn": member,
             "changed": changed}
 
 

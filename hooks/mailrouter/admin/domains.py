@@ -39,7 +39,7 @@ def remove_domain(s: AdminSession, domain: str, recursive: bool = False) -> dict
         # slapd checks the ACL before it checks for children: a refusal here
         # (50) means nothing may be removed; "non-leaf" (66, conflict) means we may.
         s.delete(dn, None, action, subject, f"no such domain {name}")
-        return {"ok": True, "message": f"removed domain {name}", "domain": name, "removed": [dn]}
+        return {"ok": True, "message": f"removed domain {name}", "domain": name, "removed_dns": [dn]}
     except AdminError as exc:
         if exc.kind != "conflict":
             raise
@@ -56,7 +56,7 @@ def remove_domain(s: AdminSession, domain: str, recursive: bool = False) -> dict
         "ok": True,
         "message": f"removed domain {name} and {len(victims)} entries below it",
         "domain": name,
-        "removed": [*victims, dn],
+        "removed_dns": [*victims, dn],
     }
 
 

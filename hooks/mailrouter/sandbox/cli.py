@@ -449,7 +449,7 @@ def env(directory: Path) -> str:
     """The shell exports of `env` (values quoted for sh)."""
     info = Sandbox.load(directory).info
     exports = {
-        "MAILROUTER_CONFIG": info["config"],
+        "MAILROUTER_CONFIG": info.get("config", str(directory / "mailrouter.toml")),  # older sandboxes
         "MAILROUTER_BIND_DN": info["admin_dn"],
         "MAILROUTER_PASSWORD_FILE": str(directory / ADMIN_SECRET),
         "MAILROUTER_EXIM": info["exim"],
