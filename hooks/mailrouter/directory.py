@@ -47,7 +47,7 @@ import ldap3
 from ldap3 import BASE, LEVEL, NONE, SUBTREE, Connection, Server
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import escape_rdn
+from ldap3.utils.dn import escape_rdn, parse_dn
 
 from mailrouter.config import LdapConfig
 from mailrouter.errors import (
@@ -59,6 +59,9 @@ from mailrouter.errors import (
 )
 
 RESULT_SUCCESS = 0
+RESULT_COMPARE_FALSE = 5
+RESULT_COMPARE_TRUE = 6
+RESULT_NO_SUCH_ATTRIBUTE = 16
 RESULT_NO_SUCH_OBJECT = 32
 RESULT_INVALID_CREDENTIALS = 49
 
@@ -150,7 +153,49 @@ def domain_dn(domain: str, base_dn: str) -> str:
 
 
 def user_dn(local: str, domain: str, base_dn: str) -> str:
-    return f"uid={escape_rdn(local)},{domain_dn(domain, base_dn)}"
+    return f"{user_rdn(local)},{domain_dn(domain, base_dn)}"
+
+
+def member_name(dn: str, base_dn: str) -> str:
+    """How people are named everywhere else: ``local@domain`` for
+    ``uid=LOCAL,dc=DOMAIN,BASE``, ``NAME`` for ``uid=NAME,BASE``, else ``dn`` itself."""
+    try:
+        rdns = [(attr.lower(), _unescape(value)) for attr, value, _ in parse_dn(dn)]
+        base = [(attr.lower(), value.lower()) for attr, value, _ in parse_dn(base_dn)]
+    except LDAPException:
+        return dn
+    head, tail = rdns[: len(rdns) - len(base)], rdns[len(rdns) - len(base):]
+    if [(a, v.lower()) for a, v in tail] != base or not head or head[0][0] != "uid":
+        return dn
+    if len(head) == 1:
+        return head[0][1]
+    if len(head) == 2 and head[1][0] == "dc":
+        return f"{head[0][1]}@{head[1][1]}"
+    return dn
+
+
+def _unescape(value: str) -> str:
+    """An RDN value as parse_dn returns it (``\\+``, ``\\2B``), unescaped."""
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        char = value[i]
+        if char == "\\" and i + 1 < len(value):
+            pair = value[i + 1 : i + 3]
+            if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):
+                out.append(int(pair, 16))
+                i += 3
+                continue
+            char = value[i + 1]
+            i += 1
+        out += char.encode("utf-8")
+        i += 1
+    return out.decode("utf-8", "replace")
+
+
+def user_rdn(local: str) -> str:
+    """The RDN of a user entry (``uid=LOCAL``), for a rename."""
+    return f"uid={escape_rdn(local)}"
 
 
 def alias_dn(name: str, domain: str, base_dn: str) -> str:
@@ -378,10 +423,34 @@ class Directory:
 
     # -- typed lookups ----------------------------------------------------
     def is_local_domain(self, domain: str) -> bool:
+        """True for a mailDomain entry, enabled or not: a disabled domain stays
+        ours (its mail is refused by the routers, never relayed elsewhere)."""
         if not _plausible_key(domain):
             return False
         attributes = self.read(self.domain_dn(domain), "mailDomain", ["dc"])
         return attributes is not None and domain in values(attributes, "dc")
+
+    def domain_active(self, domain: str) -> bool:
+        """False when ``dc=DOMAIN`` has a ``mailAccountStatus`` other than ``active``
+        (``domain disable``): then every user and alias in it counts as disabled.
+
+        An LDAP Compare, not a read: it returns no entry for ldap3 to decode.  It
+        makes a hook's user lookup (connect, bind, read) 1.21x as long, a read
+        would make it 1.38x (bench/bench_domain_status.py: 1.42 -> 1.72 ms)."""
+        dn = self.domain_dn(domain)
+
+        def operation(connection: Connection) -> bool:
+            connection.compare(dn, "mailAccountStatus", STATUS_ACTIVE)
+            code = connection.result.get("result")
+            if code == RESULT_COMPARE_FALSE:
+                return False
+            # compareTrue; no such attribute (absent = active, as for entries);
+            # no such object (the domain went away: the entry's own read decides)
+            if code in (RESULT_COMPARE_TRUE, RESULT_NO_SUCH_ATTRIBUTE, RESULT_NO_SUCH_OBJECT):
+                return True
+            raise DirectoryUnavailable(f"compare {dn}: rc {code} {connection.result.get('description')}")
+
+        return self._with_connection(operation)
 
     def user(self, local: str, domain: str) -> User | None:
         if not (_plausible_key(local) and _plausible_key(domain)):
@@ -399,7 +468,10 @@ class Directory:
             uid_number=_int_or_none(first(attributes, "uidNumber")),
             gid_number=_int_or_none(first(attributes, "gidNumber")),
             quota=first(attributes, "mailQuota"),
-            active=_is_active(attributes),
+            # One rule for every consumer (routing, logins, user records): an
+            # entry of a disabled domain is disabled.  Asked only for an active
+            # entry, so "no such user" and a disabled user cost nothing more.
+            active=_is_active(attributes) and self.domain_active(domain),
             password_scheme=stamped_label(attributes),
             locked=bool(first(attributes, "pwdAccountLockedTime")),
         )
@@ -418,7 +490,7 @@ class Directory:
             name=name,
             domain=domain,
             targets=tuple(values(attributes, "mailAliasedName")),
-            active=_is_active(attributes),
+            active=_is_active(attributes) and self.domain_active(domain),
         )
 
     def catchall(self, domain: str) -> Alias | None:
@@ -574,6 +646,16 @@ class Session:
             self._check(connection, "modify", dn)
 
         self._directory._with_connection(operation, write=f"modify {dn}")
+
+    def modify_dn(self, dn: str, new_rdn: str) -> None:
+        """Rename ``dn`` to ``new_rdn`` (an escaped ``attr=value``) under the same
+        parent, dropping the old naming value (``deleteoldrdn``)."""
+
+        def operation(connection: Connection) -> None:
+            connection.modify_dn(dn, new_rdn, delete_old_dn=True)
+            self._check(connection, "rename", dn)
+
+        self._directory._with_connection(operation, write=f"rename {dn}")
 
     def password_modify(self, dn: str, new_password: str, old_password: str | None = None) -> None:
         """RFC 3062 Password Modify: slapd hashes with its ``password-hash`` ({ARGON2})."""

@@ -130,7 +130,8 @@ def test_delegation_story_end_to_end(hub: Hub) -> None:
     hub.data.accounts.append(demo.Account(f"uid=boss,dc=shop.example,{BASE}", "Boss-Secret-1",
                                           "shop-admin", "boss@shop.example"))
     shown = hub.run(GLOBAL, "--json", "domain", "show", "shop.example").json()
-    assert shown["admins"] == [f"uid=boss,dc=shop.example,{BASE}"]  # type: ignore[index]
+    assert shown["admins"] == ["boss@shop.example"]  # type: ignore[index]
+    assert shown["admin_dns"] == [f"uid=boss,dc=shop.example,{BASE}"]  # type: ignore[index]
 
     # The domain admin creates users and aliases in their own domain.
     boss = "boss@shop.example"
@@ -199,7 +200,7 @@ def test_delegation_story_end_to_end(hub: Hub) -> None:
         clerk = directory.user("clerk", "shop.example")
         assert clerk is not None and not clerk.active
     routed = hub.run(None, "--json", "test", "address", "clerk@shop.example").json()
-    assert routed["router"] == "catchall" and routed["outcome"].startswith("refused")  # type: ignore[index]
+    assert routed["router"] == "users" and routed["outcome"].startswith("refused")  # type: ignore[index]
     assert_refused(hub.run(GLOBAL, "domain", "remove", "shop.example"), "still has")
     result = hub.run(GLOBAL, "domain", "remove", "shop.example", "--recursive")
     assert result.rc == 0, result
@@ -600,7 +601,8 @@ def test_test_address_uses_the_hook_answers(hub: Hub) -> None:
     alice = route("alice@example.com")
     assert alice["router"] == "users"
     assert alice["mailbox"] == str(hub.workdir / "mail" / "alice@example.com")
-    assert alice["quota"] == "10M" and alice["over_quota"] is False and alice["uid"] == 8
+    assert alice["quota"] == {"limit": "10M", "limit_bytes": 10 << 20, "used_bytes": 0}
+    assert alice["over_quota"] is False and alice["uid"] == 8
     assert route("team@example.com")["targets"] == ["alice@example.com", "bob@example.com"]
     assert route("someone@example.org")["router"] == "catchall"
     assert route("someone@example.com")["router"] is None

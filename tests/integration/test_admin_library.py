@@ -196,7 +196,8 @@ def test_set_name_and_the_domain_admin_listing(config: Config, data: demo.DemoDi
         assert users.set_name(s, f"u01@{big}", "")["name"] == f"u01@{big}"
         assert kind_of(lambda: users.set_name(s, f"u01@{big}", "bell\x07"))[:2] == ("invalid", "name")
         admins.grant_domain_admin(s, f"u01@{big}")
-        assert admins.list_admins(s, big)["admins"] == [f"uid=u01,dc={big},{s.base_dn}"]
-        assert domains.show_domain(s, big)["admins"] == [f"uid=u01,dc={big},{s.base_dn}"]
+        assert admins.list_admins(s, big)["admins"] == [f"u01@{big}"]
+        assert admins.list_admins(s, big)["admin_dns"] == [f"uid=u01,dc={big},{s.base_dn}"]
+        assert domains.show_domain(s, big)["admins"] == [f"u01@{big}"]
         admins.revoke_domain_admin(s, f"u01@{big}")
         assert admins.list_admins(s, big)["admins"] == []

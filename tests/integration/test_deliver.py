@@ -39,6 +39,7 @@ from deliver_support import (
     run_deliver,
     write_config,
 )
+from mailrouter import exitcodes
 from mailrouter.mailbox import mbox
 from mailrouter.sandbox.exim import Exim
 from mailrouter.sandbox.slapd import Slapd, free_port, wait_for_port
@@ -359,7 +360,7 @@ def test_quota_edges(sp: Spool) -> None:
     # larger than the whole quota: permanent, nothing touched
     before = snapshot(sp.box)
     done = sp.deliver(message("big", 100), quota=str(size))
-    assert done.returncode == 77 and b"whole quota" in done.stdout, done
+    assert done.returncode == exitcodes.EX_TOOBIG == 100 and b"whole quota" in done.stdout, done
     assert snapshot(sp.box) == before
     # units
     assert sp.deliver(message("four"), quota="1K").returncode == 0

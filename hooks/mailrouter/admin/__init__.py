@@ -4,7 +4,9 @@ SYNOPSIS
     mailrouter-admin [--config PATH] [--bind-dn WHO] [--password-file FILE]
                      [--use-service-account] [--json] COMMAND SUBCOMMAND [ARGS]
 
-    From a checkout: ``bin/mailrouter-admin ...`` (same arguments).
+    From a checkout: ``bin/mailrouter-admin ...`` (same arguments).  Against the
+    sandbox: ``eval "$(bin/mailrouter-sandbox env --dir DIR)"`` first, and every
+    command below needs no --config, --bind-dn or password.
 
 WHO YOU ARE
     Every change is made by binding to LDAP *as the acting admin*; slapd's ACLs
@@ -16,8 +18,9 @@ WHO YOU ARE
                         (``postmaster@example.org`` = ``uid=postmaster,dc=example.org,BASE``)
                         or a bare name (``admin`` = ``uid=admin,BASE``, a global admin).
                         Default: $MAILROUTER_BIND_DN.
-    --password-file F   the bind password is the first line of F (``-`` = stdin).
-                        Without it the password is prompted for (getpass).
+    --password-file F   the bind password is the first line of F (``-`` = stdin;
+                        default $MAILROUTER_PASSWORD_FILE).
+                        Without either the password is prompted for (getpass).
                         There is no way to give a password in argv: argv is
                         readable by every local user.
     --use-service-account
@@ -27,18 +30,33 @@ WHO YOU ARE
 
     ``test address`` and ``test auth`` run the hooks' own code, which binds as
     the service account like Exim and the POP3 server do; they need no admin bind.
+    ``queue`` runs Exim and ``completion`` nothing: neither binds nor reads the config.
 
 COMMANDS
     domain add DOMAIN [--description TEXT] | remove DOMAIN [--recursive]
            list [--counts] [PAGE] | show DOMAIN
+           disable DOMAIN | enable DOMAIN      (global admins) disabled, a domain keeps all
+                                               its entries and mailboxes, but mail to it is
+                                               refused (550 5.2.1) and its users cannot log in
     user   add ADDRESS [--new-password-file F | --no-password] [--quota Q] [--name TEXT]
                        [--disabled] [--admin]
-           remove ADDRESS | list DOMAIN [PAGE] | show ADDRESS
+                       (says so when an alias of the same name will take the user's mail)
+           remove ADDRESS                      (the mailbox stays on disk: the answer says where)
+           list [DOMAIN] [PAGE]                every domain you can see without DOMAIN; each
+                                               row with its quota and the mailbox's use
+           show ADDRESS                        status, quota and use, the mailbox delivery
+                                               writes, admin rights
            passwd ADDRESS [--new-password-file F] | quota ADDRESS QUOTA
            enable ADDRESS | disable ADDRESS | name ADDRESS TEXT
+           rename ADDRESS NEW-ADDRESS          within the domain: the entry, its admin rights,
+                                               alias targets naming it, and its mailbox (moved
+                                               when that is safe here; else the answer says what
+                                               to move)
     alias  add ADDRESS TARGET... | set ADDRESS TARGET... (create or replace the targets)
            remove ADDRESS | list DOMAIN [PAGE] | show ADDRESS
            add-target ADDRESS TARGET... | remove-target ADDRESS TARGET...
+           A change that makes an alias reach itself again -- directly, through other
+           aliases or a catch-all -- is refused ("alias loop: a -> b -> a").
     catchall set DOMAIN TARGET... | clear DOMAIN | show DOMAIN
            (the catch-all is the alias named "default" of the domain)
     setting get NAME | set NAME VALUE... | add NAME VALUE... | remove NAME VALUE... | list
@@ -51,17 +69,29 @@ COMMANDS
                                                 global admin (member of cn=admin,BASE);
                                                 --create adds the account uid=NAME,BASE first
            revoke --global NAME | list [DOMAIN]
-    test   address ADDRESS [--exim] [--exim-config PATH [--mailrouter-bin DIR]]
-                                   what Exim would do: router, targets, mailbox, quota state,
+    test   address ADDRESS [--exim] [--exim-command CMD]
+                   [--exim-config PATH [--mailrouter-bin DIR]]
+                                   what Exim would do: router, targets, mailbox, quota and use,
                                    from the lookup hook's own answers (mailrouter.lookup)
-                                   in the routers' order; --exim also runs the system's
-                                   ``exim4 -bt ADDRESS`` (its deployed /etc/exim4 config);
+                                   in the routers' order; --exim also runs
+                                   ``exim4 -bt ADDRESS`` -- the system's Exim (its deployed
+                                   /etc/exim4 config), or the command line in --exim-command or
+                                   $MAILROUTER_EXIM (the sandbox's, from its env);
                                    --exim-config PATH runs ``exim4 -C PATH -bt`` instead, with
                                    this --config, the hooks in DIR (default: this Python's
-                                   bin/) and a private throwaway spool (root only)
+                                   bin/) and a private throwaway spool (root only) -- each only
+                                   when PATH does not define that macro itself.  A remote
+                                   address Exim cannot route gets a "note" saying why.
            auth ADDRESS [--secret-file F]   the login check POP3/IMAP/SMTP AUTH use
            smtp HOST[:PORT] [--from A] [--to A]... [--starttls] [--auth-user U --secret-file F] [--send]
            pop3 HOST[:PORT] USER [--secret-file F] [--tls]
+                   smtp and pop3 verify TLS against the system's CAs, or --ca-file FILE (the
+                   sandbox's ca_cert, with its tls_host name); --insecure verifies nothing
+    queue  list | show ID [--body] | flush [--frozen] | thaw ID | remove ID
+                                   Exim's queue, through Exim's own options (-bp, -Mvh/-Mvl,
+                                   -qf, -Mt, -Mrm) of the system's Exim or --exim-command /
+                                   $MAILROUTER_EXIM; root or an Exim admin user
+    completion bash                the bash completion script, generated from this parser
     import qmail DIR --domain DOMAIN [--assign FILE] [--apply] [--skip-invalid] [--progress]
                      DIR/users/assign (=local:... lines become users), DIR/alias/.qmail-* and
                      DIR/.qmail-* (forwarding lines become aliases, .qmail-default the catch-all)
@@ -93,20 +123,32 @@ PASSWORDS
     New passwords come from --new-password-file F (first line; ``-`` = stdin,
     read after the bind password when both use stdin) or a prompt asked twice;
     without a terminal there is no prompt, the command fails instead.
-    ``user add`` stores a hash made with the config's ``auth.password_scheme``;
-    ``user passwd`` uses the Password Modify operation (RFC 3062), so slapd
-    hashes with its ``password-hash`` ({ARGON2}) and its ACLs decide: a user may
-    change their own password, a domain admin those of their domain.  Both
-    record the scheme in the user's ``mailPasswordScheme``, so that logins
-    rehash only what needs it (README, Passwords).  New global admins
-    (``admin grant --global --create``) get the no-lockout password policy.
+    ``user add`` and ``user passwd`` store a hash made with the config's
+    ``auth.password_scheme`` (as mailrouter-passwd does); slapd's ACLs decide
+    who may write it: a user their own password, a domain admin those of their
+    domain.  Both record the scheme in the user's ``mailPasswordScheme``, so
+    that logins rehash only what needs it (README, Passwords).  New global
+    admins (``admin grant --global --create``) get the no-lockout password policy.
 
 OUTPUT
     Human-readable tables on stdout by default; ``--json`` prints one JSON
-    document instead.  Errors are one line on stderr (also with --json), never
-    a traceback; an import that finds invalid items lists each on its own line
-    first.  ``import --progress`` (or a terminal on stderr and at least 20
-    changes) draws a progress bar on stderr.
+    document instead, in one shape:
+      success   an object (a change: {"ok": true, "message", ...; "changed": false
+                when it found the value in place and wrote nothing}) or a list
+                (a paged list: {"items", "total", "offset", "limit"})
+      error     {"error": MESSAGE, "code": EXIT_CODE, "kind": KIND, "field": FIELD}
+                with the exit code below; KIND is invalid, refused, not_found,
+                exists, conflict, usage, unavailable, config or failed
+      numbers   are numbers (uid, gid, bytes, ports); people are named as
+                addresses (``local@domain``, or NAME for a global admin
+                ``uid=NAME,BASE``), DNs only under keys ending in ``dn``/``dns``
+      quota     {"limit": "10M", "limit_bytes": 10485760, "used_bytes": 2048}:
+                limit_bytes 0 = unlimited, null when garbled; used_bytes null
+                when the mailbox cannot be read where this runs
+    Errors are also one line on stderr (with --json too), never a traceback; an
+    import that finds invalid items lists each on its own line first.
+    ``import --progress`` (or a terminal on stderr and at least 20 changes) draws
+    a progress bar on stderr.
 
 LIBRARY
     The commands are a thin layer (mailrouter.admin.cli) over an operations
@@ -123,14 +165,19 @@ LIBRARY
     mailrouter.admin.normalise  the input rules above
     mailrouter.admin.domains, .users, .aliases, .catchall, .settings, .admins,
     .imports (plan, diff, apply with a progress callback), .export (LDIF),
-    .probes (route an address, test a login, an SMTP or POP3 session)
+    .probes (route an address, test a login, an SMTP or POP3 session),
+    .queue (Exim's queue; takes the Exim command line, see .eximcmd)
 
     Lists return a Page (items, total, offset, limit).  A multi-step operation
     that fails leaves its steps pending: AdminSession.rollback() (or leaving the
     with block) undoes them.  The library never imports the sandbox.
 
 FILES / ENVIRONMENT
-    --config PATH (default /etc/mailrouter/mailrouter.toml), $MAILROUTER_BIND_DN.
+    --config PATH (default $MAILROUTER_CONFIG, else /etc/mailrouter/mailrouter.toml),
+    $MAILROUTER_BIND_DN, $MAILROUTER_PASSWORD_FILE, $MAILROUTER_EXIM (the Exim
+    command line; default /usr/sbin/exim4).  ``mailrouter-sandbox env`` prints
+    all four for a sandbox.  Man page: mailrouter-admin(8); bash completion:
+    ``mailrouter-admin completion bash`` (bin/install-deps installs both).
 
 EXIT STATUS
     0   done (test auth/smtp/pop3: the login or every recipient was accepted)
@@ -138,5 +185,6 @@ EXIT STATUS
         test auth/smtp/pop3: a login or recipient was refused
     2   usage error
     75  LDAP unavailable (no server answered), or the SMTP/POP3 server under
-        test did not answer; try again later
+        test did not answer; try again later (a TLS certificate that does not
+        verify is 1: it is an answer)
 """

@@ -17,7 +17,7 @@ from typing import Any
 from mailrouter import entries, passwords
 from mailrouter.admin.normalise import normalise_address, normalise_domain
 from mailrouter.admin.session import AdminSession, resolve_login
-from mailrouter.directory import MODIFY_ADD, MODIFY_DELETE, person_dn, values
+from mailrouter.directory import MODIFY_ADD, MODIFY_DELETE, member_name, person_dn, values
 from mailrouter.errors import AdminError
 
 
@@ -79,16 +79,18 @@ def grant_domain_admin(s: AdminSession, who: str, domain: str | None = None) -> 
         raise AdminError(f"no such user {local}@{home}", kind="not_found", field="who")
     changed = add_to_domain_group(s, member, target)
     s.commit()
-    return {"ok": True, "message": f"{who} is an admin of {target}", "member": member, "domain": target,
-            "changed": changed}
+    verb = "is now" if changed else "is already"
+    return {"ok": True, "message": f"{local}@{home} {verb} an admin of {target}", "admin": f"{local}@{home}",
+            "member_dn": member, "domain": target, "changed": changed}
 
 
 def revoke_domain_admin(s: AdminSession, who: str, domain: str | None = None) -> dict[str, Any]:
-    _local, _home, member, target = _domain_member(s, who, domain)
+    local, home, member, target = _domain_member(s, who, domain)
     changed = remove_from_group(s, member, s.group_dn(target), target)
     s.commit()
-    return {"ok": True, "message": f"{who} is not an admin of {target}", "member": member, "domain": target,
-            "changed": changed}
+    verb = "is no longer" if changed else "was not"
+    return {"ok": True, "message": f"{local}@{home} {verb} an admin of {target}", "admin": f"{local}@{home}",
+            "member_dn": member, "domain": target, "changed": changed}
 
 
 def _global_member(s: AdminSession, name: str) -> str:
@@ -129,7 +131,10 @@ def grant_global_admin(
                      {"member": (MODIFY_DELETE, [member])},
                      "change the global admins", "the global admin group")
     s.commit()
-    return {"ok": True, "message": f"{member} is a global admin", "member": member, "changed": changed}
+    name = member_name(member, s.base_dn)
+    verb = "is now" if changed else "is already"
+    return {"ok": True, "message": f"{name} {verb} a global admin", "admin": name, "member_dn": member,
+            "changed": changed}
 
 
 def revoke_global_admin(s: AdminSession, name: str) -> dict[str, Any]:
@@ -140,11 +145,22 @@ def revoke_global_admin(s: AdminSession, name: str) -> dict[str, Any]:
         raise AdminError("refusing to revoke the last global admin", kind="conflict")
     changed = remove_from_group(s, member, s.group_dn(None), "every domain")
     s.commit()
-    return {"ok": True, "message": f"{member} is not a global admin", "member": member, "changed": changed}
+    name = member_name(member, s.base_dn)
+    verb = "is no longer" if changed else "was not"
+    return {"ok": True, "message": f"{name} {verb} a global admin", "admin": name, "member_dn": member,
+            "changed": changed}
+
+
+def names_of(s: AdminSession, member_dns: list[str]) -> list[str]:
+    """Members as the rest of the tools name people: ``local@domain`` for a user,
+    ``NAME`` for a global admin account (sorted)."""
+    return sorted(member_name(dn, s.base_dn) for dn in member_dns)
 
 
 def list_admins(s: AdminSession, domain: str | None = None) -> dict[str, Any]:
-    """The admins of ``domain``, or the global admins for ``None``."""
+    """The admins of ``domain``, or the global admins for ``None``: ``admins`` as
+    names (``local@domain``, or ``NAME`` for ``uid=NAME,BASE``), ``admin_dns`` as DNs."""
     name = normalise_domain(domain) if domain else None
     group = s.read(s.group_dn(name), "groupOfNames", ["member"])
-    return {"domain": name, "admins": sorted(values(group or {}, "member"))}
+    members = values(group or {}, "member")
+    return {"domain": name, "admins": names_of(s, members), "admin_dns": sorted(members)}

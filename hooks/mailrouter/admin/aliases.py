@@ -3,7 +3,10 @@
 Targets are plain addresses only (see :mod:`mailrouter.admin.normalise`): never a
 command, file or include.  The alias named ``default`` is the domain's catch-all
 (:mod:`mailrouter.admin.catchall`).  The aliases router runs before the users
-router, so an alias hides a user of the same name: adding one says so.
+router, so an alias hides a user of the same name: adding one says so.  A change
+that would make an alias reach itself again -- directly, through other aliases
+or through a catch-all -- is refused (``conflict``, :func:`check_loop`): Exim
+would bounce every message sent to it.
 
 Functions take a bound :class:`~mailrouter.admin.session.AdminSession` first and
 return JSON-ready data; they raise only AdminError, DirectoryUnavailable or
@@ -12,6 +15,7 @@ TemporaryFailure.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from mailrouter import entries
@@ -50,6 +54,64 @@ def replace_targets(s: AdminSession, name: str, domain: str, targets: list[str],
              f"change aliases in {s.domain_dn(domain)}", what)
 
 
+# How many addresses a loop check follows at most (each costs up to three reads).
+MAX_LOOP_WALK = 200
+
+
+def check_loop(s: AdminSession, name: str, domain: str, targets: list[str]) -> None:
+    """AdminError ``conflict`` when ``name@domain`` with ``targets`` would reach
+    itself again, the way Exim routes: an alias expands to its targets, a user
+    ends the walk, any other local part of a domain with a catch-all goes to the
+    catch-all (``default@domain``).  Domains this admin cannot see are remote."""
+    start = f"{name}@{domain}".lower()
+    parent: dict[str, str] = {}
+    queue: deque[str] = deque()
+    local_domains: dict[str, bool] = {}
+
+    def visit(address: str, came_from: str) -> None:
+        key = address.lower()
+        if key not in parent and len(parent) < MAX_LOOP_WALK:
+            parent[key] = came_from
+            queue.append(key)
+
+    def ours(dom: str) -> bool:
+        if dom not in local_domains:
+            local_domains[dom] = s.read(s.domain_dn(dom), "mailDomain", ["dc"]) is not None
+        return local_domains[dom]
+
+    def next_hops(address: str) -> list[str]:
+        local, _, dom = address.rpartition("@")
+        if address == start:
+            return targets
+        if not ours(dom):
+            return []
+        found = read_targets(s, local, dom)
+        if found is not None:
+            return found
+        if s.read(s.user_dn(local, dom), "mailUser", ["uid"]) is not None:
+            return []
+        being_written = name == CATCHALL_NAME and dom == domain
+        if local != CATCHALL_NAME and (being_written or read_targets(s, CATCHALL_NAME, dom) is not None):
+            return [f"{CATCHALL_NAME}@{dom}"]
+        return []
+
+    for target in targets:
+        visit(target, start)
+    while queue:
+        address = queue.popleft()
+        if address == start:
+            path = [start]
+            hop = parent[start]
+            while hop != start:
+                path.append(hop)
+                hop = parent[hop]
+            path.append(start)
+            raise AdminError(f"alias loop: {' -> '.join(reversed(path))}; Exim would bounce every message "
+                             f"sent to {start}", kind="conflict", field="targets")
+        for hop in next_hops(address):
+            visit(hop, address)
+
+
 def _shadows(s: AdminSession, name: str, domain: str) -> bool:
     return s.read(s.user_dn(name, domain), "mailUser", ["uid"]) is not None
 
@@ -57,6 +119,7 @@ def _shadows(s: AdminSession, name: str, domain: str) -> bool:
 def add_alias(s: AdminSession, address: str, targets: list[str]) -> dict[str, Any]:
     name, domain = normalise_address(address)
     wanted = normalise_targets(targets)
+    check_loop(s, name, domain, wanted)
     entry = create(s, name, domain, wanted, f"alias {name}@{domain}")
     s.commit()
     shadows = _shadows(s, name, domain)
@@ -71,6 +134,7 @@ def put_alias(s: AdminSession, address: str, targets: list[str]) -> dict[str, An
     wanted = normalise_targets(targets)
     what = f"alias {name}@{domain}"
     current = read_targets(s, name, domain)
+    check_loop(s, name, domain, wanted)
     if current is None:
         create(s, name, domain, wanted, what)
     elif not wanted:
@@ -134,6 +198,7 @@ def _change_targets(s: AdminSession, address: str, targets: list[str], adding: b
     lowered = {t.lower(): t for t in current}
     if adding:
         change = [t for t in wanted if t.lower() not in lowered]
+        check_loop(s, name, domain, current + change)
     else:
         missing = [t for t in wanted if t.lower() not in lowered]
         if missing:

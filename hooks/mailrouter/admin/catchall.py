@@ -24,6 +24,7 @@ def set_catchall(s: AdminSession, domain: str, targets: list[str]) -> dict[str, 
     if not wanted:
         raise AdminError("a catch-all needs at least one target", field="targets")
     what = f"the catch-all of {name}"
+    aliases.check_loop(s, CATCHALL_NAME, name, wanted)
     if aliases.read_targets(s, CATCHALL_NAME, name) is None:
         aliases.create(s, CATCHALL_NAME, name, wanted, what)
     else:

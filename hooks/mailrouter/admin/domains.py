@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from mailrouter import entries
+from mailrouter.admin.admins import names_of
 from mailrouter.admin.normalise import normalise_domain
 from mailrouter.admin.session import AdminSession, Page
-from mailrouter.directory import CATCHALL_NAME, first, values
+from mailrouter.directory import CATCHALL_NAME, MODIFY_REPLACE, first, values
 from mailrouter.errors import AdminError
 
 DOMAIN_READ = ("dc", "description", "mailAccountStatus")
@@ -38,7 +39,7 @@ def remove_domain(s: AdminSession, domain: str, recursive: bool = False) -> dict
         # slapd checks the ACL before it checks for children: a refusal here
         # (50) means nothing may be removed; "non-leaf" (66, conflict) means we may.
         s.delete(dn, None, action, subject, f"no such domain {name}")
-        return {"ok": True, "message": f"removed domain {name}", "domain": name, "removed": [dn]}
+        return {"ok": True, "message": f"removed domain {name}", "domain": name, "removed_dns": [dn]}
     except AdminError as exc:
         if exc.kind != "conflict":
             raise
@@ -55,7 +56,7 @@ def remove_domain(s: AdminSession, domain: str, recursive: bool = False) -> dict
         "ok": True,
         "message": f"removed domain {name} and {len(victims)} entries below it",
         "domain": name,
-        "removed": [*victims, dn],
+        "removed_dns": [*victims, dn],
     }
 
 
@@ -112,5 +113,30 @@ def show_domain(s: AdminSession, domain: str) -> dict[str, Any]:
         "description": first(attributes, "description"),
         "status": first(attributes, "mailAccountStatus") or "active",
         **_counts(s, name),
-        "admins": sorted(values(group, "member")) if group else [],
+        "admins": names_of(s, values(group or {}, "member")),
+        "admin_dns": sorted(values(group or {}, "member")),
     }
+
+
+def set_domain_enabled(s: AdminSession, domain: str, enabled: bool) -> dict[str, Any]:
+    """Disable a domain (``mailAccountStatus: disabled`` on ``dc=DOMAIN``) or enable it
+    again.  Disabled, it stays one of ours and keeps every entry and mailbox, but
+    every user and alias in it counts as disabled (:meth:`mailrouter.directory.Directory.user`):
+    mail to it is refused with 550 5.2.1 at RCPT time, its users cannot log in
+    (POP3, IMAP, SMTP AUTH) and their user records go.  Only global admins may
+    change it (ldap/acl.conf rule 3a)."""
+    name = normalise_domain(domain)
+    dn = s.domain_dn(name)
+    attributes = s.read(dn, "mailDomain", DOMAIN_READ)
+    if attributes is None:
+        raise AdminError(f"no such domain {name}", kind="not_found")
+    status = "active" if enabled else "disabled"
+    changed = (first(attributes, "mailAccountStatus") or "active").lower() != status
+    if changed:
+        verb = "enable" if enabled else "disable"
+        s.modify(dn, {"mailAccountStatus": (MODIFY_REPLACE, [status])}, None, f"{verb} domain {name}",
+                 f"domain {name}")
+    what = ("mail to it is accepted and its users can log in" if enabled else
+            "mail to it is refused (550 5.2.1) and its users cannot log in; nothing was deleted")
+    message = f"{name} is {'now' if changed else 'already'} {status}: {what}"
+    return {"ok": True, "message": message, "domain": name, "status": status, "changed": changed}

@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import poplib
 import pwd
+import re
 import smtplib
 import ssl
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -27,16 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from mailrouter import auth, lookup, names, quota, routing
+from mailrouter.admin import eximcmd
+from mailrouter.admin.eximcmd import EXIM
 from mailrouter.admin.normalise import normalise_domain, normalise_target
 from mailrouter.config import Config
-from mailrouter.errors import AdminError, DirectoryUnavailable, TemporaryFailure
+from mailrouter.directory import Directory
+from mailrouter.errors import AdminError, DirectoryUnavailable, GarbledQuota, TemporaryFailure
 from mailrouter.mailbox.addressdata import parse_address_data
 from mailrouter.mailbox.usage import mailbox_usage
 
-EXIM = "/usr/sbin/exim4"
 EXIM_USER = "Debian-exim"
-EXIM_TIMEOUT = 120.0
 EXIM_MEANING = {0: "routed", 1: "deferred", 2: "undeliverable"}
+# A macro definition line of an Exim configuration: NAME = value (names start upper-case).
+_MACRO_LINE = re.compile(r"^\s*([A-Z][A-Za-z0-9_]*)\s*=")
 EHLO_NAME = "mailrouter-admin.invalid"
 
 
@@ -60,6 +63,8 @@ def route_address(config: Config, local: str, domain: str) -> dict[str, Any]:
         )
         return result
     result["local_domain"] = True
+    with Directory(config.ldap) as directory:
+        result["domain_enabled"] = directory.domain_active(domain)
     for router, kind in (("aliases", "alias"), ("users", "user"), ("catchall", "catchall")):
         data = ask(kind, local, domain)
         if data is None:
@@ -75,14 +80,18 @@ def route_address(config: Config, local: str, domain: str) -> dict[str, Any]:
                 format=target.format,
                 uid=target.uid,
                 gid=target.gid,
-                quota=target.quota_raw,
-                quota_bytes=limit,
-                used_bytes=used,
+                quota=quota_object(target.quota_raw, used),
                 over_quota=used is not None and routing.is_over_quota(used, 0, limit),
                 outcome="delivered to the mailbox by mailrouter-deliver",
             )
             if result["over_quota"]:
                 result["outcome"] = "deferred at RCPT (452): mailbox full"
+        elif kind == "catchall" and data == routing.FAIL_DISABLED:
+            # Exim's catch-all router is the one that refuses a disabled user (so
+            # that it is not swallowed), but the user is what the admin must look at.
+            why = "its domain is disabled" if not result["domain_enabled"] else "the account is disabled"
+            result.update(router="users", refused_by="catchall",
+                          outcome=f"refused with 550 (5.2.1 mailbox disabled): {why}")
         elif data.startswith(":fail:"):
             result.update(outcome="refused: " + data[len(":fail:"):].strip())
         else:
@@ -95,15 +104,29 @@ def route_address(config: Config, local: str, domain: str) -> dict[str, Any]:
     return result
 
 
+def quota_object(raw: str | None, used: int | None) -> dict[str, Any]:
+    """The one shape of a quota in every JSON answer: ``{"limit": "10M", "limit_bytes":
+    10485760, "used_bytes": 2048}``.  ``limit_bytes`` 0 = unlimited, ``None`` when the
+    stored value is garbled; ``used_bytes`` ``None`` when the mailbox cannot be read here."""
+    text = (raw or "0").strip() or "0"
+    try:
+        limit: int | None = quota.parse_quota(text)
+    except GarbledQuota:
+        limit = None
+    return {"limit": text, "limit_bytes": limit, "used_bytes": used}
+
+
 def probe_address(
     config: Config,
     address: str,
     exim: bool = False,
     exim_config: str | None = None,
     mailrouter_bin: str | None = None,
+    exim_command: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """:func:`route_address` of ``address`` as Exim would see it (local part lower-cased);
-    with ``exim`` also :func:`exim_address_test` under key ``"exim"``."""
+    with ``exim`` also :func:`exim_address_test` under key ``"exim"`` (and a ``note``
+    when Exim finds no route for a remote domain)."""
     text = address.strip()
     local_raw, at, dom = text.rpartition("@")
     if not at:
@@ -116,23 +139,38 @@ def probe_address(
     else:
         info = route_address(config, local, domain)
     if exim:
-        info["exim"] = exim_address_test(config, f"{local}@{domain}", exim_config, mailrouter_bin)
+        tested = exim_address_test(config, f"{local}@{domain}", exim_config, mailrouter_bin, exim_command)
+        info["exim"] = tested
+        if info.get("router") == "remote" and tested["rc"] == 2:
+            info["note"] = (
+                f"Exim found no route to {domain}: this Exim configuration routes remote mail "
+                f"by DNS (MX, then A records) and found none for {domain} (no DNS here?); "
+                "with MAILROUTER_RELAY_HOST set every remote address goes to that host instead"
+            )
     return info
 
 
 def exim_address_test(
-    config: Config, address: str, exim_config: str | None = None, mailrouter_bin: str | None = None
+    config: Config,
+    address: str,
+    exim_config: str | None = None,
+    mailrouter_bin: str | None = None,
+    exim_command: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """``exim -bt ADDRESS``: ``{"rc", "meaning", "output"}`` (rc 0 routed, 1 deferred,
-    2 undeliverable).
+    2 undeliverable; meaning ``"configuration error"`` when Exim did not start).
 
-    Without ``exim_config``: the system's Exim with its own configuration (on a
-    deployed hub, ours in /etc/exim4).  With it: that configuration (``-C``, which
-    Exim honours for ``-bt`` only as root) with this mailrouter config
-    (``MAILROUTER_CONFIG``), the hooks in ``mailrouter_bin`` (default: this Python's
-    bin/) and a private, throwaway spool and log directory."""
+    Without ``exim_config``: ``exim_command`` (default: the system's Exim with its
+    own configuration -- on a deployed hub, ours in /etc/exim4; the sandbox's
+    command comes from ``$MAILROUTER_EXIM``, see :mod:`mailrouter.admin.eximcmd`).
+    With it: that configuration (``-C``, which Exim honours for ``-bt`` only as
+    root) with this mailrouter config (``MAILROUTER_CONFIG``), the hooks in
+    ``mailrouter_bin`` (default: this Python's bin/) and a private, throwaway spool
+    and log directory -- each of these four macros only when the file does not
+    define it itself (a sandbox's generated wrapper defines them all: Exim refuses
+    a -D for a macro the file defines again)."""
     if exim_config is None:
-        return _run_exim([EXIM, "-bt", address])
+        return _run_exim([*(exim_command or [EXIM]), "-bt", address])
     if config.path is None or any(c.isspace() for c in config.path):
         raise AdminError("--exim needs a config file path without white space", field="config")
     if os.geteuid() != 0:
@@ -157,17 +195,48 @@ def exim_address_test(
             "MAILROUTER_SPOOL_DIRECTORY": str(spool),
             "MAILROUTER_LOG_FILE_PATH": str(spool / "%slog"),
         }
+        defined = defined_macros(Path(exim_config))
         return _run_exim([EXIM, "-C", str(Path(exim_config).resolve()),
-                          *(f"-D{name}={value}" for name, value in macros.items()), "-bt", address])
+                          *(f"-D{name}={value}" for name, value in macros.items() if name not in defined),
+                          "-bt", address])
+
+
+def defined_macros(path: Path) -> set[str]:
+    """Names of the macros the Exim configuration ``path`` defines unconditionally
+    in its own lines.  A definition inside ``.ifndef NAME`` is a default that a -D
+    overrides (exim/mailrouter.conf is made of those); an unconditional one (a
+    sandbox's generated wrapper) makes Exim refuse the -D, so it is left out."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise AdminError(f"cannot read {path}: {exc.strerror}", field="exim_config") from None
+    defined: set[str] = set()
+    guards: list[str] = []  # the NAME of each open .ifndef/.ifdef (or "" for other conditionals)
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] in (".ifdef", ".ifndef", ".elifdef", ".elifndef") and len(words) > 1:
+            if words[0].startswith(".elif") and guards:
+                guards.pop()
+            guards.append(words[1] if words[0].endswith("ifndef") else "")
+            continue
+        if words and words[0] == ".else" and guards:
+            guards[-1] = ""
+            continue
+        if words and words[0] == ".endif" and guards:
+            guards.pop()
+            continue
+        found = _MACRO_LINE.match(line)
+        if found and found.group(1) not in guards:
+            defined.add(found.group(1))
+    return defined
 
 
 def _run_exim(argv: Sequence[str]) -> dict[str, Any]:
-    try:
-        done = subprocess.run(list(argv), capture_output=True, timeout=EXIM_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise AdminError(f"cannot run exim: {exc}", kind="refused") from None
-    output = done.stdout.decode("utf-8", "replace") + done.stderr.decode("utf-8", "replace")
-    return {"rc": done.returncode, "meaning": EXIM_MEANING.get(done.returncode, "error"), "output": output}
+    ran = eximcmd.run(argv)
+    meaning = EXIM_MEANING.get(ran.rc, "error")
+    if ran.rc != 0 and eximcmd.configuration_error(ran.output):
+        meaning = "configuration error"
+    return {"rc": ran.rc, "meaning": meaning, "output": ran.output}
 
 
 # -- test auth -----------------------------------------------------------------------------
@@ -178,7 +247,8 @@ def probe_auth(config: Config, login: str, password: str) -> dict[str, Any]:
     result = auth.authenticate(config, login, password)
     if result.verdict is auth.Verdict.TEMPORARY:
         raise DirectoryUnavailable(result.reason)
-    return {"login": login, "verdict": result.verdict.name.lower(), "reason": result.reason}
+    ok = result.verdict is auth.Verdict.OK
+    return {"login": login, "ok": ok, "verdict": result.verdict.name.lower(), "reason": result.reason}
 
 
 # -- test smtp / pop3 ----------------------------------------------------------------------
@@ -194,12 +264,26 @@ def host_port(text: str, default: int) -> tuple[str, int]:
     return text.strip("[]"), default
 
 
-def _tls_context(insecure: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
+def _tls_context(insecure: bool, ca_file: str | None = None) -> ssl.SSLContext:
+    """Verifying against the system's CAs, or ``ca_file`` (a PEM bundle such as the
+    sandbox's ``ca_cert``) instead; ``insecure`` verifies nothing."""
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise AdminError(f"no CA file {ca_file}", kind="not_found", field="ca_file")
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError as exc:
+        raise AdminError(f"unusable CA file {ca_file}: {exc}", field="ca_file") from None
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _unverified(host: str, port: int, exc: ssl.SSLCertVerificationError) -> AdminError:
+    """A certificate that does not verify is a definite answer, not a reason to retry."""
+    return AdminError(f"TLS certificate of {host}:{port} not accepted: {exc.verify_message}; "
+                      "name its CA with --ca-file FILE (or skip the check with --insecure)",
+                      kind="refused")
 
 
 def probe_smtp(
@@ -212,12 +296,14 @@ def probe_smtp(
     password: str | None = None,
     send: bool = False,
     timeout: float = 30.0,
+    ca_file: str | None = None,
 ) -> dict[str, Any]:
     """An SMTP session with ``server`` (HOST[:PORT], default port 25): EHLO, optional
     STARTTLS and AUTH (``auth_user`` + ``password``), MAIL and each RCPT, then RSET
     -- or, with ``send``, a short test message.  Returns ``{"server", "ok",
     "transcript": [{"step", "code", "text"}]}``; ``ok`` is False when the login or
-    a recipient was refused."""
+    a recipient was refused.  TLS is verified against the system's CAs, or
+    ``ca_file``; ``insecure`` skips the check."""
     host, port = host_port(server, 25)
     transcript: list[dict[str, Any]] = []
     ok = True
@@ -230,7 +316,7 @@ def probe_smtp(
             code, text = client.ehlo(EHLO_NAME)
             transcript.append({"step": "EHLO", "code": code, "text": _decode(text)})
             if starttls:
-                code, text = client.starttls(context=_tls_context(insecure))
+                code, text = client.starttls(context=_tls_context(insecure, ca_file))
                 transcript.append({"step": "STARTTLS", "code": code, "text": _decode(text)})
                 client.ehlo(EHLO_NAME)
             if auth_user and password:
@@ -259,13 +345,21 @@ def probe_smtp(
                     ok = code == 250
                 else:
                     client.rset()
+    except ssl.SSLCertVerificationError as exc:
+        raise _unverified(host, port, exc) from None
     except (OSError, smtplib.SMTPException) as exc:
         raise TemporaryFailure(f"SMTP server {host}:{port}: {exc}") from None
     return {"server": f"{host}:{port}", "ok": ok, "transcript": transcript}
 
 
 def probe_pop3(
-    server: str, user: str, password: str, tls: bool = False, insecure: bool = False, timeout: float = 30.0
+    server: str,
+    user: str,
+    password: str,
+    tls: bool = False,
+    insecure: bool = False,
+    timeout: float = 30.0,
+    ca_file: str | None = None,
 ) -> dict[str, Any]:
     """Log in to the POP3 server ``server`` (HOST[:PORT], default 110, POP3S 995 with
     ``tls``) and STAT: ``{"server", "user", "greeting", "ok", "messages", "size"}``
@@ -274,7 +368,8 @@ def probe_pop3(
     info: dict[str, Any] = {"server": f"{host}:{port}", "user": user}
     try:
         if tls:
-            client: poplib.POP3 = poplib.POP3_SSL(host, port, timeout=timeout, context=_tls_context(insecure))
+            context = _tls_context(insecure, ca_file)
+            client: poplib.POP3 = poplib.POP3_SSL(host, port, timeout=timeout, context=context)
         else:
             client = poplib.POP3(host, port, timeout=timeout)
         try:
@@ -292,6 +387,8 @@ def probe_pop3(
                 client.quit()
             except (OSError, poplib.error_proto):
                 pass
+    except ssl.SSLCertVerificationError as exc:
+        raise _unverified(host, port, exc) from None
     except (OSError, poplib.error_proto) as exc:
         raise TemporaryFailure(f"POP3 server {host}:{port}: {exc}") from None
     return info

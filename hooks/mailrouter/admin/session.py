@@ -199,6 +199,13 @@ class AdminSession:
         if restore is not None:
             self._steps.append(Step(f"delete {dn}", lambda: session.add(dn, restore)))
 
+    def rename(self, dn: str, new_rdn: str, old_rdn: str, action: str, subject: str) -> None:
+        """Rename ``dn`` to ``new_rdn`` under the same parent; undone by renaming back."""
+        session = self._session
+        new_dn = f"{new_rdn},{dn.split(',', 1)[1]}"
+        self._do(lambda: session.modify_dn(dn, new_rdn), action, subject, None)
+        self._steps.append(Step(f"rename {dn}", lambda: session.modify_dn(new_dn, old_rdn)))
+
     def password_modify(
         self, dn: str, password: str, action: str, subject: str, missing: str, old_password: str | None = None
     ) -> None:
@@ -282,10 +289,12 @@ class AdminSession:
         offset: int,
         limit: int | None,
         key: Callable[[str], str],
+        subtree: bool = False,
     ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-        """One level of ``object_class`` entries under ``base``, ordered by
-        ``key(naming value)``, matching ``*contains*`` on the naming attribute:
-        ``(entries offset..offset+limit, total matches)``.
+        """One level (with ``subtree``: the whole subtree) of ``object_class``
+        entries under ``base``, ordered by ``key(naming value)``, matching
+        ``*contains*`` on the naming attribute: ``(entries offset..offset+limit,
+        total matches)``.
 
         Why two reads: a domain may hold 50 000 users.  Only the naming attribute
         of the whole level is read, sorted and sliced; full rows are read for the
@@ -303,9 +312,9 @@ class AdminSession:
             return sorted(found, key=lambda item: key(dirmod.first(item[1], naming) or ""))
 
         if limit is None and offset == 0:
-            found = ordered(self.search(base, search_filter, attributes))
+            found = ordered(self.search(base, search_filter, attributes, subtree))
             return found, len(found)
-        everything = ordered(self.search(base, search_filter, [naming]))
+        everything = ordered(self.search(base, search_filter, [naming], subtree))
         end = None if limit is None else offset + limit
         window = [dirmod.first(a, naming) or "" for _, a in everything[offset:end]]
         if not window:
@@ -314,7 +323,7 @@ class AdminSession:
         for start in range(0, len(window), _PAGE_READ):  # bounded filters, even for a huge limit
             chunk = window[start:start + _PAGE_READ]
             wanted = "".join(f"({naming}={dirmod.escape_filter_value(value)})" for value in chunk)
-            for dn, a in self.search(base, f"(&{kind}(|{wanted}))", attributes):
+            for dn, a in self.search(base, f"(&{kind}(|{wanted}))", attributes, subtree):
                 by_name[(dirmod.first(a, naming) or "").lower()] = (dn, a)
         page = [by_name[value.lower()] for value in window if value.lower() in by_name]
         return page, len(everything)

@@ -3,19 +3,38 @@
 Functions take a bound :class:`~mailrouter.admin.session.AdminSession` first and
 return JSON-ready data; they raise only AdminError, DirectoryUnavailable or
 TemporaryFailure.  Passwords arrive as strings: reading them is the caller's job.
+
+Shapes every answer shares: ``quota`` is an object ``{"limit", "limit_bytes",
+"used_bytes"}`` (:func:`mailrouter.admin.probes.quota_object`), ``mailbox`` is
+the path delivery really writes (built from the configured template; the
+``mailMessageStore`` attribute, which delivery ignores, is shown apart as
+``mail_message_store``), ids are numbers.  A change that finds the value
+already in place answers ``changed: false`` and writes nothing.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any
 
 from mailrouter import entries, passwords
 from mailrouter.admin import admins
 from mailrouter.admin.normalise import normalise_address, normalise_domain, normalise_quota
+from mailrouter.admin.probes import quota_object
 from mailrouter.admin.session import AdminSession, Page
-from mailrouter.directory import MODIFY_REPLACE, first, values
+from mailrouter.directory import (
+    MODIFY_ADD,
+    MODIFY_DELETE,
+    MODIFY_REPLACE,
+    escape_filter_value,
+    first,
+    user_rdn,
+    values,
+)
 from mailrouter.errors import AdminError, InvalidName
-from mailrouter.mailbox import spool
+from mailrouter.mailbox import maildir, spool
+from mailrouter.mailbox.usage import mailbox_usage
 
 USER_READ = ("uid", "dc", "mail", "cn", "mailQuota", "mailAccountStatus", "mailMessageStore",
              "uidNumber", "gidNumber")
@@ -51,6 +70,24 @@ def user_entry(
     )
 
 
+def mailbox_of(s: AdminSession, local: str, domain: str) -> str | None:
+    """The mailbox delivery writes for ``local@domain`` (``None``: the name cannot have one)."""
+    try:
+        return spool.mailbox_path(s.config.spool.template(), local, domain)
+    except InvalidName:
+        return None
+
+
+def usage_of(s: AdminSession, local: str, domain: str) -> int | None:
+    """Bytes in the mailbox, 0 when there is none yet, ``None`` when it cannot be read here."""
+    path = mailbox_of(s, local, domain)
+    return None if path is None else mailbox_usage(path, s.config.spool.format)
+
+
+def _alias_exists(s: AdminSession, local: str, domain: str) -> bool:
+    return s.read(s.alias_dn(local, domain), "mailAlias", ["mailAlias"]) is not None
+
+
 def add_user(
     s: AdminSession,
     address: str,
@@ -61,7 +98,9 @@ def add_user(
     admin: bool = False,
 ) -> dict[str, Any]:
     """Add a user (``password`` None: cannot log in yet); ``admin`` also makes them
-    an admin of their domain -- undone together if that second step fails."""
+    an admin of their domain -- undone together if that second step fails.
+    ``hidden_by_alias``: an alias of the same name exists; the aliases router runs
+    first, so that alias, not the new mailbox, receives the mail (the message says so)."""
     local, domain = normalise_address(address)
     quota_value = normalise_quota(quota) if quota is not None else None
     # A domain slapd hides from this admin is "no such domain" before anything else:
@@ -74,9 +113,13 @@ def add_user(
     if admin:
         admins.add_to_domain_group(s, entry.dn, domain)
     s.commit()
+    hidden = _alias_exists(s, local, domain)
     extra = " (domain admin)" if admin else ""
+    if hidden:
+        extra += (f"; note: the alias {local}@{domain} takes precedence, so mail to this address goes "
+                  "to the alias's targets, not to this mailbox, until the alias is removed")
     return {"ok": True, "message": f"added user {local}@{domain}{extra}", "address": f"{local}@{domain}",
-            "dn": entry.dn, "admin": admin}
+            "dn": entry.dn, "admin": admin, "hidden_by_alias": hidden}
 
 
 def _existing(s: AdminSession, address: str) -> tuple[str, str, str]:
@@ -89,86 +132,142 @@ def _existing(s: AdminSession, address: str) -> tuple[str, str, str]:
 
 
 def remove_user(s: AdminSession, address: str) -> dict[str, Any]:
+    """Remove the entry (and its admin membership).  The mailbox stays on disk --
+    mail is data, and this may not run on the mail host -- and the answer says
+    where it is (``mailbox``, ``mailbox_bytes``: ``None`` when it cannot be seen here)."""
     local, domain, dn = _existing(s, address)
     # Admin membership goes first (undoable); the delete, which cannot be undone
     # with its password hash, is the last step.
     revoked = admins.remove_from_group(s, dn, s.group_dn(domain), domain)
     s.delete(dn, None, f"remove users in {s.domain_dn(domain)}", f"user {local}@{domain}")
     s.commit()
-    return {"ok": True, "message": f"removed user {local}@{domain}", "address": f"{local}@{domain}",
-            "was_admin": revoked}
+    path = mailbox_of(s, local, domain)
+    used = usage_of(s, local, domain)
+    message = f"removed user {local}@{domain}"
+    if used:
+        message += (f"; its mailbox {path} ({used} bytes) was left on disk: delete it when it is "
+                    "no longer needed")
+    elif used is None:
+        message += f"; its mailbox {path}, if any, was left on disk (not readable here)"
+    return {"ok": True, "message": message, "address": f"{local}@{domain}", "was_admin": revoked,
+            "mailbox": path, "mailbox_bytes": used}
 
 
-def _row(attributes: dict[str, Any]) -> dict[str, Any]:
+def _row(s: AdminSession, attributes: dict[str, Any]) -> dict[str, Any]:
+    local = first(attributes, "uid") or ""
+    domain = first(attributes, "dc") or ""
     return {
         "address": first(attributes, "mail"),
         "name": first(attributes, "cn"),
-        "quota": first(attributes, "mailQuota") or "0",
+        "quota": quota_object(first(attributes, "mailQuota"), usage_of(s, local, domain)),
         "status": first(attributes, "mailAccountStatus") or "active",
     }
 
 
 def list_users(
-    s: AdminSession, domain: str, contains: str | None = None, offset: int = 0, limit: int | None = None
+    s: AdminSession,
+    domain: str | None,
+    contains: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
 ) -> Page:
-    """The users of ``domain`` ordered by address; ``contains`` matches the local part."""
+    """The users of ``domain`` ordered by address (``contains`` matches the local
+    part); without a domain, the users of every domain this admin can see
+    (``contains`` matches the address)."""
+    if domain is None:
+        found, total = s.page(
+            s.base_dn, "mailUser", "mail", USER_READ,
+            contains=contains, offset=offset, limit=limit, key=lambda mail: mail.lower(), subtree=True,
+        )
+        return Page([_row(s, a) for _, a in found], total, offset, limit)
     name = normalise_domain(domain)
     s.require_domain(name)
     found, total = s.page(
         s.domain_dn(name), "mailUser", "uid", USER_READ,
         contains=contains, offset=offset, limit=limit, key=lambda uid: f"{uid}@{name}",
     )
-    return Page([_row(a) for _, a in found], total, offset, limit)
+    return Page([_row(s, a) for _, a in found], total, offset, limit)
+
+
+def _read_user(s: AdminSession, local: str, domain: str) -> dict[str, Any]:
+    attributes = s.read(s.user_dn(local, domain), "mailUser", USER_READ)
+    if attributes is None:
+        raise AdminError(f"no such user {local}@{domain}", kind="not_found")
+    return attributes
+
+
+def _number(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def show_user(s: AdminSession, address: str) -> dict[str, Any]:
     local, domain = normalise_address(address)
     dn = s.user_dn(local, domain)
-    attributes = s.read(dn, "mailUser", USER_READ)
-    if attributes is None:
-        raise AdminError(f"no such user {local}@{domain}", kind="not_found")
+    attributes = _read_user(s, local, domain)
     group = s.read(s.group_dn(domain), "groupOfNames", ["member"])
     return {
-        **_row(attributes),
+        **_row(s, attributes),
         "dn": dn,
-        "mailbox": first(attributes, "mailMessageStore"),
-        "uid": first(attributes, "uidNumber"),
-        "gid": first(attributes, "gidNumber"),
+        "mailbox": mailbox_of(s, local, domain),
+        "mailbox_format": s.config.spool.format,
+        "mail_message_store": first(attributes, "mailMessageStore"),
+        "uid": _number(first(attributes, "uidNumber")),
+        "gid": _number(first(attributes, "gidNumber")),
         "domain_admin": bool(group) and dn.lower() in (m.lower() for m in values(group or {}, "member")),
+        "hidden_by_alias": _alias_exists(s, local, domain),
     }
 
 
 def set_password(s: AdminSession, address: str, password: str) -> dict[str, Any]:
-    """RFC 3062 Password Modify: slapd hashes with its ``password-hash`` ({ARGON2});
-    self-service works through the ``by self =wx`` ACL, an admin's through the admin clauses."""
+    """Replace ``userPassword`` with a hash made with the config's
+    ``auth.password_scheme`` -- the scheme ``user add`` and ``mailrouter-passwd`` use,
+    so every password this project writes is hashed by one rule
+    (:func:`mailrouter.passwords.hash_password`).  Self-service works through the
+    ``by self =wx`` ACL, an admin's through the admin clauses.  Not undoable."""
     local, domain = normalise_address(address)
     if not password:
         raise AdminError("empty password refused", field="password")
-    s.password_modify(s.user_dn(local, domain), password, f"change the password of {local}@{domain}",
-                      f"user {local}@{domain}", f"no such user {local}@{domain}")
+    password_hash = passwords.hash_password(password, s.config.auth.password_scheme)
+    dn = s.user_dn(local, domain)
+    s.modify(dn, {"userPassword": (MODIFY_REPLACE, [password_hash])}, None,
+             f"change the password of {local}@{domain}", f"user {local}@{domain}",
+             f"no such user {local}@{domain}")
+    s.stamp_password_scheme(dn, passwords.scheme_label(s.config.auth.password_scheme))
     return {"ok": True, "message": f"changed the password of {local}@{domain}",
             "address": f"{local}@{domain}"}
 
 
-def _replace(s: AdminSession, address: str, attribute: str, value: str, verb: str) -> str:
-    local, domain, dn = _existing(s, address)
-    s.modify(dn, {attribute: (MODIFY_REPLACE, [value])}, None, f"{verb} of {local}@{domain}",
-             f"user {local}@{domain}")
-    return f"{local}@{domain}"
+def _replace(s: AdminSession, address: str, attribute: str, value: str, verb: str) -> tuple[str, bool]:
+    """Replace one attribute; ``(address, changed)`` -- no write when it already holds ``value``."""
+    local, domain = normalise_address(address)
+    attributes = _read_user(s, local, domain)
+    if first(attributes, attribute) == value or (
+        attribute == "mailAccountStatus" and (first(attributes, attribute) or "active") == value
+    ):
+        return f"{local}@{domain}", False
+    s.modify(s.user_dn(local, domain), {attribute: (MODIFY_REPLACE, [value])}, None,
+             f"{verb} of {local}@{domain}", f"user {local}@{domain}")
+    return f"{local}@{domain}", True
 
 
 def set_quota(s: AdminSession, address: str, quota: str) -> dict[str, Any]:
     value = normalise_quota(quota)
-    canonical = _replace(s, address, "mailQuota", value, "change the quota")
-    return {"ok": True, "message": f"quota of {canonical} is now {value}", "address": canonical,
-            "quota": value}
+    canonical, changed = _replace(s, address, "mailQuota", value, "change the quota")
+    local, _, domain = canonical.partition("@")
+    verb = "is now" if changed else "is already"
+    return {"ok": True, "message": f"quota of {canonical} {verb} {value}", "address": canonical,
+            "quota": quota_object(value, usage_of(s, local, domain)), "changed": changed}
 
 
 def set_enabled(s: AdminSession, address: str, enabled: bool) -> dict[str, Any]:
     status = "active" if enabled else "disabled"
     verb = "enable" if enabled else "disable"
-    canonical = _replace(s, address, "mailAccountStatus", status, f"{verb} the account")
-    return {"ok": True, "message": f"{canonical} is now {status}", "address": canonical, "status": status}
+    canonical, changed = _replace(s, address, "mailAccountStatus", status, f"{verb} the account")
+    return {"ok": True, "message": f"{canonical} is {'now' if changed else 'already'} {status}",
+            "address": canonical, "status": status, "changed": changed}
 
 
 def set_name(s: AdminSession, address: str, name: str) -> dict[str, Any]:
@@ -177,6 +276,119 @@ def set_name(s: AdminSession, address: str, name: str) -> dict[str, Any]:
     local, domain = normalise_address(address)
     if not value.isprintable():
         raise AdminError("a name must be printable text", field="name")
-    canonical = _replace(s, address, "cn", value or f"{local}@{domain}", "change the name")
-    return {"ok": True, "message": f"name of {canonical} is now {value or canonical}", "address": canonical,
-            "name": value or canonical}
+    canonical, changed = _replace(s, address, "cn", value or f"{local}@{domain}", "change the name")
+    return {"ok": True, "message": f"name of {canonical} is {'now' if changed else 'already'} "
+            f"{value or canonical}", "address": canonical, "name": value or canonical, "changed": changed}
+
+
+# -- rename -------------------------------------------------------------------------------
+def rename_user(s: AdminSession, address: str, new_address: str) -> dict[str, Any]:
+    """Rename a user within their domain: the entry (``uid``, ``mail``, ``cn`` when it
+    was the address, ``mailMessageStore``), their admin membership and every alias
+    target naming the old address (in the domains this admin can see) follow, each
+    step undone if a later one fails.  Then the mailbox is moved to the new
+    address's path when it can be done safely here (``mailbox.moved``); otherwise
+    ``mailbox.note`` says what to move by hand.  The old address stops receiving
+    mail (add an alias for it to keep it); mail already routed to it may still
+    arrive at the old path."""
+    old_local, domain, old_dn = _existing(s, address)
+    new_local, new_domain = normalise_address(new_address, field="new_address")
+    if new_domain != domain:
+        raise AdminError(f"a rename keeps the domain ({domain}); to move a user to {new_domain}, add a new "
+                         "user there and remove this one", field="new_address")
+    old, new = f"{old_local}@{domain}", f"{new_local}@{domain}"
+    if new_local == old_local:
+        raise AdminError(f"{old} already has that name", field="new_address")
+    if s.read(s.user_dn(new_local, domain), "mailUser", ["uid"]) is not None:
+        raise AdminError(f"user {new} already exists", kind="exists", field="new_address")
+    if _alias_exists(s, new_local, domain):
+        raise AdminError(f"alias {new} exists and would take the renamed user's mail; remove it first",
+                         kind="conflict", field="new_address")
+    attributes = _read_user(s, old_local, domain)
+    action = f"rename users in {s.domain_dn(domain)}"
+    new_dn = s.user_dn(new_local, domain)
+    s.rename(old_dn, user_rdn(new_local), user_rdn(old_local), action, f"user {new}")
+    changes: dict[str, tuple[str, list[str]]] = {"mail": (MODIFY_REPLACE, [new])}
+    undo: dict[str, tuple[str, list[str]]] = {"mail": (MODIFY_REPLACE, values(attributes, "mail") or [old])}
+    if first(attributes, "cn") == old:
+        changes["cn"], undo["cn"] = (MODIFY_REPLACE, [new]), (MODIFY_REPLACE, [old])
+    store = mailbox_of(s, new_local, domain)
+    if store and values(attributes, "mailMessageStore"):
+        changes["mailMessageStore"] = (MODIFY_REPLACE, [store])
+        undo["mailMessageStore"] = (MODIFY_REPLACE, values(attributes, "mailMessageStore"))
+    s.modify(new_dn, changes, undo, action, f"user {new}")
+    group = s.group_dn(domain)
+    members = values(s.read(group, "groupOfNames", ["member"]) or {}, "member")
+    was_admin = [m for m in members if m.lower() == old_dn.lower()]
+    if was_admin:
+        s.modify(group, {"member": (MODIFY_ADD, [new_dn])}, {"member": (MODIFY_DELETE, [new_dn])},
+                 f"change the admins of {domain}", f"admin group of {domain}")
+        s.modify(group, {"member": (MODIFY_DELETE, was_admin)}, {"member": (MODIFY_ADD, was_admin)},
+                 f"change the admins of {domain}", f"admin group of {domain}")
+    retargeted = []
+    naming_old = f"(&(objectClass=mailAlias)(mailAliasedName={escape_filter_value(old)}))"
+    for dn, alias in s.search(s.base_dn, naming_old, ["mailAlias", "dc", "mailAliasedName"], subtree=True):
+        targets = values(alias, "mailAliasedName")
+        replaced = [new if t.lower() == old else t for t in targets]
+        s.modify(dn, {"mailAliasedName": (MODIFY_REPLACE, list(dict.fromkeys(replaced)))},
+                 {"mailAliasedName": (MODIFY_REPLACE, targets)},
+                 f"change aliases in {dn.split(',', 1)[1]}", f"alias {first(alias, 'mailAlias')}")
+        retargeted.append(f"{first(alias, 'mailAlias')}@{first(alias, 'dc')}")
+    s.commit()
+    mailbox = move_mailbox(s, old_local, new_local, domain)
+    message = f"renamed {old} to {new}"
+    if retargeted:
+        message += f"; alias targets updated in {', '.join(sorted(retargeted))}"
+    message += f"; mailbox: {mailbox['note']}"
+    return {"ok": True, "message": message, "address": new, "old_address": old, "dn": new_dn,
+            "admin": bool(was_admin), "aliases_updated": sorted(retargeted), "mailbox": mailbox}
+
+
+def move_mailbox(s: AdminSession, old_local: str, new_local: str, domain: str) -> dict[str, Any]:
+    """Move the mailbox of ``old_local@domain`` to the path of ``new_local@domain``.
+
+    The same rules as delivery: below the spool root no symlink is followed (each
+    directory opened ``O_NOFOLLOW``), a symlinked mailbox is left alone; nothing
+    is overwritten; an mbox with a dotlock (a delivery or POP3 session at work) is
+    left alone.  What is renamed is the first path element that differs (the
+    mbox file, or a per-user directory of a Maildir template)."""
+    template = s.config.spool.template()
+    source = mailbox_of(s, old_local, domain)
+    target = mailbox_of(s, new_local, domain)
+    result: dict[str, Any] = {"from": source, "to": target, "moved": False}
+    if source is None or target is None:
+        return {**result, "note": "the names cannot have a mailbox under the configured template"}
+    root = spool.spool_root(template)
+    old_parts, new_parts = source[len(root):].split("/"), target[len(root):].split("/")
+    index = next(i for i, (a, b) in enumerate(zip(old_parts, new_parts, strict=True)) if a != b)
+    parents, old_name, new_name = old_parts[:index], old_parts[index], new_parts[index]
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return {**result, "note": f"spool {root} not reachable here ({exc.strerror}): move {source} to "
+                f"{target} on the mail host"}
+    try:
+        for part in parents:
+            next_fd = maildir.open_dir(part, fd, create=False)
+            os.close(fd)
+            fd = next_fd
+        before = os.stat(old_name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISLNK(before.st_mode):
+            return {**result, "note": f"{source} is a symlink: left alone"}
+        for name in (new_name, new_name + ".lock", old_name + ".lock"):
+            try:
+                os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if name.startswith(old_name):
+                return {**result, "note": f"{source} is locked (a delivery or a POP3 session): move it to "
+                        f"{target} by hand later"}
+            return {**result, "note": f"{target} already exists: {source} left alone, merge them by hand"}
+        os.rename(old_name, new_name, src_dir_fd=fd, dst_dir_fd=fd)
+    except FileNotFoundError:
+        return {**result, "note": "no mailbox yet, nothing to move"}
+    except OSError as exc:
+        return {**result, "note": f"not moved ({exc.strerror}): move {source} to {target} on the mail host"}
+    finally:
+        os.close(fd)
+    return {**result, "moved": True, "note": f"moved {source} to {target}"}

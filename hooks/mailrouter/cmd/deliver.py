@@ -44,7 +44,8 @@ STDIN
         message_suffix =             # EMPTY: this hook writes the blank separator
         # check_string / escape_string: leave unset (the default): we escape
         temp_errors = 75:73
-        return_fail_output = true    # puts the 77 reason in the bounce
+        return_fail_output = true    # puts the 100 reason in the bounce
+        log_fail_output = true       # ... and in Exim's log
         log_defer_output = true      # puts a 75 reason in Exim's log
         freeze_signal = true         # a killed hook (kill -9, OOM) must not bounce:
         timeout_defer = true         #   the mbox is left consistent (see below)
@@ -81,9 +82,11 @@ EXIT CODES
         hard link, not a regular file, wrong owner, path outside the template),
         bad arguments, address data or config, missing From_ line, any
         unexpected exception
-    77  permanent: the message alone (as piped, without the From_ line and the
-        >From escaping) is larger than the mailbox's whole quota; Exim's
-        DATA-time check refuses such a message before accepting it
+    100 permanent: the message alone (as piped, without the From_ line and the
+        >From escaping) is larger than the mailbox's whole quota (stdout:
+        "message of N bytes exceeds the whole quota of Q"); Exim's DATA-time
+        check refuses such a message before accepting it.  Not 77: Exim logs
+        any sysexits code with a misleading guess ("could mean permission denied")
     (67 is never used here: only a definite "no such user" from LDAP may be
     permanent, and this hook does not query LDAP.)
 
@@ -103,7 +106,7 @@ from dataclasses import dataclass
 from mailrouter import config as config_module
 from mailrouter.config import Config
 from mailrouter.errors import MailrouterError, NoFromLine, TemporaryFailure, TooBigForQuota
-from mailrouter.exitcodes import EX_NOPERM, EX_OK, EX_TEMPFAIL
+from mailrouter.exitcodes import EX_OK, EX_TEMPFAIL, EX_TOOBIG
 from mailrouter.mailbox import mbox, spool, store
 from mailrouter.mailbox.addressdata import AddressData, parse_address_data
 
@@ -163,7 +166,7 @@ def _outcome(argv: list[str], raw: bytes) -> Outcome:
         data = parse_address_data(args["--address-data"])
         return Outcome(EX_OK, run(config, data, raw))
     except TooBigForQuota as exc:
-        return Outcome(EX_NOPERM, str(exc))
+        return Outcome(EX_TOOBIG, str(exc))
     except MailrouterError as exc:
         # Only TooBigForQuota is permanent: a bad target means a broken router or
         # config, never a definite "no such user" (this hook asks no LDAP).
@@ -173,7 +176,7 @@ def _outcome(argv: list[str], raw: bytes) -> Outcome:
 
 
 def _log(outcome: Outcome, argv: list[str], size: int) -> None:
-    status = {EX_OK: "delivered", EX_NOPERM: "bounced"}.get(outcome.code, "deferred")
+    status = {EX_OK: "delivered", EX_TOOBIG: "bounced"}.get(outcome.code, "deferred")
     message_id = _SAFE_LOG.sub("?", os.environ.get("MESSAGE_ID", "-"))[:100]
     mailbox = "-"
     for i, item in enumerate(argv):

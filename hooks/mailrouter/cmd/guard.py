@@ -17,6 +17,13 @@ and prints to stderr -- both fatal.  So each entry point here
 
 The per-executable exit codes of the *expected* outcomes live in each module's
 docstring and ``main``; this file holds only the "anything else" code.
+
+Manuals: each executable's module docstring is its manual (:data:`MANUALS`
+names the module of every console script; ``mailrouter.manpages`` turns them
+into man pages).  A hook that parses no options of its own prints that manual
+for ``--help`` given as its only argument, on stdout with exit 0 -- only then:
+Exim, PAM and Dovecot always pass other arguments first, so no address or
+login can ever be taken for ``--help``.
 """
 
 from __future__ import annotations
@@ -35,7 +42,40 @@ def _silence_stderr() -> None:
     os.close(devnull)
 
 
-def _guarded(module_name: str, temporary_code: int, silence_stderr: bool) -> int:
+# console script -> the module whose docstring is its manual
+MANUALS = {
+    "mailrouter-lookup": "mailrouter.cmd.lookup",
+    "mailrouter-lookupd": "mailrouter.cmd.lookupd",
+    "mailrouter-deliver": "mailrouter.cmd.deliver",
+    "mailrouter-authd": "mailrouter.cmd.authd",
+    "mailrouter-pam-auth": "mailrouter.cmd.pam_auth",
+    "mailrouter-userdb": "mailrouter.cmd.userdb",
+    "mailrouter-checkpassword": "mailrouter.cmd.checkpassword",
+    "mailrouter-passwd": "mailrouter.cmd.passwd",
+    "mailrouter-web": "mailrouter.cmd.web",
+    "mailrouter-admin": "mailrouter.admin",
+    "mailrouter-sandbox": "mailrouter.sandbox.cli",
+}
+
+
+def _manual(module_name: str) -> int | None:
+    """``--help`` alone: the module's docstring on stdout, exit 0; else None."""
+    if sys.argv[1:] != ["--help"]:
+        return None
+    try:
+        module = importlib.import_module(module_name)
+        sys.stdout.write((module.__doc__ or module_name).strip() + "\n")
+        sys.stdout.flush()
+    except BaseException:  # noqa: BLE001 - a broken install still exits 0 only when it printed
+        return None
+    return 0
+
+
+def _guarded(module_name: str, temporary_code: int, silence_stderr: bool, manual: bool = False) -> int:
+    if manual:
+        printed = _manual(module_name)
+        if printed is not None:
+            return printed
     if silence_stderr:
         try:
             _silence_stderr()
@@ -53,15 +93,15 @@ def _guarded(module_name: str, temporary_code: int, silence_stderr: bool) -> int
 
 
 def lookup() -> int:
-    return _guarded("mailrouter.cmd.lookup", EX_TEMPFAIL, silence_stderr=True)
+    return _guarded("mailrouter.cmd.lookup", EX_TEMPFAIL, silence_stderr=True, manual=True)
 
 
 def deliver() -> int:
-    return _guarded("mailrouter.cmd.deliver", EX_TEMPFAIL, silence_stderr=True)
+    return _guarded("mailrouter.cmd.deliver", EX_TEMPFAIL, silence_stderr=True, manual=True)
 
 
 def pam_auth() -> int:
-    return _guarded("mailrouter.cmd.pam_auth", EX_TEMPFAIL, silence_stderr=True)
+    return _guarded("mailrouter.cmd.pam_auth", EX_TEMPFAIL, silence_stderr=True, manual=True)
 
 
 def userdb() -> int:
@@ -69,7 +109,7 @@ def userdb() -> int:
 
 
 def checkpassword() -> int:
-    return _guarded("mailrouter.cmd.checkpassword", CHECKPASSWORD_TEMPFAIL, silence_stderr=False)
+    return _guarded("mailrouter.cmd.checkpassword", CHECKPASSWORD_TEMPFAIL, silence_stderr=False, manual=True)
 
 
 def authd() -> int:

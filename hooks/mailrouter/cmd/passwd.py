@@ -5,6 +5,8 @@ Usage::
     mailrouter-passwd [--config CONF] [--login LOCAL@DOMAIN]
                       [--old-password-file FILE] [--new-password-file FILE]
 
+``--config`` defaults to ``$MAILROUTER_CONFIG``, else ``/etc/mailrouter/mailrouter.toml``.
+
 Passwords are never taken from argv (every local user can read a command
 line).  Without ``--old-password-file``/``--new-password-file`` the tool prompts
 on the terminal (the new password twice); ``FILE`` may be ``-`` for stdin (one
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from typing import TextIO
 
@@ -52,6 +55,9 @@ from mailrouter.errors import InvalidName, LdapRefused, Misuse, TemporaryFailure
 from mailrouter.exitcodes import EX_OK, EX_REFUSED, EX_TEMPFAIL, EX_USAGE
 
 MIN_PASSWORD_LENGTH = 8
+# An interactive tool, run by the user: the config may come from the environment
+# (``eval "$(mailrouter-sandbox env --dir D)"`` sets it).  Hooks never do this.
+CONFIG_ENV = "MAILROUTER_CONFIG"
 
 
 def _read_secret_line(source: str, stdin: TextIO) -> str:
@@ -114,7 +120,8 @@ def change_password(config: Config, login: str, old: str, new: str) -> int:
 def main(argv: list[str], stdin: TextIO | None = None) -> int:
     stdin = stdin or sys.stdin
     parser = argparse.ArgumentParser(prog="mailrouter-passwd", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--config", default=os.environ.get(CONFIG_ENV) or None,
+                        help=f"the TOML config (default ${CONFIG_ENV}, else /etc/mailrouter/mailrouter.toml)")
     parser.add_argument("--login", default=None)
     parser.add_argument("--old-password-file", default=None, metavar="FILE")
     parser.add_argument("--new-password-file", default=None, metavar="FILE")

@@ -2,6 +2,7 @@
 
 SYNOPSIS
     mailrouter-sandbox --root CHECKOUT up [--dir DIR]
+    mailrouter-sandbox env --dir DIR
     mailrouter-sandbox status --dir DIR
     mailrouter-sandbox down --dir DIR [--keep]
     mailrouter-sandbox --root CHECKOUT demo [--dir DIR]
@@ -28,7 +29,13 @@ up
        "submission_port", "smtps_port", "pop3_port", "pop3s_port", "ca_cert",
        "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
        "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]},
-       "web_url"}
+       "web_url", "config", "exim_config", "tls_host"}
+
+    Keys are only ever added, never renamed or dropped.  "config" is the hooks'
+    TOML (what ``mailrouter-admin --config`` wants); "exim_config" the Exim
+    configuration file (a wrapper: the sandbox's macros, then exim/mailrouter.conf);
+    "tls_host" a host name the certificates match ("localhost"; they match IP
+    127.0.0.1 too, but clients such as fetchmail check names only).
 
     "web_url" is the web interface (https on loopback, certificate from the
     sandbox CA in "ca_cert"); every account above logs in there.  Users added
@@ -40,6 +47,12 @@ up
     "exim" is a shell command line that runs exim with the sandbox config
     (append arguments such as -bt ADDRESS or -qf).  Daemons keep running after
     `up` exits; DIR/sandbox.json remembers them.
+env
+    Prints shell exports that point every bin/ tool at the sandbox in DIR:
+    ``eval "$(mailrouter-sandbox env --dir DIR)"`` sets MAILROUTER_CONFIG (the
+    hooks' TOML), MAILROUTER_BIND_DN and MAILROUTER_PASSWORD_FILE (the global
+    admin and a 0600 file with their password) and MAILROUTER_EXIM (the Exim
+    command line, for ``mailrouter-admin queue`` and ``test address --exim``).
 status
     Prints one JSON object: each daemon, its PID and whether it still runs.
 down
@@ -56,6 +69,13 @@ demo
     `up`, then sends a message with STARTTLS + AUTH on the submission port and
     fetches it over POP3S, printing what happened and how to connect; the
     sandbox keeps running (stop it with `down`).
+
+RELAYING
+    The seed's host_accept_relay setting (127.0.0.1 and ::1) lets every client on
+    127.0.0.1 relay to any domain without AUTH.  To see "550 5.7.1 Relaying
+    denied", connect from another loopback address (bind the client to
+    127.0.0.2), or remove 127.0.0.1 with ``mailrouter-admin setting remove
+    host_accept_relay 127.0.0.1``.
 
 EXIT CODES
     0 done; 1 failed (an `up` that fails stops whatever it had started);
@@ -93,6 +113,12 @@ from mailrouter.sandbox.slapd import Slapd, free_port
 from mailrouter.sandbox.web import WebServer, web_settings
 
 STATE_FILE = "sandbox.json"
+ADMIN_SECRET = "admin.secret"  # the global admin's password, for MAILROUTER_PASSWORD_FILE
+TLS_HOST = "localhost"  # a name the certificates match (tls.make_certificates)
+RELAY_NOTE = (
+    "relaying   every client on 127.0.0.1 may relay without AUTH (the seed's host_accept_relay: "
+    "127.0.0.1, ::1); connect from 127.0.0.2 to see \"550 5.7.1 Relaying denied\""
+)
 STOP_TIMEOUT = 10.0
 # Exim's queue runner and retry times here: a message deferred (LDAP stopped,
 # mailbox locked) is tried again within seconds, with no `exim -q` by hand.
@@ -209,7 +235,7 @@ def sweep(directory: Path) -> None:
 def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> dict[str, Any]:
     root = sandbox.root
     directory.chmod(0o755)  # Debian-exim and mail must reach the config and the spool
-    certificates = tls.make_certificates(directory / "tls", key_group=EXIM_USER)
+    certificates = tls.make_certificates(directory / "tls", host=TLS_HOST, key_group=EXIM_USER)
 
     spool = directory / "mail"
     spool.mkdir(exist_ok=True)
@@ -249,6 +275,9 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     components["web_url"] = f"https://127.0.0.1:{web_port}/"
 
     admin = data.account("global-admin")
+    fd = os.open(directory / ADMIN_SECRET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(admin.password + "\n")
     return {
         "dir": str(directory),
         "ldap_uri": slapd.uri,
@@ -261,6 +290,8 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
         "accounts": [a.as_json() for a in data.accounts if a.role != "service"],
         "aliases": data.aliases,
         "catchall": data.catchall,
+        "config": str(config),
+        "tls_host": TLS_HOST,
     }
 
 
@@ -346,6 +377,7 @@ def start_services(
         "pop3_port": popa3d.port,
         "pop3s_port": popa3d.tls_port,
         "exim": shlex.join(exim.argv()),
+        "exim_config": str(exim.wrapper),
     }
 
 
@@ -409,6 +441,18 @@ def ldap(directory: Path, action: str) -> None:
     sandbox.save()
 
 
+def env(directory: Path) -> str:
+    """The shell exports of `env` (values quoted for sh)."""
+    info = Sandbox.load(directory).info
+    exports = {
+        "MAILROUTER_CONFIG": info.get("config", str(directory / "mailrouter.toml")),  # older sandboxes
+        "MAILROUTER_BIND_DN": info["admin_dn"],
+        "MAILROUTER_PASSWORD_FILE": str(directory / ADMIN_SECRET),
+        "MAILROUTER_EXIM": info["exim"],
+    }
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in exports.items())
+
+
 def down(directory: Path, keep: bool) -> None:
     stop_all(Sandbox.load(directory))
     if not keep:
@@ -463,7 +507,10 @@ def connection_help(info: dict[str, Any]) -> str:
             f"  CA          {info['ca_cert']}",
             f"  web         {info['web_url']}  (log in as admin, postmaster@example.com or a user)",
             f"  accounts    {Path(info['dir']) / STATE_FILE} (passwords; mode 0600)",
+            f"  config      {info['config']}  (mailrouter-admin --config; or, for every tool:"
+            f" eval \"$(mailrouter-sandbox env --dir {shlex.quote(info['dir'])})\")",
             f"  exim        {info['exim']} -bt alice@example.com",
+            f"  {RELAY_NOTE}",
             f"  stop        mailrouter-sandbox down --dir {shlex.quote(info['dir'])}",
         ]
     )
@@ -475,33 +522,56 @@ def console() -> int:
     return main(sys.argv[1:])
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mailrouter-sandbox", description="the whole hub on loopback")
-    parser.add_argument(
-        "--root", type=Path, help="the checkout with ldap/, exim/, popa3d/ (needed by up and demo)"
+SUBCOMMANDS = {
+    "up": "start slapd, Exim, popa3d, the sockets and the web interface; print one JSON object",
+    "demo": "up, then send a message (submission, STARTTLS + AUTH) and fetch it (POP3S)",
+    "env": "print shell exports that point every bin/ tool at this sandbox (eval them)",
+    "status": "print each daemon, its PID and whether it runs (JSON)",
+    "down": "stop everything up started and remove DIR",
+    "ldap": "stop or start slapd, to watch the hub defer and recover",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailrouter-sandbox", description="The whole hub on loopback, in one directory, as root.",
+        epilog="Manual: man mailrouter-sandbox (or pydoc mailrouter.sandbox.cli).  "
+        "Exit: 0 done, 1 failed, 2 usage.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("up", "demo"):
-        command = commands.add_parser(name)
-        command.add_argument("--dir", type=Path)
-    for name in ("status", "down", "ldap"):
-        command = commands.add_parser(name)
-        command.add_argument("--dir", type=Path, required=True)
+    parser.add_argument(
+        "--root", type=Path, help="the checkout with ldap/, exim/, popa3d/ (needed by up and demo; "
+        "bin/mailrouter-sandbox passes its own)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in SUBCOMMANDS.items():
+        command = commands.add_parser(name, help=text, description=text)
+        if name in ("up", "demo"):
+            command.add_argument("--dir", type=Path, help="the sandbox directory (default: new, in /tmp)")
+        else:
+            command.add_argument("--dir", type=Path, required=True,
+                                 help="the directory `up` printed as \"dir\"")
         if name == "down":
             command.add_argument("--keep", action="store_true", help="keep DIR (logs, mailboxes)")
         if name == "ldap":
-            command.add_argument("action", choices=("stop", "start"))
+            command.add_argument("action", choices=("stop", "start"), help="stop or start slapd")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    if args.command in ("status", "down", "ldap"):
+    if args.command in ("status", "down", "ldap", "env"):
         if not (args.dir / STATE_FILE).exists():
             log(f"mailrouter-sandbox: no sandbox in {args.dir}")
             return 1
         if args.command == "status":
             print(json.dumps(status(args.dir)))
+        elif args.command == "env":
+            sys.stdout.write(env(args.dir.resolve()))
         elif args.command == "ldap":
             ldap(args.dir, args.action)
         else:

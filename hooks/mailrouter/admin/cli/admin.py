@@ -38,11 +38,11 @@ def register(top: Any) -> None:
     g = group(top, "admin", "domain and global admins")
     for verb, handler in (("grant", grant), ("revoke", revoke)):
         p = leaf(g, verb, handler, f"{verb} admin rights")
-        p.add_argument("who", help="user address (domain admin) or account name (--global)")
+        p.add_argument("who", help="a user's address (domain admin) or an account name (--global)")
         p.add_argument("--domain", help="domain to administer (default: the user's own)")
-        p.add_argument("--global", dest="global_", action="store_true", help="global admin")
+        p.add_argument("--global", dest="global_", action="store_true", help="global admin (every domain)")
         if verb == "grant":
             p.add_argument("--create", action="store_true", help="create the global admin account first")
-            p.add_argument("--new-password-file", help="password of the created account")
-    p = leaf(g, "list", list_, "admins of a domain (or the global admins)")
-    p.add_argument("domain", nargs="?")
+            p.add_argument("--new-password-file", metavar="FILE", help="password of the created account")
+    p = leaf(g, "list", list_, "admins of a domain (or the global admins), by address or name")
+    p.add_argument("domain", nargs="?", help="the domain (default: the global admins)")

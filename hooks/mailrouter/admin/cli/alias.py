@@ -39,22 +39,26 @@ def targets(cli: Cli) -> int:
     return cli.output.done(change(cli.session(), cli.args.address, cli.args.targets))
 
 
+ALIAS_HELP = "the alias address, local@domain"
+TARGETS_HELP = "target addresses (local@domain; never a |command, /file or :include:)"
+
+
 def register(top: Any) -> None:
-    g = group(top, "alias", "aliases")
-    p = leaf(g, "add", add, "add an alias")
-    p.add_argument("address")
-    p.add_argument("targets", nargs="+")
+    g = group(top, "alias", "aliases (an address that forwards to other addresses)")
+    p = leaf(g, "add", add, "add an alias (refused if it would loop back to itself)")
+    p.add_argument("address", help=ALIAS_HELP)
+    p.add_argument("targets", nargs="+", metavar="target", help=TARGETS_HELP)
     p = leaf(g, "set", put, "create an alias or replace all its targets")
-    p.add_argument("address")
-    p.add_argument("targets", nargs="+")
+    p.add_argument("address", help=ALIAS_HELP)
+    p.add_argument("targets", nargs="+", metavar="target", help=TARGETS_HELP)
     p = leaf(g, "remove", remove, "remove an alias")
-    p.add_argument("address")
-    p = leaf(g, "list", list_, "list the aliases of a domain")
-    p.add_argument("domain")
+    p.add_argument("address", help=ALIAS_HELP)
+    p = leaf(g, "list", list_, "list the aliases of a domain (the catch-all included)")
+    p.add_argument("domain", help="the domain")
     page_options(p, "alias names")
-    p = leaf(g, "show", show, "show an alias")
-    p.add_argument("address")
+    p = leaf(g, "show", show, "show an alias and its targets")
+    p.add_argument("address", help=ALIAS_HELP)
     for verb in ("add-target", "remove-target"):
-        p = leaf(g, verb, targets, f"{verb.split('-')[0]} targets")
-        p.add_argument("address")
-        p.add_argument("targets", nargs="+")
+        p = leaf(g, verb, targets, f"{verb.split('-')[0]} targets of an existing alias")
+        p.add_argument("address", help=ALIAS_HELP)
+        p.add_argument("targets", nargs="+", metavar="target", help=TARGETS_HELP)

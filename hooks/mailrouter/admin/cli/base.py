@@ -20,6 +20,11 @@ from mailrouter.config import Config
 from mailrouter.errors import AdminError, UsageError
 
 PROG = "mailrouter-admin"
+# Defaults an environment may set (``eval "$(mailrouter-sandbox env --dir D)"`` sets them all).
+CONFIG_ENV = "MAILROUTER_CONFIG"
+BIND_DN_ENV = "MAILROUTER_BIND_DN"
+PASSWORD_FILE_ENV = "MAILROUTER_PASSWORD_FILE"
+QUOTA_HELP = "32M, 1G, 500K, a byte count, or 0 = unlimited"
 
 
 # -- secrets -------------------------------------------------------------------------------
@@ -54,15 +59,25 @@ def prompt_secret(prompt: str, confirm: bool) -> str:
 
 # -- one run ----------------------------------------------------------------------------------
 class Cli:
-    """One run: the loaded config, the parsed arguments, output, and the session
-    (bound on first use, so commands that need none never ask for a password)."""
+    """One run: the config, the parsed arguments, output, and the session -- the
+    config read and the session bound on first use, so commands that need neither
+    (``queue``, ``completion``) run without a config and never ask for a password."""
 
-    def __init__(self, config: Config, args: argparse.Namespace, out: IO[str], err: IO[str]) -> None:
-        self.config = config
+    def __init__(
+        self, load_config: Callable[[], Config], args: argparse.Namespace, out: IO[str], err: IO[str]
+    ) -> None:
+        self._load_config = load_config
+        self._config: Config | None = None
         self.args = args
         self.err = err
         self.output = Output(bool(getattr(args, "json", False)), out)
         self._session: AdminSession | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = self._load_config()
+        return self._config
 
     @property
     def json(self) -> bool:
@@ -75,11 +90,11 @@ class Cli:
             if getattr(self.args, "use_service_account", False):
                 self._session = AdminSession.service(self.config)
             else:
-                who = getattr(self.args, "bind_dn", None) or os.environ.get("MAILROUTER_BIND_DN")
+                who = getattr(self.args, "bind_dn", None) or os.environ.get(BIND_DN_ENV)
                 if not who:
-                    raise UsageError("say who you are: --bind-dn DN|ADDRESS|NAME (or $MAILROUTER_BIND_DN)")
+                    raise UsageError(f"say who you are: --bind-dn DN|ADDRESS|NAME (or ${BIND_DN_ENV})")
                 dn = resolve_login(self.config, who)
-                password_file = getattr(self.args, "password_file", None)
+                password_file = getattr(self.args, "password_file", None) or os.environ.get(PASSWORD_FILE_ENV)
                 if password_file:
                     password = read_secret_file(password_file, "password")
                 else:
@@ -124,13 +139,18 @@ def common_options(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS defaults: the options work before or after the subcommand
     # without the subparser's defaults overwriting the top level's values.
     s = argparse.SUPPRESS
-    parser.add_argument("--config", default=s,
-                        help=f"TOML config (default {config_module.DEFAULT_CONFIG_PATH})")
-    parser.add_argument("--bind-dn", default=s, help="who acts: DN, address or global admin name")
-    parser.add_argument("--password-file", default=s, help="bind password: first line of FILE ('-' = stdin)")
+    parser.add_argument("--config", default=s, metavar="FILE",
+                        help=f"the hooks' TOML config (default ${CONFIG_ENV}, else "
+                        f"{config_module.DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--bind-dn", default=s, metavar="WHO",
+                        help=f"who acts: DN, address or global admin name (default ${BIND_DN_ENV})")
+    parser.add_argument("--password-file", default=s, metavar="FILE",
+                        help=f"bind password: first line of FILE ('-' = stdin; default ${PASSWORD_FILE_ENV}, "
+                        "else a prompt)")
     parser.add_argument("--use-service-account", action="store_true", default=s,
                         help="bind as the config's read-only service account")
-    parser.add_argument("--json", action="store_true", default=s, help="JSON output for scripts")
+    parser.add_argument("--json", action="store_true", default=s,
+                        help='one JSON document on stdout, errors too ({"error", "code", ...})')
 
 
 def group(top: Any, name: str, help_text: str) -> Any:
@@ -148,6 +168,6 @@ def leaf(commands: Any, name: str, handler: Handler, help_text: str) -> argparse
 
 
 def page_options(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--contains", help=f"only {what} containing TEXT")
-    parser.add_argument("--offset", type=int, default=0, help="skip the first N rows")
-    parser.add_argument("--limit", type=int, help="at most N rows")
+    parser.add_argument("--contains", metavar="TEXT", help=f"only {what} containing TEXT")
+    parser.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N rows")
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N rows")

@@ -26,10 +26,10 @@ def show(cli: Cli) -> int:
 
 def register(top: Any) -> None:
     g = group(top, "catchall", "the catch-all (alias 'default') of a domain")
-    p = leaf(g, "set", set_, "set the catch-all targets")
-    p.add_argument("domain")
-    p.add_argument("targets", nargs="+")
-    p = leaf(g, "clear", clear, "remove the catch-all")
-    p.add_argument("domain")
+    p = leaf(g, "set", set_, "set the catch-all targets (mail to every unknown local part goes there)")
+    p.add_argument("domain", help="the domain")
+    p.add_argument("targets", nargs="+", metavar="target", help="target addresses (local@domain)")
+    p = leaf(g, "clear", clear, "remove the catch-all (unknown local parts are refused again)")
+    p.add_argument("domain", help="the domain")
     p = leaf(g, "show", show, "show the catch-all")
-    p.add_argument("domain")
+    p.add_argument("domain", help="the domain")

@@ -1,4 +1,4 @@
-"""``mailrouter-admin domain add|remove|list|show``."""
+"""``mailrouter-admin domain add|remove|list|show|disable|enable``."""
 
 from __future__ import annotations
 
@@ -32,16 +32,29 @@ def show(cli: Cli) -> int:
     return EX_OK
 
 
+def enable(cli: Cli) -> int:
+    return cli.output.done(domains.set_domain_enabled(cli.session(), cli.args.domain,
+                                                      cli.args.command2 == "enable"))
+
+
+DOMAIN_HELP = "the domain name (a U-label such as bücher.example becomes its xn-- form)"
+
+
 def register(top: Any) -> None:
     g = group(top, "domain", "virtual domains")
     p = leaf(g, "add", add, "add a domain")
-    p.add_argument("domain")
-    p.add_argument("--description")
+    p.add_argument("domain", help=DOMAIN_HELP)
+    p.add_argument("--description", metavar="TEXT", help="a note for the admins")
     p = leaf(g, "remove", remove, "remove a domain")
-    p.add_argument("domain")
+    p.add_argument("domain", help=DOMAIN_HELP)
     p.add_argument("--recursive", action="store_true", help="also its users, aliases and admin group")
     p = leaf(g, "list", list_, "list domains")
     page_options(p, "domains")
     p.add_argument("--counts", action="store_true", help="also count each domain's users and aliases")
-    p = leaf(g, "show", show, "show a domain")
-    p.add_argument("domain")
+    p = leaf(g, "show", show, "show a domain: status, counts, catch-all, admins")
+    p.add_argument("domain", help=DOMAIN_HELP)
+    p = leaf(g, "disable", enable, "refuse mail and logins for the whole domain, keeping all data "
+             "(global admins only)")
+    p.add_argument("domain", help=DOMAIN_HELP)
+    p = leaf(g, "enable", enable, "accept mail and logins for a disabled domain again (global admins only)")
+    p.add_argument("domain", help=DOMAIN_HELP)

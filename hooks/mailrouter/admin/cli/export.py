@@ -26,6 +26,6 @@ def ldif(cli: Cli) -> int:
 
 def register(top: Any) -> None:
     g = group(top, "export", "export a domain")
-    p = leaf(g, "ldif", ldif, "LDIF of a domain")
-    p.add_argument("domain")
-    p.add_argument("--output")
+    p = leaf(g, "ldif", ldif, "LDIF of a domain (password hashes are readable by no one: not exported)")
+    p.add_argument("domain", help="the domain")
+    p.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")

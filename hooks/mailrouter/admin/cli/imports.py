@@ -55,10 +55,10 @@ def register(top: Any) -> None:
     for name, handler, what in (("qmail", qmail, "a qmail tree (users/assign, .qmail-*)"),
                                 ("aliases", aliases, "an /etc/aliases-style file")):
         p = leaf(g, name, handler, f"import {what}")
-        p.add_argument("path")
-        p.add_argument("--domain", required=True)
+        p.add_argument("path", help="the qmail directory (DIR)" if name == "qmail" else "the aliases file")
+        p.add_argument("--domain", required=True, help="the domain to import into")
         if name == "qmail":
-            p.add_argument("--assign", help="users/assign file (default DIR/users/assign)")
+            p.add_argument("--assign", metavar="FILE", help="users/assign file (default DIR/users/assign)")
         p.add_argument("--apply", action="store_true", help="write (default: dry run)")
         p.add_argument("--skip-invalid", action="store_true",
                        help="leave invalid items out instead of refusing")

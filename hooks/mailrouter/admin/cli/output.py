@@ -24,13 +24,42 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def human_bytes(count: int) -> str:
+    """``512``, ``1.5K``, ``12.0M``: sizes the way the quota is written."""
+    size = float(count)
+    for unit in ("", "K", "M"):
+        if size < 1024:
+            return f"{count}" if not unit else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}G"
+
+
+def quota_text(quota: dict[str, Any]) -> str:
+    """A quota object (``limit``, ``limit_bytes``, ``used_bytes``) as one cell."""
+    limit = quota.get("limit_bytes")
+    used = quota.get("used_bytes")
+    text = "unlimited" if limit == 0 else str(quota.get("limit"))
+    if limit is None:
+        text += " (unreadable)"
+    if used is None:
+        return text + ", use unknown here"
+    text += f", {human_bytes(used)} used"
+    if limit:
+        text += f" ({min(100, round(100 * used / limit))}%)"
+    return text
+
+
 def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value) or "-"
+        return ", ".join(cell(v) if isinstance(v, dict) else str(v) for v in value) or "-"
+    if isinstance(value, dict):
+        if "limit_bytes" in value:
+            return quota_text(value)
+        return ", ".join(f"{k}={cell(v)}" for k, v in value.items()) or "-"
     return str(value)
 
 

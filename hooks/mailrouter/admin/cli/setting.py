@@ -7,6 +7,7 @@ from typing import Any
 from mailrouter.admin import settings
 from mailrouter.admin.cli.base import Cli, group, leaf
 from mailrouter.admin.cli.output import table
+from mailrouter.admin.normalise import SETTINGS
 from mailrouter.exitcodes import EX_OK
 
 
@@ -28,12 +29,18 @@ def change(cli: Cli) -> int:
                                                    cli.args.values))
 
 
+NAME_HELP = "one of: " + ", ".join(SETTINGS)
+VALUES_HELP = ("IPs or networks (host_accept_relay, blacklisted_hosts), domains (blacklisted_domains, "
+               "backup_mx_domains) or addresses (blacklisted_senders)")
+
+
 def register(top: Any) -> None:
-    g = group(top, "setting", "system settings")
+    g = group(top, "setting", "system settings (global admins)")
     p = leaf(g, "get", get, "values of a setting")
-    p.add_argument("name")
-    leaf(g, "list", list_, "every setting")
+    p.add_argument("name", help=NAME_HELP)
+    leaf(g, "list", list_, "every setting with its values")
     for mode in settings.MODES:
-        p = leaf(g, mode, change, f"{mode} values")
-        p.add_argument("name")
-        p.add_argument("values", nargs="+" if mode != "set" else "*")
+        what = {"set": "replace every value of", "add": "add values to", "remove": "remove values from"}[mode]
+        p = leaf(g, mode, change, f"{what} a setting")
+        p.add_argument("name", help=NAME_HELP)
+        p.add_argument("values", nargs="+" if mode != "set" else "*", metavar="value", help=VALUES_HELP)

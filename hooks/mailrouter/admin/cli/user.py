@@ -1,13 +1,15 @@
-"""``mailrouter-admin user add|remove|list|show|passwd|quota|enable|disable|name``."""
+"""``mailrouter-admin user add|remove|list|show|passwd|quota|enable|disable|name|rename``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from mailrouter.admin import users
-from mailrouter.admin.cli.base import Cli, group, leaf, page_options
+from mailrouter.admin.cli.base import QUOTA_HELP, Cli, group, leaf, page_options
 from mailrouter.admin.cli.output import pairs
 from mailrouter.exitcodes import EX_OK
+
+ADDRESS_HELP = "the user's address, local@domain"
 
 
 def add(cli: Cli) -> int:
@@ -53,32 +55,41 @@ def name(cli: Cli) -> int:
     return cli.output.done(users.set_name(cli.session(), cli.args.address, cli.args.name))
 
 
+def rename(cli: Cli) -> int:
+    return cli.output.done(users.rename_user(cli.session(), cli.args.address, cli.args.new_address))
+
+
 def register(top: Any) -> None:
     g = group(top, "user", "mailbox users")
     p = leaf(g, "add", add, "add a user")
-    p.add_argument("address")
-    p.add_argument("--new-password-file", help="the user's password: first line of FILE")
+    p.add_argument("address", help=ADDRESS_HELP)
+    p.add_argument("--new-password-file", metavar="FILE", help="the user's password: first line of FILE")
     p.add_argument("--no-password", action="store_true", help="no password (cannot log in yet)")
-    p.add_argument("--quota")
-    p.add_argument("--name", help="full name (cn)")
-    p.add_argument("--disabled", action="store_true")
+    p.add_argument("--quota", metavar="QUOTA", help=f"mailbox quota: {QUOTA_HELP} (default: unlimited)")
+    p.add_argument("--name", metavar="TEXT", help="full name (cn; default: the address)")
+    p.add_argument("--disabled", action="store_true", help="create the account disabled")
     p.add_argument("--admin", action="store_true", help="also make the user an admin of the domain")
-    p = leaf(g, "remove", remove, "remove a user")
-    p.add_argument("address")
-    p = leaf(g, "list", list_, "list the users of a domain")
-    p.add_argument("domain")
-    page_options(p, "local parts")
-    p = leaf(g, "show", show, "show a user")
-    p.add_argument("address")
-    p = leaf(g, "passwd", passwd, "set a user's password")
-    p.add_argument("address")
-    p.add_argument("--new-password-file", help="first line of FILE; default: prompt")
+    p = leaf(g, "remove", remove, "remove a user (the mailbox stays on disk; the answer says where)")
+    p.add_argument("address", help=ADDRESS_HELP)
+    p = leaf(g, "list", list_, "list users with quota and mailbox use (one domain, or every domain)")
+    p.add_argument("domain", nargs="?", help="the domain (default: every domain you can see)")
+    page_options(p, "local parts (addresses without DOMAIN)")
+    p = leaf(g, "show", show, "show a user: status, quota and use, mailbox path, admin rights")
+    p.add_argument("address", help=ADDRESS_HELP)
+    p = leaf(g, "passwd", passwd, "set a user's password (hashed with auth.password_scheme)")
+    p.add_argument("address", help=ADDRESS_HELP)
+    p.add_argument("--new-password-file", metavar="FILE", help="first line of FILE; default: prompt")
     p = leaf(g, "quota", quota, "set a user's quota")
-    p.add_argument("address")
-    p.add_argument("quota")
+    p.add_argument("address", help=ADDRESS_HELP)
+    p.add_argument("quota", help=QUOTA_HELP)
     for verb in ("enable", "disable"):
-        p = leaf(g, verb, enable, f"{verb} an account")
-        p.add_argument("address")
+        what = "receive mail and log in again" if verb == "enable" else "refuse its mail (550) and logins"
+        p = leaf(g, verb, enable, f"{verb} an account: {what}")
+        p.add_argument("address", help=ADDRESS_HELP)
     p = leaf(g, "name", name, "set a user's full name (cn)")
-    p.add_argument("address")
-    p.add_argument("name")
+    p.add_argument("address", help=ADDRESS_HELP)
+    p.add_argument("name", help="the full name; empty resets it to the address")
+    p = leaf(g, "rename", rename,
+             "rename a user within the domain (entry, admin rights, alias targets, mailbox)")
+    p.add_argument("address", help="the current address")
+    p.add_argument("new_address", metavar="new-address", help="the new address, in the same domain")

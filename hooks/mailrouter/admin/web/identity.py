@@ -115,6 +115,12 @@ def _person(
         status = directory.first(own, "mailAccountStatus")
         if status is not None and status.lower() != "active":
             return None
+        if domain is not None:
+            # A disabled domain (``domain disable``) refuses every login of its people, here too.
+            home = session.read(directory.domain_dn(domain, base), "mailDomain", ["mailAccountStatus"])
+            status = directory.first(home or {}, "mailAccountStatus")
+            if status is not None and status.lower() != "active":
+                return None
     group = session.read(directory.admin_group_dn(None, base), "groupOfNames", ["member"])
     members = {member.lower() for member in directory.values(group or {}, "member")}
     administered: set[str] = set()

@@ -24,7 +24,7 @@ def global_grant() -> Any:
     auth.current()
     form = submitted(GrantForm())
     result = admins.grant_global_admin(auth.ldap(), (form.who.data or "").strip())
-    return done(f"{result['member']} is a global admin", "views.admin_list")
+    return done(f"{result['admin']} is a global admin", "views.admin_list")
 
 
 @blueprint.route("/admins/revoke", methods=["POST"])
@@ -32,7 +32,7 @@ def global_revoke() -> Any:
     auth.current()
     form = submitted(GrantForm())
     result = admins.revoke_global_admin(auth.ldap(), (form.who.data or "").strip())
-    return done(f"{result['member']} is no longer a global admin", "views.admin_list")
+    return done(f"{result['admin']} is no longer a global admin", "views.admin_list")
 
 
 @blueprint.route("/domains/<domain>/admins", methods=["POST"])

@@ -6,14 +6,11 @@ from typing import Any
 
 from flask import redirect, render_template, url_for
 
-from mailrouter import quota as quota_module
 from mailrouter.admin import users
 from mailrouter.admin.web import auth
 from mailrouter.admin.web.forms import OwnPasswordForm
 from mailrouter.admin.web.views import blueprint, done, submitted
-from mailrouter.errors import AdminError, GarbledQuota, InvalidName
-from mailrouter.mailbox import spool
-from mailrouter.mailbox.usage import mailbox_usage as measure
+from mailrouter.errors import AdminError
 
 
 @blueprint.route("/")
@@ -28,23 +25,12 @@ def home() -> Any:
     return redirect(url_for("views.me"))
 
 
-def mailbox_usage(address: str, raw_quota: str | None) -> dict[str, Any]:
-    """Quota and current use of one mailbox (use is ``None`` when unreadable here)."""
-    config = auth.config()
-    local, _, domain = address.partition("@")
-    try:
-        limit = quota_module.parse_quota(raw_quota)
-    except GarbledQuota:
-        limit = None
-    try:
-        path = spool.mailbox_path(config.spool.template(), local, domain)
-        used = measure(path, config.spool.format)
-    except InvalidName:
-        used = None
-    percent = None
-    if used is not None and limit:
-        percent = min(100, round(100 * used / limit))
-    return {"quota": raw_quota or "0", "quota_bytes": limit, "used_bytes": used, "percent": percent}
+def percent_used(quota: dict[str, Any]) -> int | None:
+    """How full a mailbox is, from the library's quota object (None: unlimited or unknown)."""
+    used, limit = quota.get("used_bytes"), quota.get("limit_bytes")
+    if used is None or not limit:
+        return None
+    return int(min(100, round(100 * used / limit)))
 
 
 @blueprint.route("/me")
@@ -53,7 +39,7 @@ def me() -> Any:
     info: dict[str, Any] = {"login": person.login, "dn": person.dn, "role": person.role}
     if person.address is not None:
         user = users.show_user(auth.ldap(), person.address)
-        info.update(name=user.get("name"), **mailbox_usage(person.address, user.get("quota")))
+        info.update(name=user.get("name"), quota=user["quota"], percent=percent_used(user["quota"]))
     return render_template("me.html", person=person, info=info, form=OwnPasswordForm())
 
 

@@ -10,7 +10,7 @@ from mailrouter.admin import users
 from mailrouter.admin.web import auth
 from mailrouter.admin.web.forms import ActionForm, NameForm, QuotaForm, ResetPasswordForm, UserForm
 from mailrouter.admin.web.views import blueprint, done, submitted
-from mailrouter.admin.web.views.home import mailbox_usage
+from mailrouter.admin.web.views.home import percent_used
 
 
 def _address(local: str, domain: str) -> str:
@@ -33,10 +33,10 @@ def user_add(domain: str) -> Any:
 def user_page(domain: str, local: str) -> Any:
     person = auth.current()
     info = users.show_user(auth.ldap(), _address(local, domain))
-    usage = mailbox_usage(info["address"], info.get("quota"))
     return render_template(
-        "user.html", person=person, info=info, usage=usage, domain=domain, local=local,
-        quota_form=QuotaForm(quota=info.get("quota")), name_form=NameForm(name=info.get("name")),
+        "user.html", person=person, info=info, percent=percent_used(info["quota"]), domain=domain,
+        local=local,
+        quota_form=QuotaForm(quota=info["quota"]["limit"]), name_form=NameForm(name=info.get("name")),
         password_form=ResetPasswordForm(), action=ActionForm(),
     )
 
@@ -46,7 +46,7 @@ def user_quota(domain: str, local: str) -> Any:
     auth.current()
     form = submitted(QuotaForm())
     result = users.set_quota(auth.ldap(), _address(local, domain), form.quota.data or "")
-    return done(f"quota of {result['address']} is now {result['quota']}", "views.user_page",
+    return done(f"quota of {result['address']} is now {result['quota']['limit']}", "views.user_page",
                 domain=domain, local=local)
 
 
