@@ -108,6 +108,13 @@ class FakeDirectory(Directory):
             return None
         return self._visible(found[1], attributes)
 
+    def domain_active(self, domain: str) -> bool:
+        """slapd's Compare of the domain's status, answered from the entries."""
+        self.reads += 1
+        found = self.entries.get(normal_dn(self.domain_dn(domain)))
+        statuses = _get(found[1], "mailAccountStatus") if found is not None else []
+        return not statuses or statuses[0].lower() == "active"
+
     def search_level(
         self, base: str, search_filter: str, attributes: Sequence[str]
     ) -> list[tuple[str, dict[str, Any]]]:
