@@ -324,7 +324,10 @@ def test_item9_user_list_across_domains(hub: Hub) -> None:
     theirs = {row["address"] for row in hub.run(PM_ORG, "--json", "user", "list").json()}  # type: ignore[union-attr]
     assert "carol@example.org" in theirs and not any(a.endswith("@example.com") for a in theirs)
     page = hub.run(GLOBAL, "--json", "user", "list", "--contains", "postmaster", "--limit", "1").json()
-    assert page["total"] == 2 and [r["address"] for r in page["items"]] == ["postmaster@example.com"]  # type: ignore[index]
+    matching = hub.run(GLOBAL, "--json", "user", "list", "--contains", "postmaster").json()
+    postmasters = [row["address"] for row in matching]  # type: ignore[union-attr]
+    assert page["total"] == len(postmasters) > 1  # type: ignore[index]
+    assert [r["address"] for r in page["items"]] == postmasters[:1]  # type: ignore[index]
 
 
 def test_item9_user_rename(hub: Hub) -> None:

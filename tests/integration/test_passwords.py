@@ -334,8 +334,8 @@ def test_raw_ldap_cleartext_add_and_replace_are_stored_hashed(hub: Hub) -> None:
 
 
 def test_admin_cli_user_add_and_user_passwd(hub: Hub) -> None:
-    """``user add`` hashes with passlib (argon2id); ``user passwd`` is Password Modify (slapd, argon2i):
-    the same cost, and each records its scheme for the rehash on login."""
+    """``user add`` and ``user passwd`` hash with passlib (argon2id, the configured scheme),
+    and each records its scheme for the rehash on login."""
     password = "cli user password"
     hub.add_user("cli", password)
     entry = hub.entry("cli")
@@ -347,7 +347,7 @@ def test_admin_cli_user_add_and_user_passwd(hub: Hub) -> None:
                      str(hub.secret_file("new", changed)))
     assert done.returncode == 0, done.stderr
     entry = hub.entry("cli")
-    assert stored(entry).startswith(SLAPD_FORM) and changed not in stored(entry)
+    assert stored(entry).startswith(OURS_FORM) and changed not in stored(entry)
     assert entry["pwdchangedtime"] and stamp_is_current(entry, TARGET)
     assert hub.smtp(f"cli@{DOMAIN}", changed) == 235
     assert hub.entry("cli")["entrycsn"] == entry["entrycsn"]  # recorded as current: no rehash
@@ -374,7 +374,8 @@ def _web(hub: Hub) -> Any:
 
 
 def test_web_and_api_password_set(hub: Hub) -> None:
-    """The admin's reset (page and API) and the user's own change: Password Modify, slapd's form."""
+    """The admin's reset (page and API) hashes with the configured scheme (passlib's form);
+    the user's own change is Password Modify with the old password (slapd's form)."""
     for local in ("webreset", "apireset"):
         hub.add_user(local, "initial password")
     app = _web(hub)
@@ -393,9 +394,10 @@ def test_web_and_api_password_set(hub: Hub) -> None:
                                  json={"old": "page reset password", "new": "own new password"},
                                  base_url=HTTPS, headers={"Authorization": f"Basic {token}"})
     assert own.status_code == 204, own.get_data(as_text=True)[:300]
-    for local, password in (("webreset", "own new password"), ("apireset", "api reset password")):
+    for local, password, form in (("webreset", "own new password", SLAPD_FORM),
+                                  ("apireset", "api reset password", OURS_FORM)):
         entry = hub.entry(local)
-        assert stored(entry).startswith(SLAPD_FORM) and password not in stored(entry)
+        assert stored(entry).startswith(form) and password not in stored(entry)
         assert stamp_is_current(entry, TARGET)
 
 
