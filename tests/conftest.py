@@ -8,7 +8,11 @@ when not run as root; CI runs as root.
 from __future__ import annotations
 
 import os
+import selectors
+import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +107,50 @@ def hub_exim(workdir: Path, config: Path, **macros: str) -> Exim:
         "MAILROUTER_AUTH_SOCKET": str(workdir / "absent.sock"),
     }
     return Exim(workdir / "exim", ROOT / "exim" / "mailrouter.conf", {**defaults, **macros})
+
+
+class IdleConnections:
+    """``count`` connections to a Unix socket that never send a byte, kept open from a
+    thread: one the server closes is replaced at once (a stuck or hostile peer)."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self.path = path
+        self.count = count
+        self.opened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> IdleConnections:
+        """Wait (5 s at most) until ``count`` are open.  A server whose backlog is
+        full cannot take them all: the test then goes on, and should check ``opened``."""
+        self._thread.start()
+        deadline = time.monotonic() + 5
+        while self.opened < self.count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        try:
+            while not self._stop.is_set():
+                while len(selector.get_map()) < self.count:
+                    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    client.setblocking(False)  # a full backlog must not stop the thread
+                    try:
+                        client.connect(str(self.path))
+                    except OSError:
+                        client.close()
+                        break
+                    selector.register(client, selectors.EVENT_READ)
+                    self.opened += 1
+                for key, _events in selector.select(timeout=0.05):
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()  # type: ignore[union-attr]
+        finally:
+            for key in list(selector.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            selector.close()

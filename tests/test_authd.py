@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hook_config, hub_exim, start_slapd
+from conftest import IdleConnections, hook_config, hub_exim, start_slapd
 from mailrouter.sandbox import demo
 from mailrouter.sandbox.slapd import Slapd, free_port
 from test_auth import CASES, alice, make_config, refusal_cases
@@ -160,6 +160,52 @@ def test_other_users_cannot_ask(authd: Authd, demo_data: demo.DemoDirectory, tmp
         )
         outputs.append(done.stdout.decode().strip() or done.stderr.decode()[-300:])
     assert outputs == ["EACCES", "b''"] or outputs == ["EACCES", "closed"]
+
+
+def test_hundred_idle_connections_starve_no_check(authd: Authd, demo_data: demo.DemoDirectory) -> None:
+    """Issue 13 item 7: idle peers used to hold a forked child each until their 10 s
+    read timeout, 32 at most: 100 of them left every real check unanswered.
+    A liveness check (generous deadline), not a speed claim: bench/bench_sockets.py measures."""
+    password = alice(demo_data).password
+    with IdleConnections(authd.socket_path, 100) as idle:
+        for login, attempt, token in [("alice@example.com", password, b"OK\n"),
+                                      ("alice@example.com", password + "x", b"NO\n"),
+                                      ("nobody@example.com", password, b"NO\n")]:
+            started = time.monotonic()
+            assert authd.auth(login, attempt) == token
+            assert time.monotonic() - started < 10.0
+    assert idle.opened >= 100
+
+
+def test_more_checks_than_children_wait_their_turn(tmp_path: Path) -> None:
+    """40 checks at once against ``--max-children 2``: the parent queues the complete
+    requests and every one gets its definite answer, in order.  {SSHA} hashes so that
+    the figure is the queue's, not the CPU's (bench/bench_sockets.py measures {ARGON2})."""
+    data = demo.build(scheme="ssha")
+    server = start_slapd(tmp_path / "slapd", data)
+    try:
+        conf = make_config(tmp_path / "c", data, [server.uri], timeouts=10.0)
+        authd = Authd(tmp_path, conf, "--max-children", "2")
+        try:
+            password = alice(data).password
+            replies: list[bytes] = []
+            lock = threading.Lock()
+
+            def one(index: int) -> None:
+                reply = authd.auth("alice@example.com", password if index % 2 else password + "x")
+                with lock:
+                    replies.append(reply)
+
+            threads = [threading.Thread(target=one, args=(index,)) for index in range(40)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(replies) == [b"NO\n"] * 20 + [b"OK\n"] * 20
+        finally:
+            authd.stop()
+    finally:
+        server.stop()
 
 
 def test_ldap_down_is_temp(tmp_path: Path, demo_data: demo.DemoDirectory) -> None:
@@ -380,6 +426,19 @@ def test_smtp_auth_through_real_exim_and_authd(
     assert codes and 400 <= codes[0] < 500, codes  # temporary, never "bad password"
     slow.thaw()
     assert _smtp_auth_plain(port, "alice@example.com", password) == 235
+
+
+def test_smtp_auth_answers_with_hundred_idle_peers_on_authd(
+    exim_with_authd: tuple[int, Slapd, Authd], demo_data: demo.DemoDirectory
+) -> None:
+    """Issue 13 item 7 through real Exim: idle peers of the auth socket used to hold
+    all 32 children, and every AUTH got 435 after Exim's 5 s."""
+    port, _slapd, server = exim_with_authd
+    password = alice(demo_data).password
+    with IdleConnections(server.socket_path, 100) as idle:
+        assert _smtp_auth_plain(port, "alice@example.com", password) == 235
+        assert _smtp_auth_plain(port, "alice@example.com", password + "x") == 535
+    assert idle.opened >= 100
 
 
 def _children_of(server: Authd) -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hook_config, hub_exim, needs_root, start_slapd
+from conftest import ROOT, IdleConnections, hook_config, hub_exim, needs_root, start_slapd
 from mailrouter import entries, passwords
 from mailrouter.sandbox import demo
 from mailrouter.sandbox.exim import (
@@ -474,7 +474,8 @@ def test_unicode_domain_with_smtputf8_is_refused_not_relayed(world: World) -> No
 
 def raw_session(world: World, mail_from: bytes, rcpts: list[bytes]) -> list[str]:
     """RCPT replies of one ``exim -bh`` session whose commands are raw octets."""
-    lines = [b"EHLO client.example", b"MAIL FROM:<" + mail_from + b">", *(b"RCPT TO:<" + r + b">" for r in rcpts)]
+    lines = [b"EHLO client.example", b"MAIL FROM:<" + mail_from + b">"]
+    lines += [b"RCPT TO:<" + rcpt + b">" for rcpt in rcpts]
     script = b"".join(line + b"\r\n" for line in [*lines, b"QUIT"])
     result = world.exim.run("-bh", CLIENT, stdin=script)
     replies = [line for line in result.stdout.splitlines() if re.match(r"\d{3} ", line)]
@@ -673,6 +674,22 @@ def test_lookup_server_down_defers(world: World) -> None:
     assert result.returncode == 1, result.output
     assert "undeliverable" not in result.stdout
     assert [r[:4] for r in rcpt_replies(exim, "nobody@example.com")] == ["451 "]
+
+
+def test_idle_peers_of_the_lookup_server_starve_no_smtp_session(world: World) -> None:
+    """Issue 13 item 7: with 100 idle connections to mailrouter-lookupd (2 workers
+    here), Exim's lookups are still answered: before, each idle peer held a worker
+    for 10 s and RCPT waited past Exim's 30 s limit (451)."""
+    if world.via != "socket":
+        pytest.skip("the lookup server: the socket way only")
+    with IdleConnections(world.workdir / "lookup.sock", 100) as idle:
+        started = time.monotonic()
+        assert world.smtp(["alice@example.com", "team@example.com", "nobody@example.com"]) == [
+            "250 Accepted", "250 Accepted", "550 5.1.1 Unknown user",
+        ]
+        assert routed(world.route("alice@example.com"), "alice@example.com")
+        assert time.monotonic() - started < 20.0  # liveness (generous), not a speed claim
+    assert idle.opened >= 100
 
 
 # -- SMTP AUTH over TLS, against the running daemon ------------------------------------------

@@ -367,15 +367,18 @@ class _Server:
             self.clients[client.fd] = client
             self.reading[client.fd] = client
             self.poll.register(client.fd, select.POLLIN)
+            self._read(client, now)  # Exim's request is usually there already
 
     def _evict_oldest_reader(self) -> bool:
         """At the connection limit: make room by dropping the client that has
         waited longest without sending a request.  False if every client has one."""
-        if not self.reading:
-            return False
-        oldest = next(iter(self.reading.values()))
-        self._bad(oldest, f"over {self.max_connections} connections: dropped the oldest idle one")
-        return True
+        while self.reading:
+            oldest = next(iter(self.reading.values()))
+            self._read(oldest, time.monotonic())  # what it sent meanwhile may complete its request
+            if oldest.state == _READING:
+                self._bad(oldest, f"over {self.max_connections} connections: dropped the oldest idle one")
+                return True
+        return False
 
     def _client_event(self, client: _Client, events: int, now: float) -> None:
         if client.state == _READING and events & select.POLLIN:
