@@ -71,8 +71,8 @@ import bench_delivery  # noqa: E402 - sibling benchmark, reused as a library
 import bench_scale  # noqa: E402
 import bench_sockets  # noqa: E402
 
-from mailrouter.sandbox import demo  # noqa: E402
 from mailrouter.config import LdapConfig  # noqa: E402
+from mailrouter.sandbox import demo  # noqa: E402
 from mailrouter.sandbox.exim import Exim, write_service_config  # noqa: E402
 from mailrouter.sandbox.popa3d import Popa3d  # noqa: E402
 from mailrouter.sandbox.popa3d import write_config as write_popa3d_config  # noqa: E402
