@@ -28,7 +28,7 @@ import pytest
 from conftest import IdleConnections, hook_config, hub_exim, start_slapd
 from mailrouter.sandbox import demo
 from mailrouter.sandbox.slapd import Slapd, free_port
-from test_auth import CASES, alice, make_config, refusal_cases
+from test_auth import CASES, HOSTILE_LOGINS, HOSTILE_PASSWORDS, alice, make_config, refusal_cases
 
 AUTHD = str(Path(sys.executable).parent / "mailrouter-authd")
 
@@ -439,6 +439,52 @@ def test_smtp_auth_answers_with_hundred_idle_peers_on_authd(
         assert _smtp_auth_plain(port, "alice@example.com", password) == 235
         assert _smtp_auth_plain(port, "alice@example.com", password + "x") == 535
     assert idle.opened >= 100
+
+
+def _smtp_auth_raw(client: smtplib.SMTP, mechanism: str, login: bytes, password: bytes) -> tuple[int, bytes]:
+    """One AUTH exchange with octets as given; the final (code, text)."""
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    if mechanism == "PLAIN":
+        return client.docmd("AUTH", "PLAIN " + b64(b"\0" + login + b"\0" + password))
+    for step in ("LOGIN", b64(login)):
+        reply = client.docmd("AUTH", step) if step == "LOGIN" else client.docmd(step)
+        if reply[0] != 334:
+            return reply  # Exim ended the exchange early
+    return client.docmd(b64(password))
+
+
+def test_smtp_auth_hostile_input_answers_like_a_wrong_password(
+    exim_with_authd: tuple[int, Slapd, Authd], demo_data: demo.DemoDirectory
+) -> None:
+    """Issue 13 item 1 through real Exim and authd: every odd password, for the known
+    user and an unknown one, and every odd login gets the wrong password's exact
+    SMTP answer -- never 435, which only existing users used to get."""
+    port, _slapd, server = exim_with_authd
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a throwaway self-signed certificate
+
+    def attempt(mechanism: str, login: bytes, password: bytes) -> tuple[int, bytes]:
+        # A session each: Exim ends a session after a few failed AUTHs.
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            client.starttls(context=context)
+            client.ehlo("client.example")
+            return _smtp_auth_raw(client, mechanism, login, password)
+
+    right = alice(demo_data).password.encode()
+    known, unknown = b"alice@example.com", b"nobody@example.com"
+    attempts = [(login, pw) for pw in HOSTILE_PASSWORDS.values() for login in (known, unknown)]
+    attempts += [(login, right) for login in HOSTILE_LOGINS.values()]
+    for mechanism in ("PLAIN", "LOGIN"):
+        wrong = attempt(mechanism, known, right + b"x")
+        assert wrong[0] == 535, wrong
+        for login, password in attempts:
+            reply = attempt(mechanism, login, password)
+            assert reply == wrong, (mechanism, login[:40], password[:40], reply)
+        assert attempt(mechanism, known, right)[0] == 235
+    assert "TEMP" not in server.log_path.read_text()
 
 
 def _children_of(server: Authd) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mailrouter import directory, names
+from mailrouter import auth, directory, names
 from mailrouter.admin.session import AdminSession
 from mailrouter.config import Config
 from mailrouter.errors import AdminError, InvalidName, LdapRefused
@@ -68,8 +68,8 @@ def authenticate(config: Config, login: str, password: str) -> Person | None:
         dn, address, domain = login_dn(config, login)
     except InvalidName:
         return None
-    if not password or "\x00" in password or len(password.encode("utf-8", "surrogatepass")) > 1024:
-        return None
+    if auth.password_problem(password):
+        return None  # the rule of every login front end; the caller's floor pays for it
     try:
         with AdminSession(config, dn, password) as session:
             return _person(config, session, dn, login.strip().lower(), address, domain)
