@@ -208,6 +208,38 @@ def test_more_checks_than_children_wait_their_turn(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_request_whose_client_gave_up_is_never_checked(
+    tmp_path: Path, demo_data: demo.DemoDirectory
+) -> None:
+    """With every child busy (one, on a frozen LDAP), a complete request waits in the
+    parent's queue; when its client hangs up meanwhile (Exim's 5 s), it is dropped
+    unasked -- no LDAP work for nobody, no stale verdict in the log."""
+    slow = start_slapd(tmp_path / "slapd", demo_data)
+    try:
+        conf = make_config(tmp_path / "c", demo_data, [slow.uri], timeouts=3.0)
+        server = Authd(tmp_path, conf, "--max-children", "1")
+        try:
+            password = alice(demo_data).password
+            slow.freeze()
+            first: list[bytes] = []
+            busy = threading.Thread(target=lambda: first.append(server.auth("alice@example.com", password)))
+            busy.start()
+            time.sleep(0.5)  # alice's check now holds the only child, waiting on slapd
+            line = b"AUTH " + base64.b64encode(b"bob@example.com") + b" " + base64.b64encode(b"pw") + b"\n"
+            with pytest.raises(TimeoutError):
+                server.ask(line, timeout=1.0)  # gives up and hangs up, like Exim
+            slow.thaw()
+            busy.join(timeout=60)
+            assert first and first[0] in (b"OK\n", b"TEMP\n")
+            assert server.auth("carol@example.org", "wrong") == b"NO\n"  # the server goes on
+        finally:
+            server.stop()
+    finally:
+        slow.stop()
+    log = server.log_path.read_text()
+    assert "carol@example.org NO" in log and "bob@example.com" not in log
+
+
 def test_ldap_down_is_temp(tmp_path: Path, demo_data: demo.DemoDirectory) -> None:
     conf = make_config(tmp_path / "c", demo_data, [f"ldap://127.0.0.1:{free_port()}/"], timeouts=1.0)
     server = Authd(tmp_path, conf)

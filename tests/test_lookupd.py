@@ -426,3 +426,27 @@ def test_at_the_connection_limit_the_oldest_idle_one_makes_room(setup: Setup) ->
     finally:
         log = lookupd.stop()
     assert "over 10 connections: dropped the oldest idle one" in log
+
+
+def test_a_request_over_the_time_limit_gets_temp_and_a_fresh_worker(
+    setup: Setup, demo_data: demo.DemoDirectory
+) -> None:
+    """--request-timeout kills the worker (SIGALRM); the parent still answers the
+    client (TEMP, not silence) and forks a replacement."""
+    slow = start_slapd(setup.workdir / "slow-slapd", demo_data)
+    lookupd: Lookupd | None = None
+    try:
+        config = hook_config(setup.workdir / "slow.toml", slow, demo_data, setup.workdir / "mail",
+                             connect_timeout=20.0, operation_timeout=20.0)
+        lookupd = Lookupd(config, setup.workdir / "slow.sock", "--workers", "1", "--request-timeout", "1")
+        slow.freeze()
+        reply, seconds = timed_ask(lookupd.sock, encode("domain", "example.com"))
+        assert reply == b"TEMP\n" and seconds < LIVENESS, (reply, seconds)
+        slow.thaw()
+        reply, seconds = timed_ask(lookupd.sock, encode("domain", "example.com"))
+        assert reply == b"OK example.com\n", (reply, lookupd.stop())
+    finally:
+        slow.thaw()
+        log = lookupd.stop() if lookupd is not None else ""
+        slow.stop()
+    assert "ended during a request" in log and "replacing it" in log

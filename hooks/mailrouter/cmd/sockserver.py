@@ -217,6 +217,7 @@ _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL
 # Worker channel messages: b"R" + request line to a worker; a reply comes back
 # as _MORE + reply (send me the next one) or _LAST + reply (I am exiting now).
 _REQUEST, _MORE, _LAST = b"R", b"A", b"L"
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class _Client:
@@ -302,6 +303,7 @@ class _Server:
             now = time.monotonic()
             if self.prefork:
                 self._top_up(now)
+                self._dispatch(now)  # a fresh worker takes a waiting request at once
             self._listen(len(self.clients) < self.max_connections or bool(self.reading))
             for fd, events in self.poll.poll(self._timeout(now) * 1000):
                 now = time.monotonic()
@@ -328,6 +330,8 @@ class _Server:
                 wake = min(wake, client.since + self.read_timeout)
         if self.paused_until > now:
             wake = min(wake, self.paused_until)
+        if self.prefork and len(self.workers) < self.pool_size:
+            wake = min(wake, self.respawn_after)  # a worker to replace
         return max(0.0, wake - now)
 
     def _listen(self, wanted: bool) -> None:
@@ -516,12 +520,22 @@ class _Server:
     def _spawn(self, now: float, line: bytes | None = None) -> _Worker:
         """Fork a worker: pre-forked (``line`` None) or for the one request ``line``."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        # No SIGTERM between fork and the child's own handlers: the parent's would
+        # raise _Stop in the child, which must never run the parent's shutdown.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            mine.close()
+            theirs.close()
+            raise
         if pid == 0:
             code = 1
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 mine.detach()
                 self._forget_everything(keep=theirs.fileno())
                 if line is None:
@@ -534,6 +548,7 @@ class _Server:
                 code = 1
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         theirs.close()
         mine.setblocking(False)
         worker = _Worker(pid, mine, now)
