@@ -223,11 +223,12 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 class _Client:
     """One client connection, owned by the parent."""
 
-    __slots__ = ("sock", "fd", "state", "since", "data", "line", "out")
+    __slots__ = ("sock", "fd", "state", "since", "data", "line", "out", "turn")
 
-    def __init__(self, sock: socket.socket, now: float) -> None:
+    def __init__(self, sock: socket.socket, now: float, turn: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
+        self.turn = turn  # the loop turn it was accepted in
         self.state = _READING
         self.since = now  # when the current state began (its deadline counts from here)
         self.data = b""
@@ -238,13 +239,12 @@ class _Client:
 class _Worker:
     """A worker process as the parent sees it: its pid, its channel, its current client."""
 
-    __slots__ = ("pid", "channel", "client", "started")
+    __slots__ = ("pid", "channel", "client")
 
-    def __init__(self, pid: int, channel: socket.socket, now: float) -> None:
+    def __init__(self, pid: int, channel: socket.socket) -> None:
         self.pid = pid
         self.channel = channel
         self.client: _Client | None = None
-        self.started = now
 
 
 class _Server:
@@ -289,6 +289,7 @@ class _Server:
         self.listening = False
         self.paused_until = 0.0  # accept() failed for lack of descriptors: wait a little
         self.respawn_after = 0.0
+        self.turn = 0
 
     # -- the loop ----------------------------------------------------------------
     def run(self) -> None:
@@ -300,6 +301,7 @@ class _Server:
             gc.collect()
             gc.freeze()
         while True:
+            self.turn += 1
             now = time.monotonic()
             if self.prefork:
                 self._top_up(now)
@@ -311,7 +313,9 @@ class _Server:
                     self._accept(now)
                 elif fd in self.workers:
                     self._from_worker(self.workers[fd], now)
-                elif fd in self.clients:
+                elif fd in self.clients and self.clients[fd].turn != self.turn:
+                    # (A client accepted during this turn may have reused the number
+                    # of one closed during it: these events are not about it.)
                     self._client_event(self.clients[fd], events, now)
             now = time.monotonic()
             self._expire(now)
@@ -330,8 +334,8 @@ class _Server:
                 wake = min(wake, client.since + self.read_timeout)
         if self.paused_until > now:
             wake = min(wake, self.paused_until)
-        if self.prefork and len(self.workers) < self.pool_size:
-            wake = min(wake, self.respawn_after)  # a worker to replace
+        if self.respawn_after > now and (self.queue or (self.prefork and len(self.workers) < self.pool_size)):
+            wake = min(wake, self.respawn_after)  # a worker to replace, a child to fork
         return max(0.0, wake - now)
 
     def _listen(self, wanted: bool) -> None:
@@ -367,7 +371,7 @@ class _Server:
                 sock.close()
                 continue
             sock.setblocking(False)
-            client = _Client(sock, now)
+            client = _Client(sock, now, self.turn)
             self.clients[client.fd] = client
             self.reading[client.fd] = client
             self.poll.register(client.fd, select.POLLIN)
@@ -510,14 +514,18 @@ class _Server:
                     self._worker_gone(worker, now)  # it died while idle; try the next one
                     continue
             else:
-                if len(self.workers) >= self.pool_size:
+                if len(self.workers) >= self.pool_size or now < self.respawn_after:
                     return
-                worker = self._spawn(now, client.line)
+                try:
+                    worker = self._spawn(client.line)
+                except OSError as exc:
+                    self._cannot_fork(exc, now)
+                    return
             self.queue.popleft()
             worker.client = client
             self._set_state(client, _RUNNING, now)
 
-    def _spawn(self, now: float, line: bytes | None = None) -> _Worker:
+    def _spawn(self, line: bytes | None = None) -> _Worker:
         """Fork a worker: pre-forked (``line`` None) or for the one request ``line``."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # No SIGTERM between fork and the child's own handlers: the parent's would
@@ -551,7 +559,7 @@ class _Server:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         theirs.close()
         mine.setblocking(False)
-        worker = _Worker(pid, mine, now)
+        worker = _Worker(pid, mine)
         self.workers[mine.fileno()] = worker
         self.poll.register(mine, select.POLLIN)
         return worker
@@ -635,7 +643,16 @@ class _Server:
         if now < self.respawn_after:
             return
         while len(self.workers) < self.pool_size:
-            self.idle.append(self._spawn(now))
+            try:
+                self.idle.append(self._spawn())
+            except OSError as exc:
+                self._cannot_fork(exc, now)
+                return
+
+    def _cannot_fork(self, exc: OSError, now: float) -> None:
+        # Out of processes or memory: requests wait (their deadlines still hold).
+        log(f"{self.name}: cannot fork: {exc.strerror}; trying again in 1 s")
+        self.respawn_after = now + 1.0
 
     def _reap(self) -> None:
         for pid in list(self.zombies):
