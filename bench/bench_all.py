@@ -33,15 +33,21 @@ so that drift hits both alike, on the same slapd and data:
 * **scale** -- one user lookup as the hooks make it (fresh Directory: connect,
   service bind, base read) against a slapd with 1 000 vs 100 000 users built
   from the project's ldap/ files and indexes (bench/bench_scale.py).
+* **sockets** -- ``mailrouter-lookupd`` and ``mailrouter-authd`` with 0 and
+  100 idle connections held open (bench/bench_sockets.py): a burst of 100
+  requests at once (answered per second, worst latency, how many got nothing
+  within Exim's deadline) and requests one at a time (worst latency).
 
 Prints one table of absolute medians, then the ratios against the targets of
-issue 8.  Everything lives in a temp dir removed at the end.
+issue 8 (``--json``: the rows as one JSON list instead).  Everything lives in a
+temp dir removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import platform
 import poplib
@@ -55,7 +61,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +69,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_delivery  # noqa: E402 - sibling benchmark, reused as a library
 import bench_scale  # noqa: E402
+import bench_sockets  # noqa: E402
 
 from mailrouter.config import LdapConfig  # noqa: E402
 from mailrouter.sandbox import demo  # noqa: E402
@@ -322,6 +329,22 @@ def bench_scale_rows(work: Path, data: demo.DemoDirectory, sizes: list[int], req
     ]
 
 
+# -- socket servers under idle peers ------------------------------------------------------
+
+SOCKET_CASES = ("answered per s", "worst latency", "nothing in time", "worst latency (one at a time)")
+
+
+def bench_socket_rows(work: Path, idle: int, burst: int, sequential: int) -> list[Row]:
+    root = work / "sockets"
+    root.mkdir()
+    root.chmod(0o755)
+    return [
+        Row("sockets", f"{row.server}, {row.idle} idle: {row.case}", row.value, row.unit)
+        for row in bench_sockets.run(root, idle, burst, sequential)
+        if row.case in SOCKET_CASES
+    ]
+
+
 # -- report --------------------------------------------------------------------------------
 
 def find(rows: list[Row], section: str, prefix: str) -> float | None:
@@ -388,12 +411,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sessions", type=int, default=40, help="POP3 sessions per case")
     parser.add_argument("--sizes", default="1000,100000,1000000", help="the first is the reference")
     parser.add_argument("--scale-requests", type=int, default=300)
-    parser.add_argument("--only", default="lookup,delivery,pop3,scale")
+    parser.add_argument("--idle", type=int, default=100, help="idle connections (sockets)")
+    parser.add_argument("--burst", type=int, default=100, help="requests at once (sockets)")
+    parser.add_argument("--only", default="lookup,delivery,pop3,scale,sockets")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run, not figures")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON, not the table")
     args = parser.parse_args(argv)
     if args.quick:
         args.lookups, args.rounds, args.messages, args.delivery_rounds = 50, 2, 20, 1
         args.sessions, args.sizes, args.scale_requests = 10, "1000,5000", 50
+        args.idle, args.burst = 20, 20
     if os.geteuid() != 0:
         raise SystemExit("run as root (private Exim, slapd and popa3d in mount namespaces)")
     only = set(args.only.split(","))
@@ -421,9 +448,14 @@ def main(argv: list[str]) -> int:
         if "scale" in only:
             sizes = [int(size) for size in args.sizes.split(",")]
             rows += bench_scale_rows(work, fast_bind, sizes, args.scale_requests)
+        if "sockets" in only:
+            rows += bench_socket_rows(work, args.idle, args.burst, 5 if args.quick else 10)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(rows, args, time.perf_counter() - started)
+    if args.json:
+        print(json.dumps([asdict(row) for row in rows], indent=1))
+    else:
+        report(rows, args, time.perf_counter() - started)
     return 0
 
 

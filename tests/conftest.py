@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import copy
 import os
+import selectors
 import shutil
+import socket
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -93,11 +97,12 @@ def own_copy(data: Dataset) -> Dataset:
     return copy.deepcopy(data)
 
 
-def start_slapd(workdir: Path, data: Dataset, **kwargs: object) -> Slapd:
-    """A private slapd with the project's ldap/ files and ``data``; ``kwargs`` (``root``,
-    ``seed_passwords``, ``extra_config``, ...) override :class:`Slapd`'s arguments."""
+def start_slapd(workdir: Path, data: demo.DemoDirectory, extra_ldif: str = "", **kwargs: object) -> Slapd:
+    """A private slapd with the project's ldap/ files and ``data`` (plus ``extra_ldif``);
+    ``kwargs`` (``root``, ``seed_passwords``, ``extra_config``, ...) override :class:`Slapd`'s."""
     options: dict[str, object] = {"root": ROOT, "seed_passwords": data.seed_passwords, **kwargs}
-    slapd = Slapd(workdir, ldif=[data.ldif], **options)  # type: ignore[arg-type]
+    ldif = [data.ldif, extra_ldif] if extra_ldif else [data.ldif]
+    slapd = Slapd(workdir, ldif=ldif, **options)  # type: ignore[arg-type]
     return slapd.start()
 
 
@@ -212,3 +217,63 @@ def refusal_cases(data: demo.DemoDirectory) -> dict[str, tuple[str, str]]:
 
 
 CASES = list(_refusals("").keys())
+
+
+class IdleConnections:
+    """``count`` connections to a Unix socket that never send a byte, kept open from a
+    thread: one the server closes is replaced at once (a stuck or hostile peer)."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self.path = path
+        self.count = count
+        self.opened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> IdleConnections:
+        """Wait (5 s at most) until ``count`` are open.  A server whose backlog is
+        full cannot take them all: the test then goes on, and should check ``opened``."""
+        self._thread.start()
+        deadline = time.monotonic() + 5
+        while self.opened < self.count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        try:
+            while not self._stop.is_set():
+                while len(selector.get_map()) < self.count:
+                    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    client.setblocking(False)  # a full backlog must not stop the thread
+                    try:
+                        client.connect(str(self.path))
+                    except OSError:
+                        client.close()
+                        break
+                    selector.register(client, selectors.EVENT_READ)
+                    self.opened += 1
+                for key, _events in selector.select(timeout=0.05):
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()  # type: ignore[union-attr]
+        finally:
+            for key in list(selector.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            selector.close()
+
+
+# -- names some test modules use for the one data set and the one config writer ------------------
+@pytest.fixture(scope="session")
+def demo_data(dataset: Dataset) -> Dataset:
+    """The suite's one data set (``dataset``), under the name some modules use."""
+    return dataset
+
+
+def make_config(directory: Path, data: demo.DemoDirectory, uris: Sequence[str],
+                timeouts: float | None = None, **kwargs: object) -> Path:
+    """``directory/mailrouter.toml`` for the hooks (see :func:`hook_config`)."""
+    return hook_config(directory / "mailrouter.toml", data, uris, timeouts=timeouts, **kwargs)

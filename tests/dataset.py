@@ -189,6 +189,19 @@ def acl_entries() -> list[entries.Entry]:
     return objects
 
 
+def exempt_from_lockout(ldif: str) -> str:
+    """Every mail user of the suite's shared data gets the seed's no-lockout policy:
+    refusal tests try wrong passwords on alice by the dozen, and a lockout (ppolicy's
+    default: 10 failures) would break every later test that logs in as her.  The
+    lockout itself is tested on accounts of their own (test_passwords.py)."""
+    blocks = []
+    for block in ldif.strip("\n").split("\n\n"):
+        if "\nobjectClass: mailUser" in block:
+            block += f"\npwdPolicySubentry: cn=no-lockout,ou=policies,{BASE}"
+        blocks.append(block)
+    return "\n\n".join(blocks) + "\n"
+
+
 def build(marker: Path, scheme: str = "argon2") -> Dataset:
     """The data set; ``marker`` is the file hostile aliases would create.
 
@@ -202,10 +215,11 @@ def build(marker: Path, scheme: str = "argon2") -> Dataset:
     for actor, (local, domain) in ACL_ACCOUNTS.items():
         accounts.append(demo.Account(user_dn(local, domain, BASE), acl_password(actor),
                                      f"acl-{actor}", f"{local}@{domain}"))
+    ldif = base.ldif.rstrip("\n") + "\n\n" + entries.to_ldif(extra)
     return Dataset(
         base_dn=base.base_dn,
         seed_passwords=base.seed_passwords,
-        ldif=base.ldif.rstrip("\n") + "\n\n" + entries.to_ldif(extra),
+        ldif=exempt_from_lockout(ldif),
         accounts=accounts,
         aliases=base.aliases,
         catchall=base.catchall,

@@ -24,6 +24,15 @@ The rules, and why:
   ``.invalid``), and when no user bind follows, the core spends
   ``passwords.dummy_work`` (the cost of slapd verifying an ``{ARGON2}`` hash)
   instead.  ``bench/bench_auth.py`` measures it.
+* **Any octets are a password.**  Control characters (``\\n``, ``\\x01``,
+  U+2028...), a bidi mix, 5 000 bytes, NUL, octets that are not UTF-8: either
+  slapd compares them with the hash (``directory.password_octets``: SASLprep
+  where it is defined, else the octets as typed -- the LDAP client used to
+  refuse such a password *before* binding, which came back as "LDAP
+  unavailable", fast and for existing users only), or :func:`password_problem`
+  refuses them at the cost of the dummy work.  The same holds for any login:
+  one that is not canonical is looked up as the probe name.  So no login or
+  password is ever answered TEMPORARY, or faster, because of what it contains.
 * **LDAP trouble is temporary, never "bad password".**  Any
   ``TemporaryFailure`` (LDAP down, frozen, service bind refused, bad config)
   gives :attr:`Verdict.TEMPORARY` -- for malformed logins too, since they make
@@ -104,6 +113,28 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def password_problem(password: str) -> str:
+    """Why ``password`` is refused without asking LDAP, or ``""`` when slapd must judge it.
+
+    The one input rule of every login front end (the web's too): empty (with
+    ``allow bind_anon_dn`` an empty bind *succeeds*), over ``MAX_PASSWORD_BYTES``,
+    a NUL, or a lone surrogate (undecodable octets).  Everything else -- control
+    characters, U+2028, any script -- is a password like any other: its octets
+    go to slapd (``directory.password_octets``), and a wrong one is a wrong
+    password.  A refusal here must be made to cost what a bind costs (the
+    callers' business: ``authenticate`` spends the dummy hash, the web its floor).
+    """
+    if not password:
+        return "empty password"
+    if (
+        len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES
+        or "\x00" in password
+        or not _encodable(password)
+    ):
+        return "over-long password, NUL or lone surrogate in password"
+    return ""
+
+
 def _refused(reason: str, password: str, *, spend: bool) -> AuthResult:
     if spend:
         # Cost what a failed user bind costs slapd, so that this refusal cannot
@@ -129,14 +160,7 @@ def authenticate(
         # so that a malformed login is not the fast way to learn nothing exists.
         local, domain = PROBE_LOCAL, PROBE_DOMAIN
         problem = f"non-canonical login: {exc}"
-    if not problem and not password:
-        problem = "empty password"
-    if not problem and (
-        len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES
-        or "\x00" in password
-        or not _encodable(password)
-    ):
-        problem = "over-long password, NUL or lone surrogate in password"
+    problem = problem or password_problem(password)
     try:
         with directory_factory(config.ldap) as directory:
             user = directory.user(local, domain)

@@ -45,7 +45,8 @@ from typing import Any, TypeVar
 
 import ldap3
 from ldap3 import BASE, LEVEL, NONE, SUBTREE, Connection, Server
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPException, LDAPSASLPrepError
+from ldap3.protocol.sasl.sasl import sasl_prep
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
@@ -129,6 +130,26 @@ def _plausible_key(value: str) -> bool:
         and value.isprintable()
         and value == value.strip()
     )
+
+
+def password_octets(password: str) -> bytes:
+    """The octets a password is sent to slapd as, in every bind and Password Modify.
+
+    RFC 4513 asks clients to SASLprep simple-bind passwords, and ldap3 does so
+    for a ``str``, raising *before anything is sent* when SASLprep refuses the
+    string (control characters, U+2028, private use, a bidi mix...).  Callers
+    took that for "LDAP unavailable": a temporary answer, and a fast one, for
+    existing users only.  So: SASLprep where it is defined (what ldap3 has
+    always sent, so existing passwords keep working), and the UTF-8 octets as
+    typed where it is not -- slapd then compares them with the stored hash like
+    any other password.  Either way the password reaches slapd, and a wrong
+    one is a wrong password.
+    """
+    try:
+        prepared = str(sasl_prep(password))
+    except LDAPSASLPrepError:
+        prepared = password
+    return prepared.encode("utf-8", "surrogatepass")
 
 
 def values(attributes: dict[str, Any], name: str) -> list[str]:
@@ -307,10 +328,11 @@ class Directory:
         return Server(uri.rstrip("/"), connect_timeout=self._config.connect_timeout, get_info=NONE)
 
     def _open(self, uri: str) -> Connection:
+        password = self._config.service_password() if self._config.bind_dn else None
         connection = Connection(
             self._server(uri),
             user=self._config.bind_dn,
-            password=self._config.service_password() if self._config.bind_dn else None,
+            password=password_octets(password) if password else None,
             receive_timeout=self._receive_timeout,
             raise_exceptions=False,
             read_only=self._read_only,
@@ -534,7 +556,7 @@ class Directory:
                 connection = Connection(
                     self._server(uri),
                     user=dn,
-                    password=password,
+                    password=password_octets(password),
                     receive_timeout=self._receive_timeout,
                     raise_exceptions=False,
                 )
@@ -662,8 +684,10 @@ class Session:
         if not new_password:
             raise LdapRefused(53, "password change", dn, "empty password")
 
+        old = password_octets(old_password) if old_password is not None else None
+
         def operation(connection: Connection) -> None:
-            connection.extend.standard.modify_password(dn, old_password, new_password)
+            connection.extend.standard.modify_password(dn, old, password_octets(new_password))
             self._check(connection, "password change", dn)
 
         self._directory._with_connection(operation, write=f"password change {dn}")

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, CASES, ROOT, VENV_ENV, alice, hook_config, refusal_cases, start_slapd
+from conftest import BIN, CASES, ROOT, VENV_ENV, alice, hook_config, make_config, refusal_cases, start_slapd
 from dataset import DISABLED_LOGIN, Dataset
-from mailrouter import auth, config, passwords
+from mailrouter import auth, config, entries, passwords
+from mailrouter.sandbox import demo
 from mailrouter.sandbox.configs import secret_path, write_config
 from mailrouter.sandbox.slapd import Slapd, free_port
 
@@ -75,6 +76,40 @@ def dead_conf_path(tmp_path: Path, dataset: Dataset) -> Path:
     """A config whose only LDAP URI has nobody listening."""
     dead = f"ldap://127.0.0.1:{free_port()}/"
     return hook_config(tmp_path / "dead" / "mailrouter.toml", dataset, [dead], timeouts=1.0)
+
+# Issue 13 item 1: passwords of every odd kind, as octets.  Each must be answered
+# exactly like a wrong password -- same answer, and for a known user the same
+# work (a real bind) -- whether the login exists or not.  The LDAP client used
+# to refuse some of them before binding (SASLprep), which came back as "LDAP
+# unavailable": a different answer, and a fast one, for existing users only.
+HOSTILE_PASSWORDS: dict[str, bytes] = {
+    "LF": b"pass\nword-1",
+    "CR": b"pass\rword-1",
+    "TAB": b"pass\tword-1",
+    "SOH": b"pass\x01word-1",
+    "DEL": b"pass\x7fword-1",
+    "U+2028": "pass\u2028word-1".encode(),
+    "U+0085": "pass\u0085word-1".encode(),
+    "private use": "pass\ue000word-1".encode(),
+    "non-character": "pass\ufdd0word-1".encode(),
+    "bidi mix": "\u05d0pass-1".encode(),
+    "soft hyphen only": "\u00ad".encode(),
+    "NUL": b"pass\x00word-1",
+    "not UTF-8": b"pass\xffword-1",
+    "5000 bytes": b"p" * 5000,
+    "1025 bytes": b"p" * 1025,
+}
+# Logins that cannot be an account, with the known user's right password.
+HOSTILE_LOGINS: dict[str, bytes] = {
+    "LF": b"alice\n@example.com",
+    "TAB": b"alice\t@example.com",
+    "SOH": b"alice\x01@example.com",
+    "DEL": b"alice\x7f@example.com",
+    "U+2028": "alice\u2028@example.com".encode(),
+    "NUL": b"alice\x00@example.com",
+    "not UTF-8": b"al\xffice@example.com",
+    "5000 bytes": b"a" * 4988 + b"@example.com",
+}
 
 
 # -- the core ----------------------------------------------------------------
@@ -180,6 +215,58 @@ def test_raw_input_must_be_utf8(conf: config.Config, dataset: Dataset) -> None:
     assert not auth.authenticate_raw(conf, b"alice@example.com\xff", password).ok
 
 
+@pytest.mark.parametrize("case", HOSTILE_PASSWORDS)
+def test_hostile_passwords_are_wrong_passwords(
+    conf: config.Config, demo_data: demo.DemoDirectory, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused, never TEMPORARY; a known user's password goes to slapd (a bind, the
+    cost of a wrong password) unless the core's own rules refuse it first, and then
+    the unknown user's cost is paid (the dummy hash) -- for both logins alike."""
+    calls: list[str] = []
+    real = passwords.dummy_work
+    monkeypatch.setattr(passwords, "dummy_work", lambda p: (calls.append("x"), real(p))[1])
+    password = HOSTILE_PASSWORDS[case]
+    known = auth.authenticate_raw(conf, b"alice@example.com", password)
+    known_hashes = len(calls)
+    unknown = auth.authenticate_raw(conf, b"nobody@example.com", password)
+    assert (known.verdict, unknown.verdict) == (auth.Verdict.REFUSED, auth.Verdict.REFUSED), known.reason
+    assert len(calls) - known_hashes == 1  # the unknown user always costs the dummy hash
+    # The known user: either slapd's hash check (a bind, "wrong password") or ours.
+    assert (known.reason == "wrong password") == (known_hashes == 0), (known.reason, known_hashes)
+    if b"\x00" not in password and len(password) <= auth.MAX_PASSWORD_BYTES:
+        try:
+            password.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            assert known.reason == "wrong password"  # octets slapd can compare: it does
+
+
+@pytest.mark.parametrize("case", HOSTILE_LOGINS)
+def test_hostile_logins_are_refused_like_unknown_users(conf: config.Config, demo_data: demo.DemoDirectory,
+                                                        case: str) -> None:
+    result = auth.authenticate_raw(conf, HOSTILE_LOGINS[case], alice(demo_data).password.encode())
+    assert (result.verdict, result.user) == (auth.Verdict.REFUSED, None), result.reason
+
+
+def test_a_password_with_control_characters_can_be_the_right_one(
+    tmp_path: Path, demo_data: demo.DemoDirectory
+) -> None:
+    """Not merely refused: such a password is compared by slapd like any other, so a
+    user whose (hashed) password has one logs in -- its octets as typed."""
+    odd = "tab\there-and\u2028there"
+    user = entries.user_entry("oddpass", "example.com", demo_data.base_dn,
+                              password_hash=passwords.hash_password(odd, "ssha"), uid_number=8,
+                              gid_number=8, mailbox="/var/mail/oddpass@example.com")
+    server = start_slapd(tmp_path / "slapd", demo_data, entries.to_ldif([user]))
+    try:
+        conf = config.load(str(make_config(tmp_path / "c", demo_data, [server.uri])))
+        assert auth.authenticate(conf, "oddpass@example.com", odd).ok
+        assert auth.authenticate(conf, "oddpass@example.com", odd + "x").verdict is auth.Verdict.REFUSED
+    finally:
+        server.stop()
+
+
 # -- mailrouter-pam-auth --------------------------------------------------------
 def run_pam(
     conf_path: Path, login: str | None, password: bytes, pam_type: str = "auth",
@@ -212,6 +299,15 @@ def test_pam_auth_refusals_exit_1(conf_path: Path, dataset: Dataset, case: str) 
         pytest.skip("an environment variable cannot hold a NUL")
     done = run_pam(conf_path, login, password.encode())
     assert (done.returncode, done.stdout, done.stderr) == (1, b"", b"")
+
+
+@pytest.mark.parametrize("case", HOSTILE_PASSWORDS)
+def test_pam_auth_hostile_passwords_exit_1(conf_path: Path, demo_data: demo.DemoDirectory, case: str) -> None:
+    """What popa3d's pam_exec runs: exit 1 for the known and the unknown user alike
+    (the known one used to get 75, "LDAP trouble", after no bind at all)."""
+    for login in ("alice@example.com", "nobody@example.com"):
+        done = run_pam(conf_path, login, HOSTILE_PASSWORDS[case])
+        assert (done.returncode, done.stdout, done.stderr) == (1, b"", b""), login
 
 
 def test_pam_auth_misuse_and_temporary(
@@ -334,6 +430,25 @@ def test_checkpassword_refusals_exit_1(
     assert (done.returncode, done.stdout, done.stderr) == (1, b"", b"")
 
 
+@pytest.mark.parametrize("case", HOSTILE_PASSWORDS)
+def test_checkpassword_hostile_passwords_exit_1(
+    conf_path: Path, demo_data: demo.DemoDirectory, tmp_path: Path, case: str
+) -> None:
+    """Dovecot's checkpassword: exit 1 for the known and the unknown user alike (the
+    known one used to get 111, "temporary").  A NUL ends the password field."""
+    for login in (b"alice@example.com", b"nobody@example.com"):
+        request = login + b"\0" + HOSTILE_PASSWORDS[case] + b"\0\0"
+        done = run_checkpassword(conf_path, tmp_path, request, ["/usr/bin/env"])
+        assert (done.returncode, done.stdout, done.stderr) == (1, b"", b""), login
+    for login in HOSTILE_LOGINS.values():
+        if b"\x00" in login:
+            continue  # the protocol cannot carry it
+        request = login + b"\0" + alice(demo_data).password.encode() + b"\0\0"
+        assert run_checkpassword(conf_path, tmp_path, request, ["/usr/bin/env"]).returncode == 1, login
+    both = b"a" * 4988 + b"@example.com\0" + b"p" * 5000 + b"\0\0"  # 10 KB: still a refusal
+    assert run_checkpassword(conf_path, tmp_path, both, ["/usr/bin/env"]).returncode == 1
+
+
 def test_checkpassword_misuse_and_temporary(
     conf_path: Path, dead_conf_path: Path, dataset: Dataset, tmp_path: Path
 ) -> None:
@@ -341,7 +456,7 @@ def test_checkpassword_misuse_and_temporary(
     assert run_checkpassword(conf_path, tmp_path, good, []).returncode == 2  # no PROG
     assert run_checkpassword(conf_path, tmp_path, None, ["/usr/bin/env"]).returncode == 2  # no fd 3
     assert run_checkpassword(conf_path, tmp_path, b"alice@example.com", ["/usr/bin/env"]).returncode == 2
-    assert run_checkpassword(conf_path, tmp_path, b"x" * 9000, ["/usr/bin/env"]).returncode == 2
+    assert run_checkpassword(conf_path, tmp_path, b"x" * 70000, ["/usr/bin/env"]).returncode == 2
     done = run_checkpassword(dead_conf_path, tmp_path, good, ["/usr/bin/env"])
     assert (done.returncode, done.stdout) == (111, b"")
     done = run_checkpassword(conf_path, tmp_path, good, ["/nonexistent/prog"])

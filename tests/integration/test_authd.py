@@ -26,11 +26,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, CASES, alice, hook_config, hub_exim, refusal_cases, start_slapd
+from conftest import (
+    BIN,
+    CASES,
+    IdleConnections,
+    alice,
+    hook_config,
+    hub_exim,
+    make_config,
+    refusal_cases,
+    start_slapd,
+)
 from dataset import Dataset
-from mailrouter.sandbox import tls
+from mailrouter.sandbox import demo, tls
 from mailrouter.sandbox.exim import EXIM_USER, make_readable_dir
 from mailrouter.sandbox.slapd import Slapd, free_port
+from test_auth import HOSTILE_LOGINS, HOSTILE_PASSWORDS
 
 AUTHD = str(BIN / "mailrouter-authd")
 
@@ -162,6 +173,84 @@ def test_other_users_cannot_ask(authd: Authd, dataset: Dataset, tmp_path: Path) 
         )
         outputs.append(done.stdout.decode().strip() or done.stderr.decode()[-300:])
     assert outputs == ["EACCES", "b''"] or outputs == ["EACCES", "closed"]
+
+
+def test_hundred_idle_connections_starve_no_check(authd: Authd, demo_data: demo.DemoDirectory) -> None:
+    """Issue 13 item 7: idle peers used to hold a forked child each until their 10 s
+    read timeout, 32 at most: 100 of them left every real check unanswered.
+    A liveness check (generous deadline), not a speed claim: bench/bench_sockets.py measures."""
+    password = alice(demo_data).password
+    with IdleConnections(authd.socket_path, 100) as idle:
+        for login, attempt, token in [("alice@example.com", password, b"OK\n"),
+                                      ("alice@example.com", password + "x", b"NO\n"),
+                                      ("nobody@example.com", password, b"NO\n")]:
+            started = time.monotonic()
+            assert authd.auth(login, attempt) == token
+            assert time.monotonic() - started < 10.0
+    assert idle.opened >= 100
+
+
+def test_more_checks_than_children_wait_their_turn(tmp_path: Path) -> None:
+    """40 checks at once against ``--max-children 2``: the parent queues the complete
+    requests and every one gets its definite answer, in order.  {SSHA} hashes so that
+    the figure is the queue's, not the CPU's (bench/bench_sockets.py measures {ARGON2})."""
+    data = demo.build(scheme="ssha")
+    server = start_slapd(tmp_path / "slapd", data)
+    try:
+        conf = make_config(tmp_path / "c", data, [server.uri], timeouts=10.0)
+        authd = Authd(tmp_path, conf, "--max-children", "2")
+        try:
+            password = alice(data).password
+            replies: list[bytes] = []
+            lock = threading.Lock()
+
+            def one(index: int) -> None:
+                reply = authd.auth("alice@example.com", password if index % 2 else password + "x")
+                with lock:
+                    replies.append(reply)
+
+            threads = [threading.Thread(target=one, args=(index,)) for index in range(40)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(replies) == [b"NO\n"] * 20 + [b"OK\n"] * 20
+        finally:
+            authd.stop()
+    finally:
+        server.stop()
+
+
+def test_a_request_whose_client_gave_up_is_never_checked(
+    tmp_path: Path, demo_data: demo.DemoDirectory
+) -> None:
+    """With every child busy (one, on a frozen LDAP), a complete request waits in the
+    parent's queue; when its client hangs up meanwhile (Exim's 5 s), it is dropped
+    unasked -- no LDAP work for nobody, no stale verdict in the log."""
+    slow = start_slapd(tmp_path / "slapd", demo_data)
+    try:
+        conf = make_config(tmp_path / "c", demo_data, [slow.uri], timeouts=3.0)
+        server = Authd(tmp_path, conf, "--max-children", "1")
+        try:
+            password = alice(demo_data).password
+            slow.freeze()
+            first: list[bytes] = []
+            busy = threading.Thread(target=lambda: first.append(server.auth("alice@example.com", password)))
+            busy.start()
+            time.sleep(0.5)  # alice's check now holds the only child, waiting on slapd
+            line = b"AUTH " + base64.b64encode(b"bob@example.com") + b" " + base64.b64encode(b"pw") + b"\n"
+            with pytest.raises(TimeoutError):
+                server.ask(line, timeout=1.0)  # gives up and hangs up, like Exim
+            slow.thaw()
+            busy.join(timeout=60)
+            assert first and first[0] in (b"OK\n", b"TEMP\n")
+            assert server.auth("carol@example.org", "wrong") == b"NO\n"  # the server goes on
+        finally:
+            server.stop()
+    finally:
+        slow.stop()
+    log = server.log_path.read_text()
+    assert "carol@example.org NO" in log and "bob@example.com" not in log
 
 
 def test_ldap_down_is_temp(tmp_path: Path, dataset: Dataset) -> None:
@@ -380,6 +469,65 @@ def test_smtp_auth_through_real_exim_and_authd(
     assert codes and 400 <= codes[0] < 500, codes  # temporary, never "bad password"
     slow.thaw()
     assert _smtp_auth_plain(port, "alice@example.com", password) == 235
+
+
+def test_smtp_auth_answers_with_hundred_idle_peers_on_authd(
+    exim_with_authd: tuple[int, Slapd, Authd], demo_data: demo.DemoDirectory
+) -> None:
+    """Issue 13 item 7 through real Exim: idle peers of the auth socket used to hold
+    all 32 children, and every AUTH got 435 after Exim's 5 s."""
+    port, _slapd, server = exim_with_authd
+    password = alice(demo_data).password
+    with IdleConnections(server.socket_path, 100) as idle:
+        assert _smtp_auth_plain(port, "alice@example.com", password) == 235
+        assert _smtp_auth_plain(port, "alice@example.com", password + "x") == 535
+    assert idle.opened >= 100
+
+
+def _smtp_auth_raw(client: smtplib.SMTP, mechanism: str, login: bytes, password: bytes) -> tuple[int, bytes]:
+    """One AUTH exchange with octets as given; the final (code, text)."""
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    if mechanism == "PLAIN":
+        return client.docmd("AUTH", "PLAIN " + b64(b"\0" + login + b"\0" + password))
+    for step in ("LOGIN", b64(login)):
+        reply = client.docmd("AUTH", step) if step == "LOGIN" else client.docmd(step)
+        if reply[0] != 334:
+            return reply  # Exim ended the exchange early
+    return client.docmd(b64(password))
+
+
+def test_smtp_auth_hostile_input_answers_like_a_wrong_password(
+    exim_with_authd: tuple[int, Slapd, Authd], demo_data: demo.DemoDirectory
+) -> None:
+    """Issue 13 item 1 through real Exim and authd: every odd password, for the known
+    user and an unknown one, and every odd login gets the wrong password's exact
+    SMTP answer -- never 435, which only existing users used to get."""
+    port, _slapd, server = exim_with_authd
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a throwaway self-signed certificate
+
+    def attempt(mechanism: str, login: bytes, password: bytes) -> tuple[int, bytes]:
+        # A session each: Exim ends a session after a few failed AUTHs.
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            client.starttls(context=context)
+            client.ehlo("client.example")
+            return _smtp_auth_raw(client, mechanism, login, password)
+
+    right = alice(demo_data).password.encode()
+    known, unknown = b"alice@example.com", b"nobody@example.com"
+    attempts = [(login, pw) for pw in HOSTILE_PASSWORDS.values() for login in (known, unknown)]
+    attempts += [(login, right) for login in HOSTILE_LOGINS.values()]
+    for mechanism in ("PLAIN", "LOGIN"):
+        wrong = attempt(mechanism, known, right + b"x")
+        assert wrong[0] == 535, wrong
+        for login, password in attempts:
+            reply = attempt(mechanism, login, password)
+            assert reply == wrong, (mechanism, login[:40], password[:40], reply)
+        assert attempt(mechanism, known, right)[0] == 235
+    assert "TEMP" not in server.log_path.read_text()
 
 
 def _children_of(server: Authd) -> str:

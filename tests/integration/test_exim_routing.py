@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hook_config, hub_exim, needs_root, start_slapd
+from conftest import ROOT, IdleConnections, hook_config, hub_exim, needs_root, start_slapd
 from dataset import LONG_LOCAL, Dataset
 from mailrouter import entries, passwords
 from mailrouter.errors import DaemonError
@@ -543,6 +543,43 @@ def test_unicode_domain_with_smtputf8_is_refused_not_relayed(world: World) -> No
     assert rcpt_reply.startswith("5"), result.output
 
 
+def raw_session(world: World, mail_from: bytes, rcpts: list[bytes]) -> list[str]:
+    """RCPT replies of one ``exim -bh`` session whose commands are raw octets."""
+    lines = [b"EHLO client.example", b"MAIL FROM:<" + mail_from + b">"]
+    lines += [b"RCPT TO:<" + rcpt + b">" for rcpt in rcpts]
+    script = b"".join(line + b"\r\n" for line in [*lines, b"QUIT"])
+    result = world.exim.run("-bh", CLIENT, stdin=script)
+    replies = [line for line in result.stdout.splitlines() if re.match(r"\d{3} ", line)]
+    assert replies[0].startswith("220") and replies[-1].startswith("221"), result.output
+    return replies[2:-1]  # MAIL, then one per RCPT
+
+
+def test_non_utf8_local_part_and_sender_get_one_permanent_answer(world: World) -> None:
+    """Issue 13 item 6: octets that are not UTF-8 cannot name anything: a permanent
+    answer on both lookup paths, never 451 (the socket path used to answer TEMP)."""
+    # What the hooks answer for a local part that cannot be a name (routing.FAIL_BAD_LOCAL_PART).
+    invalid = "550 5.1.3 invalid local part"
+    replies = raw_session(world, b"someone@remote.example", [
+        b"al\xffice@example.com",
+        b"\xff@example.com",
+        b"alice\xc3@example.com",  # a truncated UTF-8 sequence
+        b"al\xffice@example.org",  # example.org has a catch-all, which never takes such a name
+        b"alice@example.com",
+    ])
+    assert replies == ["250 OK", invalid, invalid, invalid, invalid, "250 Accepted"], replies
+    # A non-UTF-8 sender: an ordinary sender, not blacklisted, not a TEMP...
+    assert raw_session(world, b"al\xffice@remote.example", [b"alice@example.com"]) == [
+        "250 OK", "250 Accepted",
+    ]
+    # ...and its domain is still checked against blacklisted_domains: no bypass.
+    assert raw_session(world, b"\xff@spam.example", [b"alice@example.com"]) == [
+        "250 OK", "550 5.7.1 Sender address blacklisted",
+    ]
+    # Routing (exim -bt; argv as octets): undeliverable (2), never deferred (1).
+    routing = world.route("al\udcffice@example.com", "al\udcffice@example.org")
+    assert routing.returncode == 2 and "cannot be resolved" not in routing.stdout, routing.output
+
+
 # -- live changes in LDAP --------------------------------------------------------------
 
 @pytest.mark.slow
@@ -712,6 +749,22 @@ def test_lookup_server_down_defers(world: World) -> None:
     assert result.returncode == 1, result.output
     assert "undeliverable" not in result.stdout
     assert [r[:4] for r in rcpt_replies(exim, "nobody@example.com")] == ["451 "]
+
+
+def test_idle_peers_of_the_lookup_server_starve_no_smtp_session(world: World) -> None:
+    """Issue 13 item 7: with 100 idle connections to mailrouter-lookupd (2 workers
+    here), Exim's lookups are still answered: before, each idle peer held a worker
+    for 10 s and RCPT waited past Exim's 30 s limit (451)."""
+    if world.via != "socket":
+        pytest.skip("the lookup server: the socket way only")
+    with IdleConnections(world.workdir / "lookup.sock", 100) as idle:
+        started = time.monotonic()
+        assert world.smtp(["alice@example.com", "team@example.com", "nobody@example.com"]) == [
+            "250 Accepted", "250 Accepted", "550 5.1.1 Unknown user",
+        ]
+        assert routed(world.route("alice@example.com"), "alice@example.com")
+        assert time.monotonic() - started < 20.0  # liveness (generous), not a speed claim
+    assert idle.opened >= 100
 
 
 # -- SMTP AUTH over TLS, against the running daemon ------------------------------------------

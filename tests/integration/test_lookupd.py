@@ -23,6 +23,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, hook_config, needs_root, start_slapd
+from conftest import BIN, IdleConnections, hook_config, needs_root, start_slapd
 from dataset import Dataset
+from mailrouter.sandbox import demo
 from mailrouter.sandbox.configs import write_config
 from mailrouter.sandbox.exim import EXIM_USER, make_readable_dir
 from mailrouter.sandbox.slapd import Slapd, free_port
@@ -102,7 +104,7 @@ class Setup:
     config: Path
     lookupd: Lookupd
 
-    def hook(self, *args: str) -> bytes:
+    def hook(self, *args: str | bytes) -> bytes:
         """What mailrouter-lookup says, as the reply token lookupd must send."""
         done = subprocess.run(
             [LOOKUP, "--config", str(self.config), *args],
@@ -188,7 +190,6 @@ def test_user_reply_is_the_delivery_contract(setup: Setup) -> None:
     [
         b"nosuchkind\n",
         b"user !!! ZXhhbXBsZS5jb20=\n",  # not base64
-        b"user /w== ZXhhbXBsZS5jb20=\n",  # base64 of a byte that is not UTF-8
         b"user YWxpY2U= ZXhhbXBsZS5jb20=",  # no newline before the client's EOF
         b"user " + b"A" * 5000 + b"\n",  # over the request limit
         b"\n",
@@ -197,6 +198,34 @@ def test_user_reply_is_the_delivery_contract(setup: Setup) -> None:
 )
 def test_malformed_requests_get_temp(setup: Setup, request_line: bytes) -> None:
     assert ask_raw(setup.lookupd.sock, request_line) == b"TEMP\n"
+
+
+NON_UTF8 = [
+    (b"user", b"al\xffice", b"example.com"),
+    (b"alias", b"\xff", b"example.com"),
+    (b"catchall", b"al\xffice", b"example.org"),
+    (b"quota", b"alice\xc3", b"example.com", b"100"),
+    (b"domain", b"ex\xffample.com"),
+    (b"blacklisted-sender", b"al\xffice@remote.example"),
+    (b"blacklisted-sender", b"\xff@spam.example"),  # the domain is listed: still "yes"
+    (b"sender-owner", b"al\xffice@example.com", b"alice@example.com"),
+    (b"relay-host", b"127.0.0.\xff"),
+]
+
+
+@pytest.mark.parametrize("question", NON_UTF8, ids=repr)
+def test_non_utf8_arguments_get_the_hooks_answer_never_temp(
+    setup: Setup, question: tuple[bytes, ...]
+) -> None:
+    """Issue 13 item 6: what ${readsocket} sends for ``RCPT TO:<al\\xffice@...>`` is
+    answered exactly as ${run} answers it (argv octets), and never TEMP."""
+    kind, *args = question
+    request = b" ".join([kind, *(base64.b64encode(a) for a in args)]) + b"\n"
+    expected = setup.hook(kind, *args)
+    assert expected != b"TEMP\n", question
+    if args == [b"\xff@spam.example"]:
+        assert expected == b"OK yes\n"  # octets that are not UTF-8 bypass no blacklist
+    assert ask_raw(setup.lookupd.sock, request) == expected, question
 
 
 def test_client_that_keeps_the_socket_open_gets_its_reply(setup: Setup) -> None:
@@ -345,3 +374,103 @@ def test_systemd_socket_activation(setup: Setup) -> None:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=10)
+
+
+# -- idle and slow clients (issue 13 item 7) ---------------------------------------------
+# Liveness, not speed: the deadlines are generous; bench/bench_sockets.py measures.
+LIVENESS = 10.0
+
+
+def timed_ask(path: Path, request: bytes, timeout: float = 30) -> tuple[bytes, float]:
+    started = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        client.connect(str(path))
+        client.sendall(request)
+        client.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := client.recv(4096):
+            reply += chunk
+    return reply, time.monotonic() - started
+
+
+def test_hundred_idle_connections_starve_no_lookup(setup: Setup) -> None:
+    """The fixture's lookupd has 2 workers; an idle connection used to hold one for
+    10 s, so 100 of them left a lookup waiting far beyond Exim's 30 s."""
+    with IdleConnections(setup.lookupd.sock, 100) as idle:
+        for _ in range(5):
+            reply, seconds = timed_ask(setup.lookupd.sock, encode("user", "alice", "example.com"))
+            assert reply.startswith(b"OK mailbox="), reply
+            assert seconds < LIVENESS, seconds
+        # And a burst: 100 lookups at once, all answered.
+        replies: list[tuple[bytes, float]] = []
+        request = encode("domain", "example.com")
+        threads = [
+            threading.Thread(target=lambda: replies.append(timed_ask(setup.lookupd.sock, request)))
+            for _ in range(100)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [reply for reply, _ in replies] == [b"OK example.com\n"] * 100
+    assert max(seconds for _, seconds in replies) < LIVENESS
+    assert idle.opened >= 100
+
+
+def test_idle_connection_gets_temp_after_the_read_deadline(setup: Setup) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(30)
+        client.connect(str(setup.lookupd.sock))
+        started = time.monotonic()
+        assert client.recv(100) == b"TEMP\n"
+        waited = time.monotonic() - started
+    assert 1.0 < waited < 6.0, waited  # the 2 s default, not 10 s or more
+
+
+def test_slow_but_timely_client_gets_its_answer(setup: Setup) -> None:
+    request = encode("domain", "example.com")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(30)
+        client.connect(str(setup.lookupd.sock))
+        for byte in range(0, len(request), 4):
+            client.sendall(request[byte:byte + 4])
+            time.sleep(0.05)
+        assert client.recv(100) == b"OK example.com\n"
+
+
+def test_at_the_connection_limit_the_oldest_idle_one_makes_room(setup: Setup) -> None:
+    lookupd = Lookupd(setup.config, setup.workdir / "small.sock", "--workers", "1", "--max-connections", "10",
+                      "--read-timeout", "60")
+    try:
+        with IdleConnections(lookupd.sock, 10) as idle:
+            reply, seconds = timed_ask(lookupd.sock, encode("domain", "example.com"))
+        assert reply == b"OK example.com\n" and seconds < LIVENESS, (reply, seconds)
+        assert idle.opened >= 10
+    finally:
+        log = lookupd.stop()
+    assert "over 10 connections: dropped the oldest idle one" in log
+
+
+def test_a_request_over_the_time_limit_gets_temp_and_a_fresh_worker(
+    setup: Setup, demo_data: demo.DemoDirectory
+) -> None:
+    """--request-timeout kills the worker (SIGALRM); the parent still answers the
+    client (TEMP, not silence) and forks a replacement."""
+    slow = start_slapd(setup.workdir / "slow-slapd", demo_data)
+    lookupd: Lookupd | None = None
+    try:
+        config = hook_config(setup.workdir / "slow.toml", demo_data, [slow.uri], setup.workdir / "mail",
+                             connect_timeout=20.0, operation_timeout=20.0)
+        lookupd = Lookupd(config, setup.workdir / "slow.sock", "--workers", "1", "--request-timeout", "1")
+        slow.freeze()
+        reply, seconds = timed_ask(lookupd.sock, encode("domain", "example.com"))
+        assert reply == b"TEMP\n" and seconds < LIVENESS, (reply, seconds)
+        slow.thaw()
+        reply, seconds = timed_ask(lookupd.sock, encode("domain", "example.com"))
+        assert reply == b"OK example.com\n", (reply, lookupd.stop())
+    finally:
+        slow.thaw()
+        log = lookupd.stop() if lookupd is not None else ""
+        slow.stop()
+    assert "ended during a request" in log and "replacing it" in log

@@ -14,6 +14,7 @@ import contextlib
 import os
 import poplib
 import shutil
+import socket
 import ssl
 import tempfile
 from collections.abc import Iterator
@@ -23,8 +24,10 @@ import pytest
 
 from conftest import CASES, ROOT, alice, hook_config, hub_exim, needs_root, refusal_cases
 from dataset import Dataset
+from mailrouter.sandbox import demo
 from mailrouter.sandbox.popa3d import Popa3d
 from mailrouter.sandbox.slapd import Slapd, free_port
+from test_auth import HOSTILE_LOGINS, HOSTILE_PASSWORDS
 
 pytestmark = needs_root
 
@@ -139,6 +142,40 @@ def test_refusals_identical(popa3d: Popa3d, dataset: Dataset, case: str) -> None
         assert login_reply(client, login, password) == POPA3D_SYNTAX_CASES.get(case, REFUSAL)
     finally:
         client.close()
+
+
+def raw_login(port: int, login: bytes, password: bytes) -> bytes:
+    """USER/PASS with octets as given; the reply to PASS (or the earlier -ERR)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        replies = sock.makefile("rb")
+        assert replies.readline().startswith(b"+OK")
+        for command in (b"USER " + login, b"PASS " + password):
+            sock.sendall(command + b"\r\n")
+            reply = replies.readline().rstrip(b"\r\n")
+            if not reply.startswith(b"+OK") or command.startswith(b"PASS"):
+                return reply
+    raise AssertionError("not reached")
+
+
+def test_hostile_input_answers_like_a_wrong_password(popa3d: Popa3d, demo_data: demo.DemoDirectory) -> None:
+    """Issue 13 item 1 over POP3 (popa3d + PAM + mailrouter-pam-auth): every odd
+    password, for the known user and an unknown one, and every odd login get the
+    wrong password's exact reply.  (CR and LF end a POP3 line: not passwords here.)
+    The time is bench/bench_auth.py's business."""
+    right = alice(demo_data).password.encode()
+    known, unknown = b"alice@example.com", b"nobody@example.com"
+    wrong = raw_login(popa3d.port, known, right + b"x")
+    assert wrong == REFUSAL
+    attempts = [(login, pw) for pw in HOSTILE_PASSWORDS.values() if b"\n" not in pw and b"\r" not in pw
+                for login in (known, unknown)]
+    attempts += [(login, right) for login in HOSTILE_LOGINS.values() if b"\n" not in login]
+    for login, password in attempts:
+        reply = raw_login(popa3d.port, login, password)
+        # popa3d refuses some lines itself, before PAM, with a bare -ERR (a NUL, a
+        # login longer than its buffer): the same for every account.
+        expected = b"-ERR" if b"\x00" in login + password or len(login) > 1000 else REFUSAL
+        assert reply == expected, (login[:40], password[:40], reply)
+    assert raw_login(popa3d.port, known, right).startswith(b"+OK")
 
 
 def test_refusal_over_pop3s_identical(popa3d: Popa3d, dataset: Dataset) -> None:

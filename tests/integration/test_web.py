@@ -12,10 +12,12 @@ cells do not depend on each other's order.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 import shutil
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, hook_config
+from dataset import exempt_from_lockout
 from mailrouter import config as config_module
 from mailrouter import entries
 from mailrouter.sandbox import demo
@@ -109,7 +112,8 @@ def web() -> Iterator[Web]:
                            gid_number=8, mailbox=f"/var/mail/victim-{role}@{domain}", quota="10M")
         for role in ROLES for domain in (A, B)
     ])
-    slapd = Slapd(workdir / "ldap", ldif=[data.ldif, extra], root=ROOT, seed_passwords=data.seed_passwords)
+    slapd = Slapd(workdir / "ldap", ldif=[exempt_from_lockout(data.ldif), extra], root=ROOT,
+                  seed_passwords=data.seed_passwords)
     slapd.start()
     try:
         web = web_settings(workdir, free_port(), None, None)
@@ -344,6 +348,55 @@ def test_refused_logins_look_alike_and_are_throttled(web: Web) -> None:
     attempt(f"carol@{B}", "whatever-password")
     right = attempt(f"carol@{B}", web.data.account(f"carol@{B}").password)
     assert right[0] == 429
+
+
+def test_hostile_logins_and_passwords_are_wrong_passwords(web: Web, tmp_path: Path) -> None:
+    """Issue 13 item 1, the web login (form and API): every odd password -- control
+    characters, U+2028, NUL, not UTF-8, 5 000 bytes -- and every odd login gets
+    exactly the wrong-password answer after the floor, for a known and an unknown
+    account alike.  (The LDAP client used to refuse some before binding: 503,
+    "LDAP unavailable"; the form refused long ones at once with a 400 of its own.)"""
+    from mailrouter.admin.web import create_app
+    from test_auth import HOSTILE_LOGINS, HOSTILE_PASSWORDS
+
+    # The same app, without throttling in the way: every attempt must reach the check.
+    lenient = dataclasses.replace(web.config, web=dataclasses.replace(
+        web.config.web, login_failures_per_account=100_000, login_failures_per_client=100_000,
+        state_dir=str(tmp_path / "state")))
+    app = create_app(lenient)
+
+    def form(login: bytes, password: bytes) -> tuple[int, str, float]:
+        browser = Browser(app.test_client())
+        browser.get("/login")
+        body = urllib.parse.urlencode({"login": login, "password": password, "csrf_token": browser.token})
+        started = time.monotonic()
+        response = browser.client.post("/login", data=body, base_url=HTTPS,
+                                       content_type="application/x-www-form-urlencoded",
+                                       headers={"Referer": f"{HTTPS}/"})
+        page = re.sub(r'value="[^"]*"', "", response.get_data(as_text=True))
+        return response.status_code, page, time.monotonic() - started
+
+    def api(login: bytes, password: bytes) -> tuple[int, str, float]:
+        token = base64.b64encode(login + b":" + password).decode()
+        started = time.monotonic()
+        response = app.test_client().get("/api/v1/domains", base_url=HTTPS,
+                                         headers={"Authorization": f"Basic {token}"})
+        return response.status_code, response.get_data(as_text=True), time.monotonic() - started
+
+    known, unknown = f"alice@{A}".encode(), f"nobody@{A}".encode()
+    right = web.data.account(f"alice@{A}").password.encode()
+    for front_end in (form, api):
+        wrong = front_end(known, right + b"x")
+        assert wrong[0] == 401 and wrong[2] >= 0.5, wrong[:2]
+        attempts = [(login, pw) for pw in HOSTILE_PASSWORDS.values() for login in (known, unknown)]
+        attempts += [(login, right) for login in HOSTILE_LOGINS.values() if b"\x00" not in login]
+        for login, password in attempts:
+            if front_end is api and b":" in login:
+                continue
+            status, text, seconds = front_end(login, password)
+            assert (status, text) == wrong[:2], (front_end.__name__, login[:40], password[:40])
+            assert seconds >= 0.5, (front_end.__name__, login[:40], password[:40], seconds)
+    assert front_end(known, right)[0] == 200  # the same app does let alice in
 
 
 def test_ldap_down_is_503_and_writes_nothing(web: Web) -> None:

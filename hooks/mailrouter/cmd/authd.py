@@ -3,7 +3,8 @@
 Usage::
 
     mailrouter-authd [--config CONF] [--socket PATH] [--group GROUP] [--allow-user USER]...
-                     [--max-children N] [--request-timeout SECONDS]
+                     [--max-children N] [--request-timeout SECONDS] [--read-timeout SECONDS]
+                     [--max-connections N]
 
 Why a socket: ``${run{prog $auth2 $auth3}}`` would put the password on a
 command line, readable by every local user in ``ps`` and ``/proc/PID/cmdline``.
@@ -12,24 +13,34 @@ the other end.  It never puts a password into any argv.
 
 Protocol (one request per connection; the Exim side is in exim/mailrouter.conf)::
 
-    request:  AUTH <base64 login> <base64 password>\\n      (at most 2048 bytes)
+    request:  AUTH <base64 login> <base64 password>\\n      (at most 65536 bytes)
     reply:    OK\\n | NO\\n | TEMP\\n                         then the server closes
 
-``OK`` authenticated; ``NO`` refused (unknown user, wrong or empty password,
-disabled account, non-canonical login -- one answer on purpose); ``TEMP`` LDAP
-trouble, a malformed request or one not sent within 10 seconds.  A check that
-takes longer than ``--request-timeout`` gets no reply at all (its child is
-killed): Exim must treat that, like any other reply, as a failure.  The replies are
-fixed tokens because Exim echoes an unexpected ``${readsocket}`` result to the
-SMTP client.
+``OK`` authenticated; ``NO`` refused: unknown user, wrong or empty password,
+disabled account, non-canonical login, and any login or password octets at all
+(control characters, non-UTF-8, NUL, over-long) -- one answer on purpose, see
+``mailrouter.auth``; ``TEMP`` LDAP trouble, a malformed request (the limit is
+above anything Exim's 16 KiB SMTP command buffer can produce), or one not sent
+within ``--read-timeout`` seconds (default 2; Exim sends it at once).  A check
+that takes longer than ``--request-timeout`` is killed and answered ``TEMP``.
+The replies are fixed tokens because Exim echoes an unexpected
+``${readsocket}`` result to the SMTP client.
 
-Process model (``mailrouter.cmd.sockserver``, fork per connection): the parent
-imports everything once, then forks one child per connection; the child does
-the whole check (its own LDAP connection and bind, ``mailrouter.auth``), writes
-the token and exits.  A slow LDAP therefore blocks only that child, and no
-state survives a request.  At most ``--max-children``
-(default 32) children run at once; each is killed after ``--request-timeout``
-seconds (default 30; Exim's own readsocket timeout is usually shorter).
+Process model (``mailrouter.cmd.sockserver``, fork per request): the parent
+imports everything once and owns every connection: it accepts, checks the
+peer, and reads each request line without ever waiting on a client, so idle or
+slow clients starve nothing.  For each *complete* request it forks one child,
+which does the whole check (its own LDAP connection and bind,
+``mailrouter.auth``), hands the token back to the parent and exits.  A slow
+LDAP therefore blocks only that child, and no state survives a request.  At
+most ``--max-children`` checks run at once (default 4 per CPU: a check is
+mostly a password hash, CPU-bound, and more at once only makes each slower);
+further complete requests wait in order, and one whose client gave up meanwhile
+is dropped unasked.  Each child is killed after ``--request-timeout`` seconds
+(default 30; Exim's own readsocket timeout, 5 s, is shorter).  At most
+``--max-connections`` (default 512) connections are open; beyond that the
+oldest one still without a request line is dropped, and new ones wait in the
+socket's backlog.
 
 Who may connect:
     * the socket is created mode 0660, group ``--group`` (default ``Debian-exim``,
@@ -56,7 +67,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import socket
+import os
 
 from mailrouter import auth
 from mailrouter.cmd import sockserver
@@ -64,7 +75,17 @@ from mailrouter.config import Config, load
 from mailrouter.errors import BadRequest, TemporaryFailure
 from mailrouter.exitcodes import EX_OK, EX_TEMPFAIL
 
-MAX_REQUEST = 2048
+# Exim's SMTP command buffer is 16 KiB: an AUTH LOGIN login and password of up
+# to 12 KiB each, base64 again here, stay below this.  Every request Exim can
+# send is read and answered by the core (an over-long password is a refusal);
+# only a longer line is malformed.
+MAX_REQUEST = 65536
+# Checks in progress at once.  A check is mostly a password hash (slapd's, or
+# the core's dummy work): CPU-bound.  A few per CPU keep every core busy while
+# others wait on the network; many more only make every check slower, until
+# all of them run into the LDAP operation timeout at once (measured on 2 CPUs:
+# 16 parallel {ARGON2} checks -> every one TEMP; 8 -> none; bench_sockets.py).
+DEFAULT_MAX_CHILDREN = 4 * (os.cpu_count() or 1)
 TOKENS = {
     auth.Verdict.OK: b"OK\n",
     auth.Verdict.REFUSED: b"NO\n",
@@ -99,29 +120,19 @@ def answer(config: Config, line: bytes) -> tuple[auth.Verdict, str, bytes]:
     return result.verdict, result.reason, login
 
 
-def handle(config: Config, connection: socket.socket) -> None:
-    """One connection, in its own child (``sockserver.serve``): read, check, reply."""
-    try:
-        line = sockserver.read_line(connection, MAX_REQUEST)
-    except (BadRequest, OSError) as exc:
-        sockserver.log(f"authd: TEMP bad request: {exc}")
-        try:
-            sockserver.drain(connection)
-            connection.sendall(TOKENS[auth.Verdict.TEMPORARY])
-        except OSError:
-            pass
-        return
+def handle(config: Config, line: bytes) -> bytes:
+    """The reply to one request line, in its own child (``sockserver.serve``); logs the verdict."""
     verdict, reason, login = answer(config, line)
     shown = login[:320].decode("utf-8", "backslashreplace").encode("unicode_escape").decode("ascii")
     sockserver.log(f"authd: {shown} {verdict.value} {reason}")
-    connection.sendall(TOKENS[verdict])
+    return TOKENS[verdict]
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mailrouter-authd")
     parser.add_argument("--config", default=None)
     parser.add_argument("--socket", default=None, help="default: auth.auth_socket")
-    sockserver.add_server_arguments(parser)
+    sockserver.add_server_arguments(parser, max_children=DEFAULT_MAX_CHILDREN)
     args = parser.parse_args(argv)
     try:
         config = load(args.config)
@@ -131,5 +142,5 @@ def main(argv: list[str]) -> int:
         return EX_TEMPFAIL
     # Fork per connection (workers=0): each request gets a fresh child with its
     # own LDAP connection and binds; a frozen LDAP blocks only that child.
-    sockserver.run("authd", server, lambda connection: handle(config, connection), args)
+    sockserver.run("authd", server, lambda line: handle(config, line), args, max_request=MAX_REQUEST)
     return EX_OK

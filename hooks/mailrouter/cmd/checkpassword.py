@@ -16,8 +16,8 @@ the user the server runs this as (``dovecot``).
 
 Input:
     fd 3   ``LOGIN\\0PASSWORD\\0`` then anything (a timestamp, or Dovecot's empty
-           field).  The protocol's limit is 512 bytes; up to 8192 are read, so
-           that an over-long password is a plain refusal; more is misuse.
+           field).  The protocol's limit is 512 bytes; up to 65536 are read, so
+           that an over-long login or password is a plain refusal; more is misuse.
     ``AUTHORIZED=1`` (environment, Dovecot userdb lookups and passdb lookups with
            no password): check that the user exists and is active, do not check
            the password, and set ``AUTHORIZED=2`` before the exec, as Dovecot asks.
@@ -37,7 +37,7 @@ Exit codes (checkpassword convention):
     1    refused: unknown user, wrong or empty password, disabled account,
          non-canonical login -- all the same on purpose
     2    misuse: no PROG, ``--config`` without a path, fd 3 missing, malformed
-         or longer than 8192 bytes
+         or longer than 65536 bytes
     111  temporary: LDAP down or slow, bad configuration, the exec failed, any
          unexpected error (``mailrouter.cmd.guard``)
 """
@@ -54,10 +54,11 @@ from mailrouter.exitcodes import CHECKPASSWORD_MISUSE, CHECKPASSWORD_REFUSED, CH
 from mailrouter.mailbox import spool
 
 INPUT_FD = 3
-# The protocol says "at most 512 bytes", but a client may send a longer
-# password and Dovecot passes it on: that is a refusal (exit 1, via the core's
-# password limit), not a protocol error.  Only beyond this is the caller broken.
-MAX_INPUT = 8192
+# The protocol says "at most 512 bytes", but a client may send a longer login
+# and password and Dovecot passes them on: that is a refusal (exit 1, via the
+# core's limits), like a wrong password, not a protocol error.  Only beyond
+# this (the limit of mailrouter-authd's requests too) is the caller broken.
+MAX_INPUT = 65536
 CONFIG_ENV = "MAILROUTER_CONFIG"
 
 

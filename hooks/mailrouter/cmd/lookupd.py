@@ -4,7 +4,7 @@ Usage::
 
     mailrouter-lookupd [--config CONF] [--socket PATH] [--group GROUP] [--allow-user USER]...
                        [--workers N] [--max-requests N] [--max-children N]
-                       [--request-timeout SECONDS]
+                       [--request-timeout SECONDS] [--read-timeout SECONDS] [--max-connections N]
 
 Why: every ``${run}`` of ``mailrouter-lookup`` is a new Python process that
 imports ldap3 (~75 ms, ~90 ms per lookup in all).  Exim's ``${readsocket}``
@@ -28,24 +28,37 @@ field).  The replies carry the exit codes of ``mailrouter-lookup``:
     ``OK <answer>``  exit 0: the one-line answer (the hook's stdout, no newline inside)
     ``NO``           exit 1: LDAP answered and there is no such thing / the predicate is false
     ``TEMP``         exit 75: LDAP down or slow, bad configuration, a malformed
-                     request (unknown kind, wrong arity, bad base64), any exception
+                     request (unknown kind, wrong arity, bad base64), a request
+                     line not complete within ``--read-timeout`` seconds
+                     (default 2; Exim sends it at once), any exception
 
-Exim must treat any other reply (or none, or a timeout) like ``TEMP``: defer.
+An argument that is not UTF-8 (``RCPT TO:<al\\xffice@example.com>``) is no
+reason for ``TEMP``: it reaches the lookup exactly as ``mailrouter-lookup``
+gets it from its argv (undecodable bytes as lone surrogates), so both ways
+give the same answer -- for a name, "no such thing".  Exim must treat any
+other reply (or none, or a timeout) like ``TEMP``: defer.
 
 Process model (``mailrouter.cmd.sockserver``): the parent loads the configuration
 and imports everything once, then pre-forks ``--workers`` (default 8) worker
-processes that accept on the socket and serve one connection at a time.  Each
-request opens its own LDAP connection and binds as the service account (a
-bind per request: no connection or failover state outlives a request).  A
-worker is replaced after ``--max-requests`` (default 1000) requests, after any
-exception, and when a request takes longer than ``--request-timeout`` seconds
-(default 30; it is killed).  ``--workers 0`` forks one child per connection
-instead (at most ``--max-children``, default 32): more isolation, but a fork
-and a cold process per lookup (~5-10 ms instead of ~1-2 ms).  The number of
-workers bounds the lookups in progress: when LDAP hangs, further requests wait
-in the socket's backlog and Exim's ``${readsocket}`` timeout turns that into a
-deferral.  The configuration is read at start: restart the service after
-changing it.
+processes.  The parent owns every connection: it accepts, checks the peer and
+reads each request line without ever waiting on a client, and hands only
+*complete* requests to a free worker, in order; the worker answers, the parent
+writes the reply.  So idle or slow clients never hold a worker: they cost a
+descriptor in the parent until their ``--read-timeout``, and at most
+``--max-connections`` (default 512) are open (beyond that the oldest one still
+without a request is dropped; further connections wait in the socket's
+backlog).  Each request opens its own LDAP connection and binds as the service
+account (a bind per request: no connection or failover state outlives a
+request).  A worker is replaced after ``--max-requests`` (default 1000)
+requests, after any exception, and when a request takes longer than
+``--request-timeout`` seconds (default 30; it is killed, the client gets
+``TEMP``).  ``--workers 0`` forks one child per request instead (at most
+``--max-children``, default 32): more isolation, but a fork and a cold process
+per lookup (~5-10 ms instead of ~1-2 ms).  The number of workers bounds the
+lookups in progress: when LDAP hangs, further requests wait in the parent's
+queue (one whose client gave up is dropped unasked) and Exim's
+``${readsocket}`` timeout turns that into a deferral.  The configuration is
+read at start: restart the service after changing it.
 
 Who may connect: the socket is created mode 0660, group ``--group`` (default
 ``Debian-exim``); in addition each peer's SO_PEERCRED uid must be root, the
@@ -72,7 +85,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import socket
 import sys
 
 from mailrouter import config as config_module
@@ -93,8 +105,13 @@ def parse_request(line: bytes) -> tuple[str, list[str]]:
     fields = line.rstrip(b"\r").split(b" ")
     try:
         kind = fields[0].decode("ascii")
-        args = [base64.b64decode(field, validate=True).decode("utf-8") for field in fields[1:]]
-    except (binascii.Error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        # Decoded as Python decodes mailrouter-lookup's argv (UTF-8, undecodable
+        # bytes as lone surrogates): the same octets from Exim become the same
+        # key on both paths, and a key that cannot be a name is "no such thing".
+        args = [
+            base64.b64decode(field, validate=True).decode("utf-8", "surrogateescape") for field in fields[1:]
+        ]
+    except (binascii.Error, ValueError) as exc:  # a non-ASCII kind: UnicodeDecodeError, a ValueError
         raise BadRequest(f"bad request: {exc}") from exc
     if kind not in lookup.KINDS:
         raise BadRequest(f"unknown kind {kind[:40]!r}")
@@ -113,21 +130,12 @@ def reply(config: Config, line: bytes) -> tuple[bytes, str]:
     if result is None:
         return NO, ""
     # One line, as mailrouter-lookup prints it.
-    return b"OK " + result.replace("\n", " ").replace("\r", " ").encode("utf-8") + b"\n", ""
+    one_line = result.replace("\n", " ").replace("\r", " ")
+    return b"OK " + one_line.encode("utf-8", "surrogateescape") + b"\n", ""
 
 
-def handle(config: Config, connection: socket.socket) -> None:
-    """One connection, in a forked child."""
-    try:
-        line = sockserver.read_line(connection, MAX_REQUEST)
-    except (BadRequest, OSError) as exc:
-        sockserver.log(f"lookupd: TEMP bad request: {exc}")
-        try:
-            sockserver.drain(connection)
-            connection.sendall(TEMP)
-        except OSError:
-            pass
-        return
+def handle(config: Config, line: bytes) -> bytes:
+    """The reply to one request line, in a worker (``sockserver.serve``); logs a TEMP's reason."""
     try:
         answer, why = reply(config, line)
     except Exception as exc:  # noqa: BLE001 - any surprise is a TEMP, never silence
@@ -135,10 +143,7 @@ def handle(config: Config, connection: socket.socket) -> None:
     if answer == TEMP:
         shown = line[:200].decode("ascii", "backslashreplace")
         sockserver.log(f"lookupd: TEMP for {shown!r}: {why}")
-    try:
-        connection.sendall(answer)
-    except OSError:
-        pass  # the client gave up (e.g. Exim's timeout): nobody to tell; the worker lives on
+    return answer
 
 
 def main(argv: list[str]) -> int:
@@ -162,10 +167,11 @@ def main(argv: list[str]) -> int:
     sockserver.run(
         "lookupd",
         server,
-        lambda connection: handle(config, connection),
+        lambda line: handle(config, line),
         args,
         workers=args.workers,
         max_requests=args.max_requests,
+        max_request=MAX_REQUEST,
     )
     return EX_OK
 

@@ -42,7 +42,7 @@ from flask import (
 )
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
-from wtforms.validators import DataRequired, Length
+from wtforms.validators import DataRequired
 
 from mailrouter.admin.session import AdminSession
 from mailrouter.admin.web import identity
@@ -58,9 +58,11 @@ blueprint = Blueprint("auth", __name__)
 
 
 class LoginForm(FlaskForm):  # type: ignore[misc]
-    login = StringField("Login (your mail address, or an admin name)",
-                        validators=[DataRequired(), Length(max=320)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+    # No length limits here: an over-long login or password is judged by the
+    # rules of every login front end (identity.authenticate) and gets the one
+    # refusal, after the floor -- not an instant "please give a login" page.
+    login = StringField("Login (your mail address, or an admin name)", validators=[DataRequired()])
+    password = PasswordField("Password", validators=[DataRequired()])
 
 
 class LogoutForm(FlaskForm):  # type: ignore[misc]
@@ -171,8 +173,13 @@ def _session_credentials() -> tuple[str, str]:
 
 
 def _basic_credentials() -> tuple[str, str]:
+    if "Authorization" not in request.headers:
+        raise NotLoggedIn()
     auth = request.authorization
     if auth is None or auth.type != "basic" or not auth.username or not auth.password:
+        # Credentials that cannot be read (not UTF-8, no colon, empty, another
+        # scheme) are a refused login like any other: one answer, after the floor.
+        check_login(auth.username or "" if auth is not None else "", "")
         raise NotLoggedIn()
     person = check_login(auth.username, auth.password)
     if person is None:
