@@ -30,7 +30,9 @@ from pathlib import Path
 from mailrouter.config import LdapConfig
 from mailrouter.directory import Directory, first
 from mailrouter.sandbox import demo
-from mailrouter.sandbox.slapd import Slapd, project_root
+from mailrouter.sandbox.slapd import Slapd
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout whose ldap/ files the slapd runs
 
 
 def by_read(directory: Directory, domain: str) -> bool:
@@ -45,7 +47,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     data = demo.build(scheme="ssha")  # a fast service bind: the lookup, not the hash, is measured
     work = Path(tempfile.mkdtemp(prefix="mailrouter-bench-domain-"))
-    slapd = Slapd(work, ldif=[data.ldif], root=project_root(), seed_passwords=data.seed_passwords).start()
+    slapd = Slapd(work, ldif=[data.ldif], root=ROOT, seed_passwords=data.seed_passwords).start()
     service = data.account("service")
     config = LdapConfig(uris=(slapd.uri,), base_dn=data.base_dn, bind_dn=service.dn,
                         bind_password=service.password)

@@ -56,7 +56,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 from mailrouter.sandbox import demo  # noqa: E402
-from mailrouter.sandbox.exim import write_service_config  # noqa: E402
+from mailrouter.sandbox.configs import write_config  # noqa: E402
 from mailrouter.sandbox.slapd import Slapd  # noqa: E402
 
 BIN = Path(sys.executable).parent  # the venv running this script: its installed executables
@@ -236,10 +236,11 @@ def run(work: Path, idle: int, burst_size: int, sequential_count: int,
                           seed_passwords=directory.seed_passwords)
             slapds.append(slapd.start())
             service = directory.account("service")
-            configs[scheme] = write_service_config(
+            # The data's own scheme, or the first login would rehash it (mailrouter.auth).
+            configs[scheme] = write_config(
                 work / f"mailrouter-{scheme}.toml", uris=[slapd.uri], base_dn=directory.base_dn,
                 bind_dn=service.dn, password=service.password,
-                mbox_template=f"{work}/mail/{{local}}@{{domain}}",
+                mbox_template=f"{work}/mail/{{local}}@{{domain}}", password_scheme=scheme,
             )
 
         def auth_request(scheme: str) -> bytes:
