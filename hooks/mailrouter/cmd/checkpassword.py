@@ -47,6 +47,7 @@ from __future__ import annotations
 import os
 
 from mailrouter import auth
+from mailrouter.cmd.fdread import read_at_most
 from mailrouter.config import Config, load
 from mailrouter.directory import User
 from mailrouter.errors import InvalidName, Misuse, TemporaryFailure
@@ -64,19 +65,11 @@ CONFIG_ENV = "MAILROUTER_CONFIG"
 
 def read_request(fd: int = INPUT_FD) -> tuple[bytes, bytes]:
     """``(login, password)`` from the checkpassword descriptor."""
-    chunks = []
-    total = 0
     try:
-        while total <= MAX_INPUT:
-            chunk = os.read(fd, MAX_INPUT + 1 - total)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
+        data = read_at_most(fd, MAX_INPUT)
         os.close(fd)
     except OSError as exc:
         raise Misuse(f"cannot read fd {fd}: {exc.strerror}") from exc
-    data = b"".join(chunks)
     if len(data) > MAX_INPUT:
         raise Misuse(f"more than {MAX_INPUT} bytes on fd 3")
     fields = data.split(b"\0")

@@ -53,6 +53,7 @@ import os
 import sys
 
 from mailrouter import auth, names, userrecords
+from mailrouter.cmd.fdread import read_at_most
 from mailrouter.config import Config, load
 from mailrouter.directory import User
 from mailrouter.errors import InvalidName, Misuse, TemporaryFailure
@@ -76,15 +77,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _read_password(stream: int) -> bytes:
-    chunks = []
-    total = 0
-    while total <= MAX_STDIN:
-        chunk = os.read(stream, MAX_STDIN + 1 - total)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    data = b"".join(chunks)
+    data = read_at_most(stream, MAX_STDIN)
     # Some PAM versions terminate the token with a NUL; it is never part of it.
     return data[:-1] if data.endswith(b"\0") else data
 
