@@ -168,14 +168,23 @@ def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], defau
     return value
 
 
+def secret_line(text: str) -> str:
+    """The secret in a password file's text: its first line, without the line end.
+
+    One rule for every reader (hooks, daemons, the admin CLI): a file written with
+    ``echo``, an editor or ``printf`` gives the same password, and a second line
+    (a comment, a stray paste) is never part of it.
+    """
+    return text.split("\n", 1)[0].rstrip("\r")
+
+
 def read_secret(path: str) -> str:
-    """The first line of a password file (a trailing newline is not part of it)."""
+    """The secret in password file ``path`` (:func:`secret_line`); empty is an error."""
     secret_path = Path(path)
     try:
-        secret = secret_path.read_text(encoding="utf-8")
+        secret = secret_line(secret_path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read password file {secret_path}: {exc.strerror}") from exc
-    secret = secret.rstrip("\r\n")
     if not secret:
         raise ConfigError(f"password file {secret_path} is empty")
     return secret

@@ -16,7 +16,7 @@ from typing import IO, Any
 from mailrouter import config as config_module
 from mailrouter.admin.cli.output import Output
 from mailrouter.admin.session import AdminSession, resolve_login
-from mailrouter.config import Config
+from mailrouter.config import Config, secret_line
 from mailrouter.errors import AdminError, UsageError
 
 PROG = "mailrouter-admin"
@@ -29,18 +29,15 @@ QUOTA_HELP = "32M, 1G, 500K, a byte count, or 0 = unlimited"
 
 # -- secrets -------------------------------------------------------------------------------
 def read_secret_file(path: str, what: str) -> str:
-    """The first line of ``path`` (``-`` = stdin), which must not be empty."""
+    """The secret in ``path`` (``-`` = stdin) by :func:`mailrouter.config.secret_line`; empty is refused."""
     try:
-        if path == "-":
-            text = sys.stdin.readline()
-        else:
-            text = Path(path).read_text(encoding="utf-8").split("\n", 1)[0]
+        text = sys.stdin.readline() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise AdminError(f"cannot read {what} file {path}: {exc.strerror}") from None
-    text = text.rstrip("\r\n")
-    if not text:
+    secret = secret_line(text)
+    if not secret:
         raise AdminError(f"{what} file {path} is empty")
-    return text
+    return secret
 
 
 def prompt_secret(prompt: str, confirm: bool) -> str:
