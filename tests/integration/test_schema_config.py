@@ -26,10 +26,12 @@ def test_slapd_conf_converts_to_cn_config_and_serves(tmp_path: Path) -> None:
     conf = tmp_path / "slapd.conf"
     conf.write_text(render_slapd_conf(template, ROOT, tmp_path), encoding="utf-8")
     (tmp_path / "db").mkdir()
+    (tmp_path / "accesslog").mkdir()
     config_dir = tmp_path / "slapd.d"
     config_dir.mkdir()
     # slaptest opens the mdb read-only: load the seed first, then convert.
     run([SLAPADD, "-q", "-f", str(conf)], (ROOT / "ldap" / "seed.ldif").read_text())
+    run([SLAPADD, "-q", "-f", str(conf), "-b", "cn=accesslog"], "")  # creates the empty audit log
     run([SLAPTEST, "-f", str(conf), "-F", str(config_dir)])
     port = free_port()
     process = subprocess.Popen([SLAPD, "-d", "0", "-F", str(config_dir), "-h", f"ldap://127.0.0.1:{port}/"],
@@ -51,6 +53,16 @@ def test_slapd_conf_converts_to_cn_config_and_serves(tmp_path: Path) -> None:
         overlay = (config_dir / "cn=config" / "olcDatabase={1}mdb" / "olcOverlay={0}ppolicy.ldif").read_text()
         assert "olcPPolicyHashCleartext: TRUE" in overlay and "olcPPolicyUseLockout: FALSE" in overlay
         assert "olcPPolicyDefault: cn=default,ou=policies,o=top" in overlay
+        # The audit log and the integrity overlays came along (issue 17).
+        for module in ("accesslog", "/usr/local/lib/ldap/logscrub.so", "unique", "refint"):
+            assert f"}}{module}\n" in modules
+        mail_db = config_dir / "cn=config" / "olcDatabase={1}mdb"
+        overlays = {path.name for path in mail_db.glob("olcOverlay=*.ldif")}
+        assert overlays == {"olcOverlay={0}ppolicy.ldif", "olcOverlay={1}unique.ldif",
+                            "olcOverlay={2}refint.ldif", "olcOverlay={3}accesslog.ldif"}
+        log_db = (config_dir / "cn=config" / "olcDatabase={2}mdb.ldif").read_text().replace("\n ", "")
+        assert "olcSuffix: cn=accesslog" in log_db and "this/reqDN/-*" in log_db
+        assert (config_dir / "cn=config" / "olcDatabase={2}mdb" / "olcOverlay={0}logscrub.ldif").exists()
     finally:
         process.terminate()
         process.wait(timeout=10)

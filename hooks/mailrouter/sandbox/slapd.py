@@ -52,12 +52,15 @@ def render_slapd_conf(template: str, root: Path, workdir: Path) -> str:
         "pidfile": f"pidfile\t\t{workdir / 'slapd.pid'}",
         "argsfile": f"argsfile\t{workdir / 'slapd.args'}",
         "directory": f"directory\t{workdir / 'db'}",
+        "directory accesslog": f"directory\t{workdir / 'accesslog'}",
     }
     lines = []
     for line in template.splitlines():
         if line.rstrip().endswith("# PATH"):
             directive, value = line.split(None, 2)[:2]
             key = Path(value).name if directive == "include" else directive
+            if directive == "directory" and Path(value).name != "ldap":
+                key = f"directory {Path(value).name}"  # a second database's files
             if key not in replacements:
                 raise DaemonError(f"slapd.conf: unexpected PATH line {line!r}")
             line = replacements[key]
@@ -121,7 +124,8 @@ class Slapd:
 
     def configure(self) -> None:
         """Write the config, check it with slaptest, and preload seed + extra LDIF."""
-        (self.workdir / "db").mkdir(parents=True, exist_ok=True)
+        for database in ("db", "accesslog"):
+            (self.workdir / database).mkdir(parents=True, exist_ok=True)
         template = (self.root / "ldap" / "slapd.conf").read_text(encoding="utf-8")
         config = render_slapd_conf(template, self.root, self.workdir)
         if self.extra_config:
