@@ -152,6 +152,11 @@ class AdminSession:
             message = f"cannot {action}: {subject} still has entries below it"
         elif code == 49:
             message = f"bind as {self._dn} refused: invalid credentials"
+        elif code == 19 and "non-unique" in str(exc):
+            # slapo-unique (ldap/slapd.conf): an address or top-level login exists elsewhere
+            message = (f"cannot {action}: another entry already has the address (or login) of "
+                       f"{subject}; slapd allows each only once")
+            return AdminError(message, kind="exists")
         else:
             reason = REFUSAL_CODES.get(code, f"result {code}")
             message = f"cannot {action}: {reason} ({exc.dn})"
