@@ -17,6 +17,7 @@ The data every slapd is loaded with is ``tests/dataset.py``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import selectors
 import shutil
@@ -68,7 +69,25 @@ def install_differences(installed: Path, checkout: Path) -> list[str]:
     )
 
 
+LOGSCRUB = Path("/usr/local/lib/ldap/logscrub.so")  # ldap/slapd.conf's moduleload
+
+
+def logscrub_problem() -> str | None:
+    """Why slapd would not load the logscrub overlay built from this checkout, or None."""
+    source = hashlib.sha256((ROOT / "ldap" / "logscrub" / "logscrub.c").read_bytes()).hexdigest()
+    stamp = Path(f"{LOGSCRUB}.stamp")
+    if not LOGSCRUB.exists() or not stamp.exists():
+        return f"{LOGSCRUB} is missing"
+    if stamp.read_text(encoding="utf-8").split()[-1] != source:
+        return f"{LOGSCRUB} was built from another ldap/logscrub/logscrub.c"
+    return None
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    problem = logscrub_problem()
+    if problem:
+        pytest.exit(f"{problem}: run bin/install-deps (or ldap/logscrub/build)",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
     installed = Path(mailrouter.__file__).resolve().parent
     differences = install_differences(installed, ROOT / "hooks" / "mailrouter")
     if differences:

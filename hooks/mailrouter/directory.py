@@ -60,6 +60,7 @@ from mailrouter.errors import (
 )
 
 RESULT_SUCCESS = 0
+RESULT_SIZE_LIMIT = 4
 RESULT_COMPARE_FALSE = 5
 RESULT_COMPARE_TRUE = 6
 RESULT_NO_SUCH_ATTRIBUTE = 16
@@ -705,19 +706,25 @@ class Session:
         self.modify(dn, {PASSWORD_SCHEME: (MODIFY_REPLACE, [stamp])})
 
     def search(
-        self, base: str, search_filter: str, attributes: Sequence[str], subtree: bool = False
+        self, base: str, search_filter: str, attributes: Sequence[str], subtree: bool = False,
+        size_limit: int = 0,
     ) -> list[tuple[str, dict[str, Any]]]:
-        """Search with an already-escaped filter; one level unless ``subtree``."""
+        """Search with an already-escaped filter; one level unless ``subtree``.
+        With ``size_limit``, more matches than that raise LdapRefused with
+        :data:`RESULT_SIZE_LIMIT` (slapd's answer, never a partial list)."""
         def operation(connection: Connection) -> list[tuple[str, dict[str, Any]]]:
             connection.search(
                 base,
                 search_filter,
                 search_scope=SUBTREE if subtree else LEVEL,
                 attributes=list(attributes),
+                size_limit=size_limit,
             )
             code = connection.result.get("result")
             if code == RESULT_NO_SUCH_OBJECT:
                 return []
+            if code == RESULT_SIZE_LIMIT and size_limit:
+                raise LdapRefused(RESULT_SIZE_LIMIT, "search", base, "size limit exceeded")
             self._check(connection, "search", base)
             return [
                 (r["dn"], dict(r["attributes"]))

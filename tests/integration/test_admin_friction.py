@@ -275,13 +275,22 @@ def test_item8_add_target_closing_a_loop_is_refused(hub: Hub) -> None:
     assert hub.snapshot() == before
 
 
-def test_item8_user_hidden_by_an_alias_is_said(hub: Hub) -> None:
+def test_item8_an_address_is_a_user_or_an_alias_never_both(hub: Hub) -> None:
+    """Issue 17: our writers refuse the second entry for one address, with a clear
+    message (slapd's slapo-unique would refuse it too, but less clearly)."""
+    before = hub.snapshot()
     result = hub.run(PM_COM, "--json", "user", "add", "team@example.com", "--no-password")
-    assert result.rc == 0, result
-    assert result.json()["hidden_by_alias"] is True  # type: ignore[index]
-    assert "the alias team@example.com takes precedence" in result.json()["message"]  # type: ignore[index]
-    assert hub.run(PM_COM, "--json", "user", "show", "team@example.com").json()["hidden_by_alias"] is True  # type: ignore[index]
-    assert hub.run(PM_COM, "user", "remove", "team@example.com").rc == 0
+    assert result.rc == exitcodes.EX_REFUSED, result
+    error = result.json()
+    assert error["kind"] == "conflict" and error["field"] == "address"  # type: ignore[index]
+    assert error["error"] == ("team@example.com is already an alias: an address is either a user or an "  # type: ignore[index]
+                              "alias, not both (remove alias team@example.com first)")
+    result = hub.run(PM_COM, "--json", "alias", "add", "bob@example.com", "alice@example.com")
+    assert result.rc == exitcodes.EX_REFUSED, result
+    assert result.json()["error"] == ("bob@example.com is already a user: an address is either a user or "  # type: ignore[index]
+                                      "an alias, not both (remove user bob@example.com first)")
+    assert hub.run(PM_COM, "alias", "set", "bob@example.com", "alice@example.com").rc == exitcodes.EX_REFUSED
+    assert hub.snapshot() == before
 
 
 def test_item8_user_remove_says_where_the_mailbox_is(hub: Hub) -> None:

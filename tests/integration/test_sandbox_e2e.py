@@ -37,7 +37,7 @@ SANDBOX = str(ROOT / "bin" / "mailrouter-sandbox")
 CONTRACT_KEYS = {
     "dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port", "submission_port",
     "smtps_port", "pop3_port", "pop3s_port", "ca_cert", "spool_dir", "exim", "accounts", "aliases",
-    "catchall", "web_url", "config", "exim_config", "tls_host",
+    "catchall", "web_url", "config", "exim_config", "tls_host", "audit_base",
 }
 ARRIVAL_TIMEOUT = 60.0
 
@@ -149,6 +149,23 @@ def test_up_prints_the_documented_json(hub: dict[str, Any]) -> None:
     assert all("address" in a for a in hub["accounts"] if a["role"] != "global-admin")
     status = json.loads(sandbox_command("status", "--dir", hub["dir"]).stdout)
     assert status["daemons"] and all(d["running"] for d in status["daemons"].values())
+
+
+def test_the_sandbox_slapd_keeps_the_audit_log(hub: dict[str, Any]) -> None:
+    """Issue 17: the sandbox runs the shipped audit log; mailrouter-admin reads it."""
+    assert hub["audit_base"] == "cn=accesslog"
+    admin = [str(ROOT / "bin" / "mailrouter-admin"), "--config", hub["config"], "--bind-dn", hub["admin_dn"],
+             "--password-file", str(Path(hub["dir"]) / "admin.secret"), "--json"]
+    env = {**os.environ, **VENV_ENV}
+    added = subprocess.run([*admin, "user", "add", "audited@example.com", "--no-password"],
+                           capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert added.returncode == 0, added.stderr
+    shown = subprocess.run([*admin, "audit", "--domain", "example.com", "--since", "1h"],
+                           capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    assert [(r["operation"], r["actor_dn"]) for r in rows if r["target"] == "audited@example.com"] == [
+        ("add", hub["admin_dn"])]
 
 
 def test_alias_with_two_local_targets_and_a_remote_one(hub: dict[str, Any]) -> None:

@@ -69,6 +69,15 @@ COMMANDS
                                                 global admin (member of cn=admin,BASE);
                                                 --create adds the account uid=NAME,BASE first
            revoke --global NAME | list [DOMAIN]
+    audit  [--domain D] [--since T] [--actor A]
+                                   who changed what, from slapd's own audit log (cn=accesslog):
+                                   each successful add, change, rename or removal by anyone
+                                   (this tool, the web, ldapmodify), oldest first: time, actor,
+                                   operation, target, changed attributes (password values are
+                                   never logged: "<withheld>").  Global admins see every record,
+                                   a domain's admins those about their domain; T is 7d, 12h,
+                                   30m (ago) or an ISO date/time (UTC); A a DN, an address or a
+                                   global admin's name.  More than 1000 matches: narrow it.
     test   address ADDRESS [--exim] [--exim-command CMD]
                    [--exim-config PATH [--mailrouter-bin DIR]]
                                    what Exim would do: router, targets, mailbox, quota and use,

@@ -2,8 +2,11 @@
 
 Targets are plain addresses only (see :mod:`mailrouter.admin.normalise`): never a
 command, file or include.  The alias named ``default`` is the domain's catch-all
-(:mod:`mailrouter.admin.catchall`).  The aliases router runs before the users
-router, so an alias hides a user of the same name: adding one says so.  A change
+(:mod:`mailrouter.admin.catchall`).  An address is either a user or an alias:
+creating an alias where a user of that name exists is refused (``conflict``),
+as slapd's slapo-unique refuses a second entry with the same ``mail``.  For
+entries written by other tools without ``mail``, the aliases router runs before
+the users router, so such an alias hides the user.  A change
 that would make an alias reach itself again -- directly, through other aliases
 or through a catch-all -- is refused (``conflict``, :func:`check_loop`): Exim
 would bounce every message sent to it.
@@ -21,6 +24,7 @@ from typing import Any
 from mailrouter import entries
 from mailrouter.admin.normalise import normalise_address, normalise_domain, normalise_targets
 from mailrouter.admin.session import AdminSession, Page
+from mailrouter.admin.users import address_taken
 from mailrouter.directory import CATCHALL_NAME, MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE, first, values
 from mailrouter.errors import AdminError
 
@@ -42,6 +46,8 @@ def create(s: AdminSession, name: str, domain: str, targets: list[str], what: st
     entry = entries.alias_entry(name, domain, s.base_dn, targets)
     # As for users: a hidden domain must not answer "already exists" (see users.add_user).
     s.require_domain(domain)
+    if _shadows(s, name, domain):
+        raise AdminError(address_taken(f"{name}@{domain}", "a user"), kind="conflict", field="address")
     s.add(entry, f"add aliases in {s.domain_dn(domain)}", what, f"no such domain {domain}")
     return entry
 

@@ -152,6 +152,11 @@ class AdminSession:
             message = f"cannot {action}: {subject} still has entries below it"
         elif code == 49:
             message = f"bind as {self._dn} refused: invalid credentials"
+        elif code == 19 and "non-unique" in str(exc):
+            # slapo-unique (ldap/slapd.conf): an address or top-level login exists elsewhere
+            message = (f"cannot {action}: another entry already has the address (or login) of "
+                       f"{subject}; slapd allows each only once")
+            return AdminError(message, kind="exists")
         else:
             reason = REFUSAL_CODES.get(code, f"result {code}")
             message = f"cannot {action}: {reason} ({exc.dn})"
@@ -270,12 +275,16 @@ class AdminSession:
         return self._session.directory.user(local, domain)
 
     def search(
-        self, base: str, search_filter: str, attributes: Sequence[str], subtree: bool = False
+        self, base: str, search_filter: str, attributes: Sequence[str], subtree: bool = False,
+        size_limit: int = 0, too_many: str = "",
     ) -> list[tuple[str, dict[str, Any]]]:
-        """Search with an already-escaped filter; one level unless ``subtree``."""
+        """Search with an already-escaped filter; one level unless ``subtree``.
+        More than ``size_limit`` matches (when given) is AdminError ``too_many``."""
         try:
-            return self._session.search(base, search_filter, attributes, subtree)
+            return self._session.search(base, search_filter, attributes, subtree, size_limit)
         except LdapRefused as exc:
+            if exc.code == dirmod.RESULT_SIZE_LIMIT:
+                raise AdminError(too_many or f"more than {size_limit} entries match") from None
             raise self.refusal(exc, f"search {base}", base, None) from None
 
     def page(

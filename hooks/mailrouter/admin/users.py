@@ -84,6 +84,12 @@ def usage_of(s: AdminSession, local: str, domain: str) -> int | None:
     return None if path is None else mailbox_usage(path, s.config.spool.format)
 
 
+def address_taken(address: str, by: str) -> str:
+    """The one refusal of a second entry for ``address`` (``by``: "an alias", "a user")."""
+    return (f"{address} is already {by}: an address is either a user or an alias, not both "
+            f"(remove {by.split()[-1]} {address} first)")
+
+
 def _alias_exists(s: AdminSession, local: str, domain: str) -> bool:
     return s.read(s.alias_dn(local, domain), "mailAlias", ["mailAlias"]) is not None
 
@@ -99,13 +105,15 @@ def add_user(
 ) -> dict[str, Any]:
     """Add a user (``password`` None: cannot log in yet); ``admin`` also makes them
     an admin of their domain -- undone together if that second step fails.
-    ``hidden_by_alias``: an alias of the same name exists; the aliases router runs
-    first, so that alias, not the new mailbox, receives the mail (the message says so)."""
+    An address is either a user or an alias: with an alias of the same name
+    this is refused (``conflict``; slapd's slapo-unique refuses it too)."""
     local, domain = normalise_address(address)
     quota_value = normalise_quota(quota) if quota is not None else None
     # A domain slapd hides from this admin is "no such domain" before anything else:
     # an add there would let slapd say "already exists" and disclose its entries.
     s.require_domain(domain)
+    if _alias_exists(s, local, domain):
+        raise AdminError(address_taken(f"{local}@{domain}", "an alias"), kind="conflict", field="address")
     entry = user_entry(s, local, domain, password, quota=quota_value, active=enabled, full_name=name)
     s.add(entry, f"add users in {s.domain_dn(domain)}", f"user {local}@{domain}", f"no such domain {domain}")
     if password:
@@ -113,13 +121,9 @@ def add_user(
     if admin:
         admins.add_to_domain_group(s, entry.dn, domain)
     s.commit()
-    hidden = _alias_exists(s, local, domain)
     extra = " (domain admin)" if admin else ""
-    if hidden:
-        extra += (f"; note: the alias {local}@{domain} takes precedence, so mail to this address goes "
-                  "to the alias's targets, not to this mailbox, until the alias is removed")
     return {"ok": True, "message": f"added user {local}@{domain}{extra}", "address": f"{local}@{domain}",
-            "dn": entry.dn, "admin": admin, "hidden_by_alias": hidden}
+            "dn": entry.dn, "admin": admin, "hidden_by_alias": False}
 
 
 def _existing(s: AdminSession, address: str) -> tuple[str, str, str]:
@@ -302,11 +306,17 @@ def rename_user(s: AdminSession, address: str, new_address: str) -> dict[str, An
     if s.read(s.user_dn(new_local, domain), "mailUser", ["uid"]) is not None:
         raise AdminError(f"user {new} already exists", kind="exists", field="new_address")
     if _alias_exists(s, new_local, domain):
-        raise AdminError(f"alias {new} exists and would take the renamed user's mail; remove it first",
-                         kind="conflict", field="new_address")
+        raise AdminError(address_taken(new, "an alias"), kind="conflict", field="new_address")
     attributes = _read_user(s, old_local, domain)
     action = f"rename users in {s.domain_dn(domain)}"
     new_dn = s.user_dn(new_local, domain)
+    group = s.group_dn(domain)
+
+    def admin_entries() -> list[str]:
+        members = values(s.read(group, "groupOfNames", ["member"]) or {}, "member")
+        return [m for m in members if m.lower() == old_dn.lower()]
+
+    was_admin = bool(admin_entries())
     s.rename(old_dn, user_rdn(new_local), user_rdn(old_local), action, f"user {new}")
     changes: dict[str, tuple[str, list[str]]] = {"mail": (MODIFY_REPLACE, [new])}
     undo: dict[str, tuple[str, list[str]]] = {"mail": (MODIFY_REPLACE, values(attributes, "mail") or [old])}
@@ -317,13 +327,13 @@ def rename_user(s: AdminSession, address: str, new_address: str) -> dict[str, An
         changes["mailMessageStore"] = (MODIFY_REPLACE, [store])
         undo["mailMessageStore"] = (MODIFY_REPLACE, values(attributes, "mailMessageStore"))
     s.modify(new_dn, changes, undo, action, f"user {new}")
-    group = s.group_dn(domain)
-    members = values(s.read(group, "groupOfNames", ["member"]) or {}, "member")
-    was_admin = [m for m in members if m.lower() == old_dn.lower()]
-    if was_admin:
+    # slapd's slapo-refint renames the member value with the entry (ldap/slapd.conf);
+    # a slapd without it still holds the old DN, which is replaced here.
+    stale = admin_entries()
+    if stale:
         s.modify(group, {"member": (MODIFY_ADD, [new_dn])}, {"member": (MODIFY_DELETE, [new_dn])},
                  f"change the admins of {domain}", f"admin group of {domain}")
-        s.modify(group, {"member": (MODIFY_DELETE, was_admin)}, {"member": (MODIFY_ADD, was_admin)},
+        s.modify(group, {"member": (MODIFY_DELETE, stale)}, {"member": (MODIFY_ADD, stale)},
                  f"change the admins of {domain}", f"admin group of {domain}")
     retargeted = []
     naming_old = f"(&(objectClass=mailAlias)(mailAliasedName={escape_filter_value(old)}))"
@@ -341,7 +351,7 @@ def rename_user(s: AdminSession, address: str, new_address: str) -> dict[str, An
         message += f"; alias targets updated in {', '.join(sorted(retargeted))}"
     message += f"; mailbox: {mailbox['note']}"
     return {"ok": True, "message": message, "address": new, "old_address": old, "dn": new_dn,
-            "admin": bool(was_admin), "aliases_updated": sorted(retargeted), "mailbox": mailbox}
+            "admin": was_admin, "aliases_updated": sorted(retargeted), "mailbox": mailbox}
 
 
 def move_mailbox(s: AdminSession, old_local: str, new_local: str, domain: str) -> dict[str, Any]:

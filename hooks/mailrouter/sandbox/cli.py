@@ -29,13 +29,15 @@ up
        "submission_port", "smtps_port", "pop3_port", "pop3s_port", "ca_cert",
        "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
        "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]},
-       "web_url", "config", "exim_config", "tls_host"}
+       "web_url", "config", "exim_config", "tls_host", "audit_base"}
 
     Keys are only ever added, never renamed or dropped.  "config" is the hooks'
     TOML (what ``mailrouter-admin --config`` wants); "exim_config" the Exim
     configuration file (a wrapper: the sandbox's macros, then exim/mailrouter.conf);
     "tls_host" a host name the certificates match ("localhost"; they match IP
     127.0.0.1 too, but clients such as fetchmail check names only).
+    "audit_base" is the suffix of slapd's audit log (``mailrouter-admin audit``
+    reads it; ``ldapsearch -b`` it as the global admin).
 
     "web_url" is the web interface (https on loopback, certificate from the
     sandbox CA in "ca_cert"); every account above logs in there.  Users added
@@ -105,6 +107,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from mailrouter.admin.audit import AUDIT_BASE
 from mailrouter.sandbox import demo, tls
 from mailrouter.sandbox.configs import write_config
 from mailrouter.sandbox.exim import EXIM_USER, Exim
@@ -292,6 +295,7 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
         "catchall": data.catchall,
         "config": str(config),
         "tls_host": TLS_HOST,
+        "audit_base": AUDIT_BASE,
     }
 
 

@@ -58,6 +58,10 @@ def render_slapd_conf(template: str, root: Path, workdir: Path) -> str:
         if line.rstrip().endswith("# PATH"):
             directive, value = line.split(None, 2)[:2]
             key = Path(value).name if directive == "include" else directive
+            if directive == "directory" and Path(value).parent == Path("/var/lib/ldap"):
+                # another database's files (the audit log: /var/lib/ldap/accesslog)
+                key = f"directory {Path(value).name}"
+                replacements[key] = f"directory\t{workdir / Path(value).name}"
             if key not in replacements:
                 raise DaemonError(f"slapd.conf: unexpected PATH line {line!r}")
             line = replacements[key]
@@ -121,9 +125,11 @@ class Slapd:
 
     def configure(self) -> None:
         """Write the config, check it with slaptest, and preload seed + extra LDIF."""
-        (self.workdir / "db").mkdir(parents=True, exist_ok=True)
         template = (self.root / "ldap" / "slapd.conf").read_text(encoding="utf-8")
         config = render_slapd_conf(template, self.root, self.workdir)
+        for line in config.splitlines():  # every database's directory (mail, audit log, ...)
+            if line.startswith("directory"):
+                Path(line.split(None, 1)[1]).mkdir(parents=True, exist_ok=True)
         if self.extra_config:
             # Global directives must precede the first "database"; insert them there.
             head, sep, tail = config.partition("\ndatabase")

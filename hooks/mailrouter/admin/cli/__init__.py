@@ -27,6 +27,7 @@ from mailrouter import config as config_module
 from mailrouter.admin.cli import (
     admin,
     alias,
+    audit,
     catchall,
     completion,
     domain,
@@ -48,7 +49,7 @@ from mailrouter.errors import (
 )
 from mailrouter.exitcodes import EX_REFUSED, EX_TEMPFAIL, EX_USAGE
 
-COMMANDS = (domain, user, alias, catchall, setting, admin, test, queue, imports, export, completion)
+COMMANDS = (domain, user, alias, catchall, setting, admin, audit, test, queue, imports, export, completion)
 
 
 def build_parser() -> argparse.ArgumentParser:

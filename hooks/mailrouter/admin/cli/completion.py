@@ -56,6 +56,12 @@ def bash_script(parser: argparse.ArgumentParser) -> str:
     positional_cases: list[str] = []
     for name, command in sorted(commands.items()):
         leaves = _subcommands(command)
+        if not leaves:  # a command without subcommands (audit): its options
+            options, leaf_paths, leaf_valued = _options(command)
+            paths += leaf_paths
+            valued += leaf_valued
+            sub_cases.append(f"        {name}) words={_words(options)};;")
+            continue
         sub_cases.append(f"        {name}) words={_words(list(leaves))};;")
         for sub, sub_parser in sorted(leaves.items()):
             options, leaf_paths, leaf_valued = _options(sub_parser)

@@ -22,7 +22,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from mailrouter.admin import aliases, catchall, domains, settings, users
+from mailrouter.admin import aliases, audit, catchall, domains, settings, users
 from mailrouter.admin.normalise import normalise_quota
 from mailrouter.admin.web import auth
 from mailrouter.admin.web.views.home import change_own_password
@@ -225,6 +225,14 @@ def delete_catchall(domain: str) -> Any:
     auth.current()
     catchall.clear_catchall(auth.ldap(), domain)
     return _no_content()
+
+
+# -- audit log --------------------------------------------------------------------------------
+@blueprint.get("/audit")
+def get_audit() -> Any:
+    auth.current()
+    filters = {name: request.args.get(name) or None for name in ("domain", "since", "actor")}
+    return jsonify(audit.records(auth.ldap(), **filters))
 
 
 # -- settings -------------------------------------------------------------------------------

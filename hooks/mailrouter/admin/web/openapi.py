@@ -61,6 +61,8 @@ OPERATIONS: list[tuple[str, str, str, str | None, int, str | None]] = [
     ("/domains/{domain}/catchall", "get", "Show the catch-all", None, 200, None),
     ("/domains/{domain}/catchall", "put", "Set the catch-all's targets", "Targets", 200, None),
     ("/domains/{domain}/catchall", "delete", "Remove the catch-all", None, 204, None),
+    ("/audit", "get", "The audit log, oldest first (domain, since, actor; as slapd lets you see it)",
+     None, 200, None),
     ("/settings/{name}", "get", "Values of a system setting", None, 200, None),
     ("/settings/{name}", "put", "Replace a system setting's values (global admins)", "Values", 200, None),
     ("/me/password", "post", "Change your own password", "PasswordChange", 204, None),
