@@ -388,19 +388,26 @@ def _rate_limit_value(raw: str, where: str) -> ratelimit.RateLimit | None:
 def rate_limit(directory: Directory, auth_id: str) -> RateLimitChoice:
     """The outbound limit of the authenticated ``auth_id`` (``local@domain``).
 
-    The first that is set: the user's ``mailRateLimit``, the domain's, the
-    setting ``default_rate_limit``; ``unlimited`` is a value (it stops the
-    search), absence everywhere is unlimited.  An ``auth_id`` that is not one
-    of our canonical addresses (no login gives one) gets the default.  A
-    garbled value or a setting with several values raises ConfigError."""
+    An ``auth_id`` that is not one of our canonical addresses (no login gives
+    one) gets the system default.  See :func:`effective_rate_limit`."""
     try:
         local, domain = names.address(auth_id)
     except InvalidName:
-        local = domain = ""
-    if local:
+        return effective_rate_limit(directory, None, None)
+    return effective_rate_limit(directory, local, domain)
+
+
+def effective_rate_limit(directory: Directory, local: str | None, domain: str | None) -> RateLimitChoice:
+    """The first that is set: the user's ``mailRateLimit`` (``local`` given),
+    the domain's (``domain`` given), the setting ``default_rate_limit``;
+    ``unlimited`` is a value (it stops the search), absence everywhere is
+    unlimited.  A garbled value, or a setting with several values, raises
+    ConfigError: never read as "no limit"."""
+    if local is not None and domain is not None:
         raw = directory.user_rate_limit(local, domain)
         if raw is not None:
-            return RateLimitChoice(_rate_limit_value(raw, f"mailRateLimit of {auth_id}"), "user")
+            return RateLimitChoice(_rate_limit_value(raw, f"mailRateLimit of {local}@{domain}"), "user")
+    if domain is not None:
         raw = directory.domain_rate_limit(domain)
         if raw is not None:
             return RateLimitChoice(_rate_limit_value(raw, f"mailRateLimit of {domain}"), "domain")
