@@ -17,6 +17,9 @@ from mailrouter import exitcodes
 from mailrouter.directory import MODIFY_REPLACE, Session
 from test_admin import GLOBAL, PM_COM, PM_ORG, Hub, assert_refused
 from test_admin import hub as hub  # noqa: F401 - the fixture, shared
+from test_web import HTTPS, Web
+from test_web import A as WEB_A
+from test_web import web as web  # noqa: F401 - the fixture, shared
 
 ALICE = "alice@example.com"
 
@@ -114,3 +117,48 @@ def test_a_garbled_stored_value_is_reported_not_hidden(hub: Hub) -> None:
     assert "deferred" in str(info["rate_limit_problem"])
     assert hub.run(PM_ORG, "user", "ratelimit", "carol@example.org", "inherit").rc == 0
     assert show(hub, PM_ORG, "user", "show", "carol@example.org")["rate_limit_problem"] is None
+
+
+# -- the web pages and the API (the role x route cells are in test_web.py) ---------------------
+def test_pages_show_and_edit_the_limit(web: Web) -> None:
+    admin = web.login("postmaster_a")
+    page = admin.get(f"/domains/{WEB_A}/users/alice").get_data(as_text=True)
+    assert '<td id="rate-limit">unlimited (set nowhere: unlimited)</td>' in page
+    response = admin.post(f"/domains/{WEB_A}/users/alice/ratelimit", {"rate_limit": "40 / 1H"})
+    assert response.status_code == 302, response.get_data(as_text=True)[:300]
+    page = admin.get(f"/domains/{WEB_A}/users/alice").get_data(as_text=True)
+    assert '<td id="rate-limit">40 / 1h (the user&#39;s own)</td>' in page
+    assert 'value="40 / 1h"' in page  # the form starts from the stored value
+    # The user sees her own limit, and cannot change it.
+    alice = web.login("user_a")
+    assert "40 / 1h (the user&#39;s own)" in alice.get("/me").get_data(as_text=True)
+    refused = alice.post(f"/domains/{WEB_A}/users/alice/ratelimit", {"rate_limit": "unlimited"})
+    assert refused.status_code == 403
+    # A bad value: 422 naming the field, nothing written.
+    bad = admin.post(f"/domains/{WEB_A}/users/alice/ratelimit", {"rate_limit": "40 an hour"})
+    assert bad.status_code == 422 and "COUNT / PERIOD" in bad.get_data(as_text=True)
+    # The domain page.
+    assert admin.post(f"/domains/{WEB_A}/ratelimit", {"rate_limit": "300/1d"}).status_code == 302
+    domain_page = admin.get(f"/domains/{WEB_A}").get_data(as_text=True)
+    assert "Users without a limit of their own: 300 / 1d (the domain&#39;s)" in domain_page
+    assert admin.post(f"/domains/{WEB_A}/ratelimit", {"rate_limit": "inherit"}).status_code == 302
+    assert admin.post(f"/domains/{WEB_A}/users/alice/ratelimit", {"rate_limit": "inherit"}).status_code == 302
+
+
+def test_api_reads_and_changes_the_limit(web: Web) -> None:
+    headers = web.basic("postmaster_a")
+    client = web.client()
+    path = f"/api/v1/domains/{WEB_A}/users/bob"
+    changed = client.patch(path, base_url=HTTPS, headers=headers, json={"rate_limit": "7/1m"})
+    assert changed.status_code == 200 and changed.json["rate_limit"] == "7 / 1m"
+    assert changed.json["effective_rate_limit"] == "7 / 1m" and changed.json["rate_limit_source"] == "user"
+    body = {"rate_limit": "7 per minute", "quota": "5M"}
+    bad = client.patch(path, base_url=HTTPS, headers=headers, json=body)
+    assert bad.status_code == 422 and set(bad.json["fields"]) == {"rate_limit"}
+    assert client.get(path, base_url=HTTPS, headers=headers).json["quota"]["limit"] != "5M"  # nothing written
+    domain = client.patch(f"/api/v1/domains/{WEB_A}", base_url=HTTPS, headers=headers,
+                          json={"rate_limit": "unlimited"})
+    assert domain.status_code == 200 and domain.json["rate_limit"] == "unlimited"
+    inherit = client.patch(path, base_url=HTTPS, headers=headers, json={"rate_limit": "inherit"})
+    assert inherit.json["rate_limit"] is None and inherit.json["rate_limit_source"] == "domain"
+    client.patch(f"/api/v1/domains/{WEB_A}", base_url=HTTPS, headers=headers, json={"rate_limit": "inherit"})
