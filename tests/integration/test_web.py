@@ -222,7 +222,8 @@ WRITES: list[tuple[str, str, str, dict[str, Any], list[int]]] = [
     ("api: set a setting", "PUT", "/api/v1/settings/backup_mx_domains",
      {"values": ["mx-{slug}.example"]}, [401, 403, 403, 403, 403, 200]),
     # Outbound rate limits: the domain's admins and global admins, never the user.
-    ("page: rate limit of a user in A", "POST", f"/domains/{A}/users/victim-{{role}}/ratelimit",
+    # (alice, not a victim: the victims of A are removed by a row above; user_a is alice herself.)
+    ("page: rate limit of a user in A", "POST", f"/domains/{A}/users/alice/ratelimit",
      {"rate_limit": "100/1h"}, [LOGIN_PAGE, 403, OK_PAGE, OK_PAGE, 404, OK_PAGE]),
     ("page: rate limit of domain A", "POST", f"/domains/{A}/ratelimit",
      {"rate_limit": "500/1h"}, [LOGIN_PAGE, 403, OK_PAGE, OK_PAGE, 404, OK_PAGE]),
