@@ -6,7 +6,10 @@ value Exim would misread never reaches its ``ratelimit`` condition)::
     COUNT " / " NUMBER UNIT        e.g. "100 / 1h", "3 / 2s", "2000 / 1d"
     "unlimited"
 
-* COUNT: recipients per period, 1..1000000, decimal without leading zeros;
+* COUNT: recipients per period, 2..1000000, decimal without leading zeros
+  (Exim counts the recipient being checked and refuses at a rate of COUNT or
+  more, so after a quiet spell the first recipient alone is a rate of 1: a
+  COUNT of 1 would refuse every recipient, and is not a limit one can set);
 * NUMBER UNIT: the period, an Exim time interval of one number and one unit,
   ``s`` ``m`` ``h`` ``d`` ``w`` (lower case), 1 s .. 31 days, no leading zeros;
 * exactly one space on each side of the ``/``; nothing else (no tabs, no
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from mailrouter.errors import GarbledRateLimit
 
 UNLIMITED = "unlimited"
+MIN_COUNT = 2
 MAX_COUNT = 1_000_000
 MAX_PERIOD_SECONDS = 31 * 86400
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -41,7 +45,7 @@ _STORED = re.compile(r"([1-9][0-9]{0,6}) / ([1-9][0-9]{0,7})([smhdw])")
 _TYPED = re.compile(r"\s*([0-9]{1,9})\s*/\s*([0-9]{1,9})\s*([smhdw])\s*", re.IGNORECASE)
 
 SYNTAX_HELP = ("COUNT / PERIOD: recipients per period, e.g. 100 / 1h (period: a number and s, m, h, d "
-               "or w, 1s..31d; count 1..1000000), or unlimited")
+               "or w, 1s..31d; count 2..1000000), or unlimited")
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,8 @@ class RateLimit:
 
 def _checked(count: int, number: int, unit: str, raw: str) -> RateLimit:
     limit = RateLimit(count, number, unit)
-    if not 1 <= count <= MAX_COUNT:
-        raise GarbledRateLimit(f"rate limit {raw!r}: the count must be 1..{MAX_COUNT}")
+    if not MIN_COUNT <= count <= MAX_COUNT:
+        raise GarbledRateLimit(f"rate limit {raw!r}: the count must be {MIN_COUNT}..{MAX_COUNT}")
     if not 1 <= limit.period_seconds <= MAX_PERIOD_SECONDS:
         raise GarbledRateLimit(f"rate limit {raw!r}: the period must be 1s..31d")
     return limit

@@ -21,6 +21,7 @@ free@rl.example       unlimited            lifts the domain's limit
 hundred@rl.example    100 / 1h             the issue's own numbers: the 101st
 slide@rl.example      3 / 6s               the window slides
 garbled@rl.example    100/1h (raw LDAP)    an unreadable limit defers, never "no limit"
+tls@rl.example        2 / 1h               enforced on the TLS-on-connect port (465) too
 dflt@plain.example    (none, no domain's)  the setting default_rate_limit, 2 / 1h
 ====================  ===================  ====================================
 """
@@ -64,6 +65,7 @@ LIMITS = {
     "slide": "3 / 6s",
     "garbled": "100/1h",  # written past the admin tools: the stored syntax wants "100 / 1h"
     "down": None,
+    "tls": "2 / 1h",
 }
 
 
@@ -97,15 +99,20 @@ class Hub:
     slapd: Slapd
     exim: Exim
     port: int
+    smtps_port: int
     via: str
 
-    def client(self, user: str) -> smtplib.SMTP:
-        """A submission session authenticated (PLAIN, after STARTTLS) as ``user``."""
-        client = smtplib.SMTP("127.0.0.1", self.port, timeout=60)
+    def client(self, user: str, tls_on_connect: bool = False) -> smtplib.SMTP:
+        """A submission session authenticated (PLAIN) as ``user``: STARTTLS on the
+        submission port, or the TLS-on-connect port (465)."""
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # a throwaway test certificate
-        client.starttls(context=context)
+        if tls_on_connect:
+            client: smtplib.SMTP = smtplib.SMTP_SSL("127.0.0.1", self.smtps_port, timeout=60, context=context)
+        else:
+            client = smtplib.SMTP("127.0.0.1", self.port, timeout=60)
+            client.starttls(context=context)
         client.ehlo("client.example")
         token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode()).decode()
         code, text = client.docmd("AUTH", "PLAIN " + token)
@@ -147,7 +154,7 @@ def hub(request: pytest.FixtureRequest, dataset: Dataset) -> Iterator[Hub]:
         certificates = tls.make_certificates(
             make_readable_dir(workdir / "tls"), host="hub.example.net", key_group=EXIM_USER
         )
-        port = free_port()
+        port, smtps_port = free_port(), free_port()
         exim = hub_exim(
             workdir,
             config,
@@ -156,11 +163,11 @@ def hub(request: pytest.FixtureRequest, dataset: Dataset) -> Iterator[Hub]:
             MAILROUTER_AUTH_SOCKET=str(authd.socket_path),
             MAILROUTER_TLS_CERT=str(certificates.cert),
             MAILROUTER_TLS_KEY=str(certificates.key),
-            MAILROUTER_SMTPS_PORTS=str(free_port()),
+            MAILROUTER_SMTPS_PORTS=str(smtps_port),
         )
         cleanup.callback(exim.close)  # fails on a paniclog entry
-        exim.start_daemon([port])
-        yield Hub(workdir, slapd, exim, port, via)
+        exim.start_daemon([port, smtps_port])
+        yield Hub(workdir, slapd, exim, port, smtps_port, via)
 
 
 def test_the_recipient_over_the_limit_gets_450_and_a_log_line(hub: Hub) -> None:
@@ -186,7 +193,13 @@ def test_the_recipient_over_the_limit_gets_450_and_a_log_line(hub: Hub) -> None:
     dump = subprocess.run([EXIM_DUMPDB, str(hub.exim.spool_directory), "ratelimit"], capture_output=True,
                           text=True, check=False)
     assert dump.returncode == 0, dump.stderr
-    assert re.search(r"(?m) rate: +2\.9\d* key: 1h/per_rcpt/own@rl\.example$", dump.stdout), dump.stdout
+    found = re.search(r"(?m) rate: +([0-9.]+) key: 1h/per_rcpt/own@rl\.example$", dump.stdout)
+    assert found is not None and 2.9 <= float(found.group(1)) <= 3.0, dump.stdout
+
+
+def test_the_limit_holds_on_the_tls_on_connect_port_too(hub: Hub) -> None:
+    with hub.client("tls@rl.example", tls_on_connect=True) as client:
+        assert codes(rcpts(client, "tls@rl.example", 4, "r")) == [250, 250, 450, 450]
 
 
 def test_another_user_is_unaffected(hub: Hub) -> None:

@@ -125,7 +125,7 @@ INPUT RULES (checked before anything is written)
     or double dot.  Alias targets must be addresses; ``|command``, ``/file``,
     ``:include:`` and ``:fail:``-style items are refused.  Quotas: ``32M``, ``1G``,
     ``500K``, a byte count, or 0 (unlimited).  Rate limits: COUNT / PERIOD with
-    COUNT 1..1000000 and PERIOD one number and unit, 1s..31d, any spacing and
+    COUNT 2..1000000 and PERIOD one number and unit, 1s..31d, any spacing and
     case (``100/1H`` is stored ``100 / 1h``), or ``unlimited``.  A multi-step operation (``user add
     --admin``, ``user remove`` of an admin, ``admin grant --global --create``,
     an import) that fails part-way undoes the steps already made.
