@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hook_config, hub_exim, needs_root, start_slapd
+from conftest import hook_config, hub_exim, needs_root, start_slapd
 from dataset import Dataset
 from mailrouter import passwords
 from mailrouter.sandbox import tls
@@ -265,6 +265,3 @@ def test_ldap_down_at_rcpt_is_4xx_never_5xx(hub: Hub) -> None:
         assert codes(rcpts(client, "down@rl.example", 1, "p")) == [250]
     assert hub.exim.panic_log() == ""
 
-
-def test_the_config_reads_the_shipped_file(hub: Hub) -> None:
-    assert f".include {ROOT / 'exim' / 'mailrouter.conf'}" in hub.exim.wrapper.read_text()
