@@ -93,6 +93,8 @@ USER_ATTRIBUTES = (
 # mailPasswordScheme = "<scheme label> <pwdChangedTime of the write>" (mailrouter.passwords
 # labels); "-" when slapd kept no pwdChangedTime (slapadd, no ppolicy overlay).
 PASSWORD_SCHEME = "mailPasswordScheme"
+# The outbound limit of a user or a domain (mailrouter.ratelimit).
+RATE_LIMIT = "mailRateLimit"
 NO_CHANGE_TIME = "-"
 
 T = TypeVar("T")
@@ -518,6 +520,25 @@ class Directory:
 
     def catchall(self, domain: str) -> Alias | None:
         return self.alias(CATCHALL_NAME, domain)
+
+    def user_rate_limit(self, local: str, domain: str) -> str | None:
+        """The raw ``mailRateLimit`` of the user ``local@domain``; ``None`` when
+        the user has none or does not exist (the caller asks the domain next)."""
+        if not (_plausible_key(local) and _plausible_key(domain)):
+            return None
+        attributes = self.read(self.user_dn(local, domain), "mailUser", ["uid", "dc", RATE_LIMIT])
+        if attributes is None or local not in values(attributes, "uid"):
+            return None
+        return first(attributes, RATE_LIMIT) if domain in values(attributes, "dc") else None
+
+    def domain_rate_limit(self, domain: str) -> str | None:
+        """The raw ``mailRateLimit`` of ``dc=DOMAIN``; ``None`` when absent or no such domain."""
+        if not _plausible_key(domain):
+            return None
+        attributes = self.read(self.domain_dn(domain), "mailDomain", ["dc", RATE_LIMIT])
+        if attributes is None or domain not in values(attributes, "dc"):
+            return None
+        return first(attributes, RATE_LIMIT)
 
     def setting(self, name: str) -> tuple[str, ...]:
         """Values of ``mailSetting=NAME,BASE``; empty when the setting does not exist."""

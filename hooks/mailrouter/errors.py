@@ -161,6 +161,10 @@ class GarbledQuota(ValueError):
     """A mailQuota value we cannot read."""
 
 
+class GarbledRateLimit(ValueError):
+    """A mailRateLimit value (or the default_rate_limit setting) we cannot read."""
+
+
 class NoFromLine(ValueError):
     """The input does not start with the ``From `` line of Exim's message_prefix."""
 

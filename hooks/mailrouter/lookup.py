@@ -129,6 +129,10 @@ def _sender_owner(directory: Directory, config: Config, args: list[str]) -> Answ
     return _predicate(routing.owns_sender(directory, args[0], args[1]))
 
 
+def _rate_limit(directory: Directory, _config: Config, args: list[str]) -> Answer:
+    return routing.rate_limit(directory, args[0]).text
+
+
 KINDS: dict[str, Kind] = {
     "domain": Kind(1, _domain, _bad_domain),
     "backup-mx": Kind(1, _backup_mx, _bad_domain),
@@ -140,6 +144,7 @@ KINDS: dict[str, Kind] = {
     "blacklisted-host": Kind(1, _blacklisted_host, _bad_ip),
     "blacklisted-sender": Kind(1, _blacklisted_sender, _bad_sender),
     "sender-owner": Kind(2, _sender_owner, _never),
+    "ratelimit": Kind(1, _rate_limit, _never),
 }
 
 

@@ -20,6 +20,11 @@ Rules, and why:
   without a query -- and the catch-all refuses it instead of swallowing it.
 * **Disabled is not absent.**  A disabled user or alias is refused with a 5xx;
   it never falls through to the catch-all.
+* **An outbound rate limit never fails open.**  The limit of an authenticated
+  sender is the first of: their own ``mailRateLimit``, their domain's, the
+  setting ``default_rate_limit``; none anywhere is unlimited
+  (:func:`rate_limit`).  A value that cannot be read is a temporary failure
+  (the submission defers until an admin fixes it), never "no limit".
 * **Quota at RCPT and DATA time follows aliases** to every local mailbox they
   reach, so a full mailbox behind an alias gets ``452`` (``552`` when the
   message can never fit) before the message is accepted (no backscatter).
@@ -35,9 +40,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mailrouter import names, quota
+from mailrouter import names, quota, ratelimit
 from mailrouter.config import SpoolConfig
-from mailrouter.errors import ConfigError, GarbledQuota, InvalidName
+from mailrouter.errors import ConfigError, GarbledQuota, GarbledRateLimit, InvalidName
 from mailrouter.mailbox import spool, usage
 from mailrouter.mailbox.addressdata import AddressData, format_address_data
 
@@ -352,3 +357,64 @@ def owns_sender(directory: Directory, sender: str, auth_id: str) -> bool:
     if sender_domain != auth_domain:
         return False
     return sender_local in directory.aliases_delivering_to(f"{auth_local}@{auth_domain}", auth_domain)
+
+
+# -- outbound rate limit -----------------------------------------------------
+
+# The system-wide default (a mailSetting, one value).
+DEFAULT_RATE_LIMIT_SETTING = "default_rate_limit"
+
+
+@dataclass(frozen=True)
+class RateLimitChoice:
+    """The limit that applies to one sender and where it came from."""
+
+    limit: ratelimit.RateLimit | None  # None: unlimited
+    source: str  # "user", "domain", "default" or "none" (set nowhere)
+
+    @property
+    def text(self) -> str:
+        return str(self.limit) if self.limit is not None else ratelimit.UNLIMITED
+
+
+def _rate_limit_value(raw: str, where: str) -> ratelimit.RateLimit | None:
+    try:
+        return ratelimit.parse(raw)
+    except GarbledRateLimit as exc:
+        # Temporary: an admin fixes the entry and the client's retry goes through.
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def rate_limit(directory: Directory, auth_id: str) -> RateLimitChoice:
+    """The outbound limit of the authenticated ``auth_id`` (``local@domain``).
+
+    An ``auth_id`` that is not one of our canonical addresses (no login gives
+    one) gets the system default.  See :func:`effective_rate_limit`."""
+    try:
+        local, domain = names.address(auth_id)
+    except InvalidName:
+        return effective_rate_limit(directory, None, None)
+    return effective_rate_limit(directory, local, domain)
+
+
+def effective_rate_limit(directory: Directory, local: str | None, domain: str | None) -> RateLimitChoice:
+    """The first that is set: the user's ``mailRateLimit`` (``local`` given),
+    the domain's (``domain`` given), the setting ``default_rate_limit``;
+    ``unlimited`` is a value (it stops the search), absence everywhere is
+    unlimited.  A garbled value, or a setting with several values, raises
+    ConfigError: never read as "no limit"."""
+    if local is not None and domain is not None:
+        raw = directory.user_rate_limit(local, domain)
+        if raw is not None:
+            return RateLimitChoice(_rate_limit_value(raw, f"mailRateLimit of {local}@{domain}"), "user")
+    if domain is not None:
+        raw = directory.domain_rate_limit(domain)
+        if raw is not None:
+            return RateLimitChoice(_rate_limit_value(raw, f"mailRateLimit of {domain}"), "domain")
+    found = directory.setting(DEFAULT_RATE_LIMIT_SETTING)
+    if len(found) > 1:
+        raise ConfigError(f"setting {DEFAULT_RATE_LIMIT_SETTING} has {len(found)} values, expected one")
+    if found:
+        where = f"setting {DEFAULT_RATE_LIMIT_SETTING}"
+        return RateLimitChoice(_rate_limit_value(found[0], where), "default")
+    return RateLimitChoice(None, "none")

@@ -195,6 +195,14 @@ def modify_domain_a(c: Connection, actor: str) -> object:
     return c.result["result"]
 
 
+def set_domain_a(attribute: str, value: str) -> Callable[[Connection, str], object]:
+    def operation(c: Connection, actor: str) -> object:
+        c.modify(f"dc={A},{BASE_DN}", {attribute: [(MODIFY_REPLACE, [value])]})
+        return c.result["result"]
+
+    return operation
+
+
 def add_self_to(group_dn: str) -> Callable[[Connection, str], object]:
     def operation(c: Connection, actor: str) -> object:
         c.modify(group_dn, {"member": [(MODIFY_ADD, [OWN[actor]])]})
@@ -259,6 +267,11 @@ MATRIX: dict[str, tuple[Callable[[Connection, str], object], list[object]]] = {
     "set a homeDirectory in A": (set_attribute_of_a_user_in_a("homeDirectory", "/"), [U, NO, NO, NO, NO, OK]),
     "set own uidNumber": (set_own("uidNumber", "5000"), [U, NO, NO, NO, NO, SCHEMA]),
     "delete a user with its own uid in A": (delete_owned_user_in_a, [U, NO, NO, NO, NO, OK]),
+    # Outbound rate limits (mailRateLimit): the domain's admins and global admins, never the user.
+    "raise own rate limit": (set_own("mailRateLimit", "unlimited"), [U, NO, OK, OK, OK, SCHEMA]),
+    "set the rate limit of a user in A": (set_attribute_of_a_user_in_a("mailRateLimit", "1000 / 1h"),
+                                          [U, NO, OK, OK, NO, OK]),
+    "set the rate limit of domain A": (set_domain_a("mailRateLimit", "500 / 1h"), [U, NO, OK, OK, NO, OK]),
 }
 
 CELLS = [

@@ -37,7 +37,7 @@ SANDBOX = str(ROOT / "bin" / "mailrouter-sandbox")
 CONTRACT_KEYS = {
     "dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port", "submission_port",
     "smtps_port", "pop3_port", "pop3s_port", "ca_cert", "spool_dir", "exim", "accounts", "aliases",
-    "catchall", "web_url", "config", "exim_config", "tls_host", "audit_base",
+    "catchall", "web_url", "config", "exim_config", "tls_host", "audit_base", "rate_limits",
 }
 ARRIVAL_TIMEOUT = 60.0
 
@@ -146,6 +146,7 @@ def test_up_prints_the_documented_json(hub: dict[str, Any]) -> None:
     assert roles == ["domain-admin"] * 2 + ["global-admin"] + ["user"] * 4
     assert hub["aliases"] == {"team@example.com": ["alice@example.com", "bob@example.com"]}
     assert hub["catchall"] == {"example.org": ["carol@example.org"]}
+    assert hub["rate_limits"] == {"dave@example.org": "100 / 1h"}
     assert all("address" in a for a in hub["accounts"] if a["role"] != "global-admin")
     status = json.loads(sandbox_command("status", "--dir", hub["dir"]).stdout)
     assert status["daemons"] and all(d["running"] for d in status["daemons"].values())

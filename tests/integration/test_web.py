@@ -221,6 +221,16 @@ WRITES: list[tuple[str, str, str, dict[str, Any], list[int]]] = [
      {"targets": ["carol@example.org"]}, [401, 404, 404, 404, 200, 200]),
     ("api: set a setting", "PUT", "/api/v1/settings/backup_mx_domains",
      {"values": ["mx-{slug}.example"]}, [401, 403, 403, 403, 403, 200]),
+    # Outbound rate limits: the domain's admins and global admins, never the user.
+    # (alice, not a victim: the victims of A are removed by a row above; user_a is alice herself.)
+    ("page: rate limit of a user in A", "POST", f"/domains/{A}/users/alice/ratelimit",
+     {"rate_limit": "100/1h"}, [LOGIN_PAGE, 403, OK_PAGE, OK_PAGE, 404, OK_PAGE]),
+    ("page: rate limit of domain A", "POST", f"/domains/{A}/ratelimit",
+     {"rate_limit": "500/1h"}, [LOGIN_PAGE, 403, OK_PAGE, OK_PAGE, 404, OK_PAGE]),
+    ("api: rate limit of a user in B", "PATCH", f"/api/v1/domains/{B}/users/victim-{{role}}",
+     {"rate_limit": "unlimited"}, [401, 404, 404, 404, 200, 200]),
+    ("api: rate limit of domain B", "PATCH", f"/api/v1/domains/{B}",
+     {"rate_limit": "inherit"}, [401, 404, 404, 404, 200, 200]),
 ]
 
 

@@ -38,6 +38,8 @@ COMMANDS
            disable DOMAIN | enable DOMAIN      (global admins) disabled, a domain keeps all
                                                its entries and mailboxes, but mail to it is
                                                refused (550 5.2.1) and its users cannot log in
+           ratelimit DOMAIN LIMIT              outbound limit of its users without their own
+                                               (LIMIT below; the domain's admins, global admins)
     user   add ADDRESS [--new-password-file F | --no-password] [--quota Q] [--name TEXT]
                        [--disabled] [--admin]
                        (says so when an alias of the same name will take the user's mail)
@@ -48,6 +50,12 @@ COMMANDS
                                                writes, admin rights
            passwd ADDRESS [--new-password-file F] | quota ADDRESS QUOTA
            enable ADDRESS | disable ADDRESS | name ADDRESS TEXT
+           ratelimit ADDRESS LIMIT             outbound limit of authenticated submissions:
+                                               LIMIT is COUNT / PERIOD (100/1h: recipients per
+                                               period; s, m, h, d, w), unlimited, or inherit
+                                               (remove: the domain's, then default_rate_limit
+                                               applies).  The domain's admins and global admins;
+                                               never the user.  Shown by user show.
            rename ADDRESS NEW-ADDRESS          within the domain: the entry, its admin rights,
                                                alias targets naming it, and its mailbox (moved
                                                when that is safe here; else the answer says what
@@ -61,7 +69,8 @@ COMMANDS
            (the catch-all is the alias named "default" of the domain)
     setting get NAME | set NAME VALUE... | add NAME VALUE... | remove NAME VALUE... | list
            NAME is one of host_accept_relay, blacklisted_hosts, blacklisted_domains,
-           blacklisted_senders, backup_mx_domains
+           blacklisted_senders, backup_mx_domains, default_rate_limit (one LIMIT: the
+           outbound limit of users whose entry and domain set none; unset = unlimited)
     admin  grant ADDRESS [--domain DOMAIN]      domain admin (member of cn=admin,dc=DOMAIN,BASE;
                                                 the group is created on the first grant)
            revoke ADDRESS [--domain DOMAIN]     (the group is deleted with its last member)
@@ -124,7 +133,9 @@ INPUT RULES (checked before anything is written)
     sized (<= 64 octets) and use only [a-z0-9._+=-] without a leading, trailing
     or double dot.  Alias targets must be addresses; ``|command``, ``/file``,
     ``:include:`` and ``:fail:``-style items are refused.  Quotas: ``32M``, ``1G``,
-    ``500K``, a byte count, or 0 (unlimited).  A multi-step operation (``user add
+    ``500K``, a byte count, or 0 (unlimited).  Rate limits: COUNT / PERIOD with
+    COUNT 2..1000000 and PERIOD one number and unit, 1s..31d, any spacing and
+    case (``100/1H`` is stored ``100 / 1h``), or ``unlimited``.  A multi-step operation (``user add
     --admin``, ``user remove`` of an admin, ``admin grant --global --create``,
     an import) that fails part-way undoes the steps already made.
 
@@ -172,7 +183,7 @@ LIBRARY
 
     mailrouter.admin.session    AdminSession (bind, undo, commit/rollback), resolve_login, Page
     mailrouter.admin.normalise  the input rules above
-    mailrouter.admin.domains, .users, .aliases, .catchall, .settings, .admins,
+    mailrouter.admin.domains, .users, .aliases, .catchall, .settings, .admins, .ratelimits,
     .imports (plan, diff, apply with a progress callback), .export (LDIF),
     .probes (route an address, test a login, an SMTP or POP3 session),
     .queue (Exim's queue; takes the Exim command line, see .eximcmd)

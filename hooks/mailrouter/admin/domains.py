@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from mailrouter import entries
+from mailrouter.admin import ratelimits
 from mailrouter.admin.admins import names_of
 from mailrouter.admin.normalise import normalise_domain
 from mailrouter.admin.session import AdminSession, Page
-from mailrouter.directory import CATCHALL_NAME, MODIFY_REPLACE, first, values
+from mailrouter.directory import CATCHALL_NAME, MODIFY_REPLACE, RATE_LIMIT, first, values
 from mailrouter.errors import AdminError
 
-DOMAIN_READ = ("dc", "description", "mailAccountStatus")
+DOMAIN_READ = ("dc", "description", "mailAccountStatus", "mailRateLimit")
 
 
 def add_domain(s: AdminSession, domain: str, description: str | None = None) -> dict[str, Any]:
@@ -115,6 +116,9 @@ def show_domain(s: AdminSession, domain: str) -> dict[str, Any]:
         **_counts(s, name),
         "admins": names_of(s, values(group or {}, "member")),
         "admin_dns": sorted(values(group or {}, "member")),
+        # The outbound limit of its users without their own (mailrouter.admin.ratelimits).
+        "rate_limit": first(attributes, RATE_LIMIT),
+        **ratelimits.effective(s, None, name),
     }
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from mailrouter import names, quota
-from mailrouter.errors import AdminError, GarbledQuota, InvalidName
+from mailrouter import names, quota, ratelimit
+from mailrouter.errors import AdminError, GarbledQuota, GarbledRateLimit, InvalidName
 
 SETTINGS = (
     "host_accept_relay",
@@ -22,7 +22,10 @@ SETTINGS = (
     "blacklisted_domains",
     "blacklisted_senders",
     "backup_mx_domains",
+    "default_rate_limit",
 )
+# Settings that hold at most one value.
+SINGLE_VALUED_SETTINGS = ("default_rate_limit",)
 
 
 def normalise_domain(text: str, field: str = "domain") -> str:
@@ -138,8 +141,18 @@ def normalise_quota(text: str, field: str = "quota") -> str:
     return value[:-1] if value.endswith("B") and len(value) > 1 and value[-2] in "KMG" else value
 
 
+def normalise_rate_limit(text: str, field: str = "rate_limit") -> str:
+    """An outbound limit as stored in ``mailRateLimit``: ``100/1H`` -> ``100 / 1h``,
+    or ``unlimited`` (syntax: :mod:`mailrouter.ratelimit`)."""
+    try:
+        return ratelimit.canonical(text)
+    except GarbledRateLimit as exc:
+        raise AdminError(f"invalid rate limit: {exc}; use {ratelimit.SYNTAX_HELP}", field=field) from None
+
+
 def normalise_setting_value(name: str, text: str, field: str = "values") -> str:
-    """One value of the setting ``name``: an IP or network, a domain, or an address."""
+    """One value of the setting ``name``: an IP or network, a domain, an address,
+    or a rate limit."""
     value = text.strip()
     if name in ("host_accept_relay", "blacklisted_hosts"):
         try:
@@ -150,6 +163,8 @@ def normalise_setting_value(name: str, text: str, field: str = "values") -> str:
             raise AdminError(
                 f"invalid {name} value {text!r}: expected an IP address or network/bits", field=field
             ) from None
+    if name == "default_rate_limit":
+        return normalise_rate_limit(value, field)
     if name in ("blacklisted_domains", "backup_mx_domains"):
         return normalise_domain(value, field)
     return normalise_target(value, field=field)

@@ -270,6 +270,11 @@ class AdminSession:
         """Base-scope read of ``dn``; ``None`` when it does not exist (or is not visible)."""
         return self._session.directory.read(dn, object_class, attributes)
 
+    @property
+    def directory(self) -> dirmod.Directory:
+        """The typed read lookups (``mailrouter.directory.Directory``), as this session's identity."""
+        return self._session.directory
+
     def user(self, local: str, domain: str) -> dirmod.User | None:
         """The typed user entry (``mailrouter.directory.Directory.user``), as this session's identity."""
         return self._session.directory.user(local, domain)

@@ -1,7 +1,9 @@
 """System settings: ``mailSetting=NAME,BASE`` with its ``mailSettingValue`` values.
 
 NAME is one of :data:`~mailrouter.admin.normalise.SETTINGS`; values are checked
-per setting (IP or network, domain, address).  Only global admins may change
+per setting (IP or network, domain, address, rate limit); a setting of
+:data:`~mailrouter.admin.normalise.SINGLE_VALUED_SETTINGS` (``default_rate_limit``)
+holds at most one value.  Only global admins may change
 them (ldap/acl.conf).  Functions take a bound
 :class:`~mailrouter.admin.session.AdminSession` first and return JSON-ready data;
 they raise only AdminError, DirectoryUnavailable or TemporaryFailure.
@@ -13,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mailrouter import entries
-from mailrouter.admin.normalise import SETTINGS, normalise_setting_value, setting_name
+from mailrouter.admin.normalise import SETTINGS, SINGLE_VALUED_SETTINGS, normalise_setting_value, setting_name
 from mailrouter.admin.session import AdminSession, Changes
 from mailrouter.directory import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
 from mailrouter.directory import values as attribute_values
@@ -49,6 +51,10 @@ def change_setting(s: AdminSession, name: str, mode: str, values: Iterable[str])
         if value not in wanted:
             wanted.append(value)
     current = _read(s, checked)
+    if checked in SINGLE_VALUED_SETTINGS and mode != "remove" and (
+        len(wanted) > 1 or (mode == "add" and current and wanted and wanted[0].lower() != current[0].lower())
+    ):
+        raise AdminError(f"{checked} holds one value: use 'set' to replace it", field="values")
     action = f"change system settings ({checked})"
     dn = s.setting_dn(checked)
     if current is None:

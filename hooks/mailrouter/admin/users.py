@@ -8,7 +8,9 @@ Shapes every answer shares: ``quota`` is an object ``{"limit", "limit_bytes",
 "used_bytes"}`` (:func:`mailrouter.admin.probes.quota_object`), ``mailbox`` is
 the path delivery really writes (built from the configured template; the
 ``mailMessageStore`` attribute, which delivery ignores, is shown apart as
-``mail_message_store``), ids are numbers.  A change that finds the value
+``mail_message_store``), ids are numbers.  ``show_user`` also gives the
+outbound limit: ``rate_limit`` (the user's own ``mailRateLimit`` or null) and
+what applies (:func:`mailrouter.admin.ratelimits.effective`).  A change that finds the value
 already in place answers ``changed: false`` and writes nothing.
 """
 
@@ -19,7 +21,7 @@ import stat
 from typing import Any
 
 from mailrouter import entries, passwords
-from mailrouter.admin import admins
+from mailrouter.admin import admins, ratelimits
 from mailrouter.admin.normalise import normalise_address, normalise_domain, normalise_quota
 from mailrouter.admin.probes import quota_object
 from mailrouter.admin.session import AdminSession, Page
@@ -27,6 +29,7 @@ from mailrouter.directory import (
     MODIFY_ADD,
     MODIFY_DELETE,
     MODIFY_REPLACE,
+    RATE_LIMIT,
     escape_filter_value,
     first,
     user_rdn,
@@ -37,7 +40,7 @@ from mailrouter.mailbox import maildir, spool
 from mailrouter.mailbox.usage import mailbox_usage
 
 USER_READ = ("uid", "dc", "mail", "cn", "mailQuota", "mailAccountStatus", "mailMessageStore",
-             "uidNumber", "gidNumber")
+             "uidNumber", "gidNumber", "mailRateLimit")
 
 
 def user_entry(
@@ -222,6 +225,8 @@ def show_user(s: AdminSession, address: str) -> dict[str, Any]:
         "gid": _number(first(attributes, "gidNumber")),
         "domain_admin": bool(group) and dn.lower() in (m.lower() for m in values(group or {}, "member")),
         "hidden_by_alias": _alias_exists(s, local, domain),
+        "rate_limit": first(attributes, RATE_LIMIT),
+        **ratelimits.effective(s, local, domain),
     }
 
 

@@ -36,6 +36,12 @@ answered "no" without a query).  The predicates -- ``relay-host``,
 ``sender-owner SENDER AUTHID``          0 if AUTHID may send as SENDER (itself, or an alias of
                                         its domain delivering to it; always 0 when
                                         ``auth.sender_ownership`` is false)
+``ratelimit AUTHID``                    0 + the outbound limit of the authenticated AUTHID:
+                                        ``COUNT / PERIOD`` (``100 / 1h``) or ``unlimited`` --
+                                        its own ``mailRateLimit``, else its domain's, else the
+                                        setting ``default_rate_limit``, else ``unlimited``
+                                        (``mailrouter.routing.rate_limit``).  Never 1; a
+                                        garbled value is 75 (Exim then defers: never "no limit")
 ======================================  ==========================================================
 
 ADDRESS and SENDER are taken as Exim holds them (``$sender_address``: the

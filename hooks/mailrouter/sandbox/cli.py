@@ -22,14 +22,16 @@ up
     popa3d for POP3 (socat) and POP3S (stunnel) with the project's PAM config --
     all on free loopback ports, with a throwaway CA.  Demo data: example.com and
     example.org, a global admin, a postmaster (domain admin) and two users per
-    domain, an alias with two targets and a catch-all in example.org; random
-    passwords, stored hashed.  Prints ONE JSON object on stdout, nothing else:
+    domain, an alias with two targets and a catch-all in example.org, one
+    outbound rate limit (dave@example.org: 100 / 1h); random passwords, stored
+    hashed.  Prints ONE JSON object on stdout, nothing else:
 
       {"dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port",
        "submission_port", "smtps_port", "pop3_port", "pop3s_port", "ca_cert",
        "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
        "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]},
-       "web_url", "config", "exim_config", "tls_host", "audit_base"}
+       "web_url", "config", "exim_config", "tls_host", "audit_base",
+       "rate_limits": {"address": "COUNT / PERIOD"}}
 
     Keys are only ever added, never renamed or dropped.  "config" is the hooks'
     TOML (what ``mailrouter-admin --config`` wants); "exim_config" the Exim
@@ -293,6 +295,7 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
         "accounts": [a.as_json() for a in data.accounts if a.role != "service"],
         "aliases": data.aliases,
         "catchall": data.catchall,
+        "rate_limits": data.rate_limits,
         "config": str(config),
         "tls_host": TLS_HOST,
         "audit_base": AUDIT_BASE,

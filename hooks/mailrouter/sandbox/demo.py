@@ -2,7 +2,9 @@
 
 Two domains (example.com, example.org), a global admin, a postmaster (domain
 admin) and two users per domain, an alias with two targets and a catch-all in
-example.org.  Passwords are random per call and stored hashed, like any other.
+example.org, and one outbound rate limit: dave@example.org may send to 100
+recipients per hour (``mailRateLimit``).  Passwords are random per call and
+stored hashed, like any other.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class DemoDirectory:
     accounts: list[Account] = field(default_factory=list)
     aliases: dict[str, list[str]] = field(default_factory=dict)
     catchall: dict[str, list[str]] = field(default_factory=dict)
+    rate_limits: dict[str, str] = field(default_factory=dict)  # address -> its own mailRateLimit
 
     def account(self, address_or_role: str) -> Account:
         for account in self.accounts:
@@ -63,6 +66,9 @@ def build(
     accounts: list[Account] = []
     objects: list[entries.Entry] = []
 
+    # One outbound limit, so the feature shows (user show, the web's user page).
+    rate_limits = {"dave@example.org": "100 / 1h"}
+
     def user(local: str, domain: str, role: str) -> None:
         password = new_password()
         entry = entries.user_entry(
@@ -77,6 +83,9 @@ def build(
             mailbox=mbox_template.format(local=local, domain=domain),
             quota=quota,
         )
+        limit = rate_limits.get(f"{local}@{domain}")
+        if limit is not None:
+            entry.attributes["mailRateLimit"] = [limit]
         objects.append(entry)
         accounts.append(Account(entry.dn, password, role, f"{local}@{domain}"))
 
@@ -115,4 +124,5 @@ def build(
         accounts=accounts,
         aliases=aliases,
         catchall=catchall,
+        rate_limits=rate_limits,
     )

@@ -1,10 +1,10 @@
-"""``mailrouter-admin domain add|remove|list|show|disable|enable``."""
+"""``mailrouter-admin domain add|remove|list|show|disable|enable|ratelimit``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mailrouter.admin import domains
+from mailrouter.admin import domains, ratelimits
 from mailrouter.admin.cli.base import Cli, group, leaf, page_options
 from mailrouter.admin.cli.output import pairs
 from mailrouter.exitcodes import EX_OK
@@ -37,6 +37,11 @@ def enable(cli: Cli) -> int:
                                                       cli.args.command2 == "enable"))
 
 
+def ratelimit(cli: Cli) -> int:
+    limit = " ".join(cli.args.limit)  # "100 / 1h" may come as three words
+    return cli.output.done(ratelimits.set_domain_rate_limit(cli.session(), cli.args.domain, limit))
+
+
 DOMAIN_HELP = "the domain name (a U-label such as bücher.example becomes its xn-- form)"
 
 
@@ -58,3 +63,8 @@ def register(top: Any) -> None:
     p.add_argument("domain", help=DOMAIN_HELP)
     p = leaf(g, "enable", enable, "accept mail and logins for a disabled domain again (global admins only)")
     p.add_argument("domain", help=DOMAIN_HELP)
+    p = leaf(g, "ratelimit", ratelimit, "set the outbound limit of the domain's users that have none of "
+             "their own (domain and global admins)")
+    p.add_argument("domain", help=DOMAIN_HELP)
+    p.add_argument("limit", nargs="+",
+                   help=ratelimits.HELP + " (then the setting default_rate_limit applies)")

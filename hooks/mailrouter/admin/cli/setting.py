@@ -31,7 +31,8 @@ def change(cli: Cli) -> int:
 
 NAME_HELP = "one of: " + ", ".join(SETTINGS)
 VALUES_HELP = ("IPs or networks (host_accept_relay, blacklisted_hosts), domains (blacklisted_domains, "
-               "backup_mx_domains) or addresses (blacklisted_senders)")
+               "backup_mx_domains), addresses (blacklisted_senders) or one rate limit (default_rate_limit: "
+               "100/1h or unlimited, for users whose entry and domain set none)")
 
 
 def register(top: Any) -> None:

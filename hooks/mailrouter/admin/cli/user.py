@@ -1,10 +1,10 @@
-"""``mailrouter-admin user add|remove|list|show|passwd|quota|enable|disable|name|rename``."""
+"""``mailrouter-admin user add|remove|list|show|passwd|quota|ratelimit|enable|disable|name|rename``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mailrouter.admin import users
+from mailrouter.admin import ratelimits, users
 from mailrouter.admin.cli.base import QUOTA_HELP, Cli, group, leaf, page_options
 from mailrouter.admin.cli.output import pairs
 from mailrouter.exitcodes import EX_OK
@@ -47,6 +47,11 @@ def quota(cli: Cli) -> int:
     return cli.output.done(users.set_quota(cli.session(), cli.args.address, cli.args.quota))
 
 
+def ratelimit(cli: Cli) -> int:
+    limit = " ".join(cli.args.limit)  # "100 / 1h" may come as three words
+    return cli.output.done(ratelimits.set_user_rate_limit(cli.session(), cli.args.address, limit))
+
+
 def enable(cli: Cli) -> int:
     return cli.output.done(users.set_enabled(cli.session(), cli.args.address, cli.args.command2 == "enable"))
 
@@ -82,6 +87,10 @@ def register(top: Any) -> None:
     p = leaf(g, "quota", quota, "set a user's quota")
     p.add_argument("address", help=ADDRESS_HELP)
     p.add_argument("quota", help=QUOTA_HELP)
+    p = leaf(g, "ratelimit", ratelimit,
+             "set a user's outbound limit for authenticated submissions (domain and global admins)")
+    p.add_argument("address", help=ADDRESS_HELP)
+    p.add_argument("limit", nargs="+", help=ratelimits.HELP + " (then the domain's or the default applies)")
     for verb in ("enable", "disable"):
         what = "receive mail and log in again" if verb == "enable" else "refuse its mail (550) and logins"
         p = leaf(g, verb, enable, f"{verb} an account: {what}")

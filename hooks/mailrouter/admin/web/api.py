@@ -22,7 +22,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from mailrouter.admin import aliases, audit, catchall, domains, settings, users
+from mailrouter.admin import aliases, audit, catchall, domains, ratelimits, settings, users
 from mailrouter.admin.normalise import normalise_quota
 from mailrouter.admin.web import auth
 from mailrouter.admin.web.views.home import change_own_password
@@ -102,6 +102,26 @@ def get_domain(domain: str) -> Any:
     return jsonify(domains.show_domain(auth.ldap(), domain))
 
 
+@blueprint.patch("/domains/<domain>")
+def patch_domain(domain: str) -> Any:
+    auth.current()
+    body = _body({}, {"rate_limit": str})
+    _check_rate_limit(body)
+    ldap = auth.ldap()
+    if "rate_limit" in body:
+        ratelimits.set_domain_rate_limit(ldap, domain, body["rate_limit"])
+    return jsonify(domains.show_domain(ldap, domain))
+
+
+def _check_rate_limit(body: dict[str, Any]) -> None:
+    """422 for a ``rate_limit`` that is not COUNT / PERIOD, unlimited or inherit."""
+    if "rate_limit" in body:
+        try:
+            ratelimits.typed_limit(body["rate_limit"])
+        except AdminError as exc:
+            raise FieldErrors({"rate_limit": str(exc)}) from None
+
+
 @blueprint.delete("/domains/<domain>")
 def delete_domain(domain: str) -> Any:
     auth.current()
@@ -138,7 +158,7 @@ def get_user(domain: str, local: str) -> Any:
 @blueprint.patch("/domains/<domain>/users/<local>")
 def patch_user(domain: str, local: str) -> Any:
     auth.current()
-    body = _body({}, {"quota": str, "enabled": bool, "name": str, "password": str})
+    body = _body({}, {"quota": str, "enabled": bool, "name": str, "password": str, "rate_limit": str})
     address = f"{local}@{domain}"
     ldap = auth.ldap()
     # Every value is checked before the first write, so a bad one changes nothing.
@@ -147,6 +167,7 @@ def patch_user(domain: str, local: str) -> Any:
             normalise_quota(body["quota"])
         except AdminError as exc:
             raise FieldErrors({"quota": str(exc)}) from None
+    _check_rate_limit(body)
     if "password" in body and len(body["password"]) < 8:
         raise FieldErrors({"password": "at least 8 characters"})
     users.show_user(ldap, address)  # 404 before anything is written
@@ -156,6 +177,8 @@ def patch_user(domain: str, local: str) -> Any:
         users.set_enabled(ldap, address, body["enabled"])
     if "name" in body:
         users.set_name(ldap, address, body["name"])
+    if "rate_limit" in body:
+        ratelimits.set_user_rate_limit(ldap, address, body["rate_limit"])
     if "password" in body:
         users.set_password(ldap, address, body["password"])
     return jsonify(users.show_user(ldap, address))

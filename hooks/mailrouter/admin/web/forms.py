@@ -38,6 +38,11 @@ class QuotaForm(FlaskForm):  # type: ignore[misc]
     quota = StringField("Quota (32M, 1G; 0 = unlimited)", validators=[DataRequired(), Length(max=30)])
 
 
+class RateLimitForm(FlaskForm):  # type: ignore[misc]
+    rate_limit = StringField("Outbound limit (100/1h, unlimited, or inherit)",
+                             validators=[DataRequired(), Length(max=40)])
+
+
 class NameForm(FlaskForm):  # type: ignore[misc]
     name = StringField("Full name", validators=[DataRequired(), Length(max=MAX_TEXT)])
 

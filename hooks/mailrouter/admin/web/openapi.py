@@ -11,6 +11,8 @@ from typing import Any
 STRING = {"type": "string"}
 STRINGS = {"type": "array", "items": STRING}
 ERROR = {"$ref": "#/components/schemas/Error"}
+RATE_LIMIT = {"type": "string", "description": "outbound limit: COUNT / PERIOD (100 / 1h), unlimited, or "
+              "inherit (remove: the domain's, then the default_rate_limit setting applies)"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -30,7 +32,9 @@ SCHEMAS: dict[str, Any] = {
                                "quota": STRING, "name": STRING, "enabled": {"type": "boolean"}}},
     "UserChange": {"type": "object",
                    "properties": {"quota": STRING, "enabled": {"type": "boolean"}, "name": STRING,
-                                  "password": {"type": "string", "format": "password"}}},
+                                  "password": {"type": "string", "format": "password"},
+                                  "rate_limit": RATE_LIMIT}},
+    "DomainChange": {"type": "object", "properties": {"rate_limit": RATE_LIMIT}},
     "NewAlias": {"type": "object", "required": ["local", "targets"],
                  "properties": {"local": STRING, "targets": STRINGS}},
     "Targets": {"type": "object", "required": ["targets"], "properties": {"targets": STRINGS}},
@@ -45,11 +49,13 @@ OPERATIONS: list[tuple[str, str, str, str | None, int, str | None]] = [
     ("/domains", "get", "List domains (q, offset, limit)", None, 200, "Page"),
     ("/domains", "post", "Add a domain (global admins)", "NewDomain", 201, None),
     ("/domains/{domain}", "get", "Show a domain", None, 200, None),
+    ("/domains/{domain}", "patch", "Change the domain's outbound rate limit", "DomainChange", 200, None),
     ("/domains/{domain}", "delete", "Remove a domain (?recursive=1 with its entries)", None, 204, None),
     ("/domains/{domain}/users", "get", "List a domain's users (q, offset, limit)", None, 200, "Page"),
     ("/domains/{domain}/users", "post", "Add a user", "NewUser", 201, None),
     ("/domains/{domain}/users/{local}", "get", "Show a user", None, 200, None),
-    ("/domains/{domain}/users/{local}", "patch", "Change quota, status, name or password", "UserChange",
+    ("/domains/{domain}/users/{local}", "patch", "Change quota, status, name, password or rate limit",
+     "UserChange",
      200, None),
     ("/domains/{domain}/users/{local}", "delete", "Remove a user", None, 204, None),
     ("/domains/{domain}/aliases", "get", "List a domain's aliases (q, offset, limit)", None, 200, "Page"),

@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import render_template
 
-from mailrouter.admin import aliases, catchall, domains, users
+from mailrouter.admin import aliases, catchall, domains, ratelimits, users
 from mailrouter.admin.web import auth
-from mailrouter.admin.web.forms import ActionForm, DomainForm, GrantForm, TargetsForm, UserForm
+from mailrouter.admin.web.forms import ActionForm, DomainForm, GrantForm, RateLimitForm, TargetsForm, UserForm
 from mailrouter.admin.web.views import blueprint, done, pager, submitted
 
 
@@ -43,7 +43,17 @@ def domain_page(domain: str) -> Any:
         user_form=UserForm(), grant_form=GrantForm(), catchall_form=TargetsForm(), action=ActionForm(),
         catchall=catchall.show_catchall(ldap, info["domain"]),
         alias_count=aliases.list_aliases(ldap, info["domain"], limit=0).total,
+        rate_limit=ratelimits.describe(info),
+        rate_limit_form=RateLimitForm(rate_limit=info["rate_limit"] or ratelimits.INHERIT),
     )
+
+
+@blueprint.route("/domains/<domain>/ratelimit", methods=["POST"])
+def domain_rate_limit(domain: str) -> Any:
+    auth.current()
+    form = submitted(RateLimitForm())
+    result = ratelimits.set_domain_rate_limit(auth.ldap(), domain, form.rate_limit.data or "")
+    return done(result["message"], "views.domain_page", domain=result["domain"])
 
 
 @blueprint.route("/domains/<domain>/remove", methods=["POST"])

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import redirect, render_template, url_for
 
-from mailrouter.admin import users
+from mailrouter.admin import ratelimits, users
 from mailrouter.admin.web import auth
 from mailrouter.admin.web.forms import OwnPasswordForm
 from mailrouter.admin.web.views import blueprint, done, submitted
@@ -39,7 +39,8 @@ def me() -> Any:
     info: dict[str, Any] = {"login": person.login, "dn": person.dn, "role": person.role}
     if person.address is not None:
         user = users.show_user(auth.ldap(), person.address)
-        info.update(name=user.get("name"), quota=user["quota"], percent=percent_used(user["quota"]))
+        info.update(name=user.get("name"), quota=user["quota"], percent=percent_used(user["quota"]),
+                    rate_limit=ratelimits.describe(user))
     return render_template("me.html", person=person, info=info, form=OwnPasswordForm())
 
 

@@ -1,4 +1,4 @@
-"""Users of a domain: add, show, quota (with current use), status, name, password, remove."""
+"""Users of a domain: add, show, quota (with current use), outbound limit, status, name, password, remove."""
 
 from __future__ import annotations
 
@@ -6,9 +6,16 @@ from typing import Any
 
 from flask import render_template
 
-from mailrouter.admin import users
+from mailrouter.admin import ratelimits, users
 from mailrouter.admin.web import auth
-from mailrouter.admin.web.forms import ActionForm, NameForm, QuotaForm, ResetPasswordForm, UserForm
+from mailrouter.admin.web.forms import (
+    ActionForm,
+    NameForm,
+    QuotaForm,
+    RateLimitForm,
+    ResetPasswordForm,
+    UserForm,
+)
 from mailrouter.admin.web.views import blueprint, done, submitted
 from mailrouter.admin.web.views.home import percent_used
 
@@ -38,6 +45,8 @@ def user_page(domain: str, local: str) -> Any:
         local=local,
         quota_form=QuotaForm(quota=info["quota"]["limit"]), name_form=NameForm(name=info.get("name")),
         password_form=ResetPasswordForm(), action=ActionForm(),
+        rate_limit=ratelimits.describe(info),
+        rate_limit_form=RateLimitForm(rate_limit=info["rate_limit"] or ratelimits.INHERIT),
     )
 
 
@@ -48,6 +57,14 @@ def user_quota(domain: str, local: str) -> Any:
     result = users.set_quota(auth.ldap(), _address(local, domain), form.quota.data or "")
     return done(f"quota of {result['address']} is now {result['quota']['limit']}", "views.user_page",
                 domain=domain, local=local)
+
+
+@blueprint.route("/domains/<domain>/users/<local>/ratelimit", methods=["POST"])
+def user_rate_limit(domain: str, local: str) -> Any:
+    auth.current()
+    form = submitted(RateLimitForm())
+    result = ratelimits.set_user_rate_limit(auth.ldap(), _address(local, domain), form.rate_limit.data or "")
+    return done(result["message"], "views.user_page", domain=domain, local=local)
 
 
 @blueprint.route("/domains/<domain>/users/<local>/name", methods=["POST"])
