@@ -223,12 +223,13 @@ class Lmtpd:
     the whole group (the server and every worker), both by the recorded PID.
     """
 
-    def __init__(self, workdir: Path, config: Path, *, workers: int = 2, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, config: Path, *, workers: int = 2, extra: tuple[str, ...] = (),
+                 wrapper: list[str] | None = None) -> None:
         self.workdir = workdir
         self.config = config
         self.socket = workdir / "lmtp.sock"
         self.log = workdir / "lmtpd.log"
-        self.argv = [LMTPD, "--config", str(config), "--socket", str(self.socket),
+        self.argv = [*(wrapper or []), LMTPD, "--config", str(config), "--socket", str(self.socket),
                      "--workers", str(workers), *extra]
         self.process: subprocess.Popen[bytes] | None = None
 

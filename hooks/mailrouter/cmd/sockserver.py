@@ -780,9 +780,10 @@ class _SessionWorker:
         if not self.busy:
             raise _Stop
 
-    def run(self, max_sessions: int, parent: int) -> int:
+    def run(self, max_sessions: int, parent: int, blocked: set[signal.Signals]) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)  # the parent's mask, inherited
         die_with_parent(signal.SIGTERM)
         if os.getppid() != parent:
             return 0  # the parent died before the line above
@@ -837,15 +838,21 @@ def serve_sessions(
     ``session(connection)`` runs in a worker for each allowed peer and owns the
     connection until it returns (the worker closes it then).
     """
+    # The parent waits for its signals instead of taking them: SIGCHLD (a worker
+    # ended), SIGTERM/SIGINT (stop) stay blocked and are fetched by sigtimedwait.  (A
+    # handler that raises can fire anywhere, e.g. inside an at-fork hook of the
+    # logging module, where the exception is swallowed and the stop lost.)
+    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     children: set[int] = set()
     parent = os.getpid()
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     respawn_after = 0.0
     gc.collect()
     gc.freeze()  # see _Server.run: the workers' collections leave the parent's pages shared
     try:
         while True:
+            respawn_after = _reap_children(children, name, respawn_after)
             now = time.monotonic()
             while len(children) < max(1, workers) and now >= respawn_after:
                 try:
@@ -857,28 +864,36 @@ def serve_sessions(
                 if pid == 0:
                     code = 75
                     try:
-                        code = _SessionWorker(server, session, allowed, name).run(max_sessions, parent)
+                        worker = _SessionWorker(server, session, allowed, name)
+                        code = worker.run(max_sessions, parent, watched)
                     finally:
                         os._exit(code)
                 children.add(pid)
-            try:
-                pid, status = os.waitpid(-1, 0) if now >= respawn_after else (0, 0)
-            except ChildProcessError:
-                continue
-            if pid == 0:
-                time.sleep(max(0.0, respawn_after - time.monotonic()))
-                continue
-            children.discard(pid)
-            if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-                log(f"{name}: worker {pid} ended with status {status:#x}; replacing it")
-                respawn_after = time.monotonic() + 0.1
-    except _Stop:
-        pass
+            wait = max(0.01, respawn_after - now) if len(children) < max(1, workers) else 1.0
+            caught = signal.sigtimedwait(watched, wait)
+            if caught is not None and caught.si_signo in (signal.SIGTERM, signal.SIGINT):
+                break
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _stop_children(children, stop_timeout)
         server.close()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+
+
+def _reap_children(children: set[int], name: str, respawn_after: float) -> float:
+    """Collect every ended worker; the new respawn time (later when one died badly)."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            children.clear()
+            break
+        if pid == 0:
+            break
+        children.discard(pid)
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            log(f"{name}: worker {pid} ended with status {status:#x}; replacing it")
+            respawn_after = time.monotonic() + 0.1  # do not spin when every new worker dies at once
+    return respawn_after
 
 
 def _stop_children(children: set[int], timeout: float) -> None:
