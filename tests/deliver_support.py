@@ -33,6 +33,7 @@ DELIVER = str(BIN / "mailrouter-deliver")
 LMTPD = str(BIN / "mailrouter-lmtpd")
 # The two ways exim/mailrouter.conf stores local mail (MAILROUTER_DELIVERY_VIA).
 DELIVERY_PATHS = ["pipe", "lmtp"]
+DELIVERY_TRANSPORTS = {"pipe": "mailrouter_delivery", "lmtp": "mailrouter_lmtp"}  # their transports
 MAIL_UID = pwd.getpwnam("mail").pw_uid
 MAIL_GID = grp.getgrnam("mail").gr_gid
 

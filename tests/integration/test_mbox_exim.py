@@ -30,6 +30,7 @@ from conftest import ROOT, hook_config, hub_exim, needs_root
 from dataset import Dataset
 from deliver_support import (
     DELIVERY_PATHS,
+    DELIVERY_TRANSPORTS,
     Lmtpd,
     MiniExim,
     address_data,
@@ -111,9 +112,6 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-TRANSPORTS = {"pipe": "mailrouter_delivery", "lmtp": "mailrouter_lmtp"}
-
-
 def test_byte_identical_to_appendfile(workdir: Path) -> None:
     spool = make_spool(workdir / "spool")
     config = write_config(workdir / "mailrouter.toml", spool)
@@ -193,7 +191,7 @@ def test_shipped_transport_is_byte_identical_to_appendfile(
     try:
         deliver_corpus(exim, "alice@example.com", "stock@example.com")
         # the shipped router and transport
-        assert f"R=users T={TRANSPORTS[via]}" in exim.main_log()
+        assert f"R=users T={DELIVERY_TRANSPORTS[via]}" in exim.main_log()
     finally:
         exim.close()
         if server is not None:
