@@ -133,7 +133,7 @@ def delivery_rig(root: Path, data: demo.DemoDirectory | None = None) -> Delivery
             password=service.password, mbox_template=f"{spool}/{{local}}@{{domain}}", storage_user="mail",
             lock_timeout=30.0,
         )
-        lmtpd = Lmtpd(root / "lmtpd", config, workers=4).start()
+        lmtpd = Lmtpd(root / "lmtpd", config, workers=8).start()
     except BaseException:
         slapd.stop()
         raise

@@ -77,7 +77,7 @@ PRIVILEGES
     that uid can succeed (store.deliver refuses any other).
 
 PROCESS MODEL
-    :func:`mailrouter.cmd.sockserver.serve_sessions`: ``--workers`` (default 4)
+    :func:`mailrouter.cmd.sockserver.serve_sessions`: ``--workers`` (default 8)
     pre-forked workers each take one connection at a time from the listening
     socket, ``--max-sessions`` (default 1000) in all, then are replaced; the
     parent only supervises.  Each connection's SO_PEERCRED uid must be root,
@@ -133,7 +133,7 @@ from mailrouter.mailbox.addressdata import AddressData
 if TYPE_CHECKING:
     from mailrouter.directory import Directory
 
-DEFAULT_WORKERS = 4
+DEFAULT_WORKERS = 8
 DEFAULT_COMMAND_TIMEOUT = 300.0
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 MAX_LINE = 4096  # a command line (RFC 5321 says 512; be lenient, never unbounded)
@@ -143,7 +143,6 @@ MAX_ERRORS = 10  # bad commands in one session before we hang up
 RECV = 1 << 20
 _END_OF_DATA = b"\r\n.\r\n"
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
-_PATH = re.compile(rb"^<([^<>]*)>(?: .*)?$")
 
 
 class Reply:
@@ -193,14 +192,22 @@ def failure_reply(exc: BaseException) -> str:
 
 
 def parse_path(argument: bytes) -> str | None:
-    """The address inside ``<...>`` of a MAIL/RCPT argument (parameters ignored); None if malformed."""
-    found = _PATH.match(argument.strip())
-    if found is None:
+    """The address inside ``<...>`` of a MAIL/RCPT argument (parameters ignored); None if malformed.
+
+    Lenient on purpose: the client is Exim, and a 5xx to MAIL would bounce the
+    message.  The address runs to the LAST ``>`` before the parameters (a quoted
+    local part may hold one); octets that are not UTF-8 are kept as surrogates
+    (such a recipient cannot be canonical: 450; a sender becomes MAILER-DAEMON
+    in the From_ line, as :func:`mailrouter.mailbox.mbox.from_line` does with any
+    sender it cannot write).
+    """
+    text = argument.strip()
+    if not text.startswith(b"<"):
         return None
-    try:
-        return found.group(1).decode("utf-8")
-    except UnicodeDecodeError:
+    end = text.rfind(b">", 0, (text.find(b"> ") + 1) or len(text))
+    if end < 0 or (end + 1 < len(text) and text[end + 1 : end + 2] != b" "):
         return None
+    return text[1:end].decode("utf-8", "surrogateescape")
 
 
 def split_recipient(address: str) -> tuple[str, str] | None:
