@@ -25,7 +25,9 @@ removed at the end (``--keep`` to look at it).
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -93,6 +95,53 @@ def throughput(exim: MiniExim, recipient: str, count: int, senders: int = 1) -> 
     if exim.queue_count() != 0:
         raise SystemExit(f"queue not empty after the run:\n{exim.main_log()[-3000:]}")
     return count / elapsed
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _group_cpu(pgid: int) -> float:
+    """CPU seconds of every live process in process group ``pgid`` (lmtpd and its workers)."""
+    total = 0.0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.getpgid(int(name)) == pgid:
+                    total += _process_cpu(int(name))
+            except OSError:
+                continue
+    return total
+
+
+def cpu_per_message(rig: DeliveryRig, recipient: str, count: int) -> dict[str, float]:
+    """CPU milliseconds per message of one ``exim -qf`` run, by who spent them: Exim (every
+    process the run forked: routing, transports, mailrouter-deliver), lmtpd, slapd.
+
+    Unlike msg/s this hardly depends on what else the machine runs: a wall-clock
+    ratio on a busy machine mostly measures waits for a CPU at each hand-off.
+    """
+    assert rig.lmtpd.process is not None and rig.slapd.process is not None
+    for n in range(count):
+        rig.exim.run("-odq", "-oi", "-f", "bench@example.org", recipient, stdin=sample_message(n))
+    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = (_group_cpu(rig.lmtpd.process.pid), _process_cpu(rig.slapd.process.pid))
+    rig.exim.queue_run()
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = (_group_cpu(rig.lmtpd.process.pid), _process_cpu(rig.slapd.process.pid))
+    exim = (after_children.ru_utime + after_children.ru_stime
+            - before_children.ru_utime - before_children.ru_stime)
+    return {
+        "exim": exim * 1000 / count,
+        "lmtpd": (after[0] - before[0]) * 1000 / count,
+        "slapd": (after[1] - before[1]) * 1000 / count,
+    }
 
 
 @dataclass
@@ -200,6 +249,12 @@ def main() -> int:
         print(f"  lmtp -> mailrouter-lmtpd   : {lmtp_p:8.1f} msg/s")
         print(f"  appendfile (stock Exim)    : {stock_p:8.1f} msg/s")
         print(f"  ratio lmtp/appendfile      : {lmtp_p / stock_p:8.3f}")
+        print("CPU per message (ms; exim = every process the queue run forked):")
+        for name, recipient in (("pipe", "ours@example.com"), ("lmtp", "lmtp@example.com"),
+                                ("appendfile", "stock@example.com")):
+            cpu = cpu_per_message(rig, recipient, args.messages)
+            parts = "  ".join(f"{who} {ms:6.2f}" for who, ms in cpu.items())
+            print(f"  {name:<10}: total {sum(cpu.values()):6.2f}  ({parts})")
 
         empty = spool / "empty@example.com"
         big = spool / "big@example.com"
