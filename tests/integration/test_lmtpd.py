@@ -355,3 +355,48 @@ def test_sigterm_lets_a_session_finish(hub: Hub) -> None:
         hub.lmtpd.start()
     assert b"Subject: during-stop" in hub.box("dave@example.org").read_bytes()
     hub.box("dave@example.org").unlink()
+
+
+def test_ldap_trouble_is_a_451_per_recipient_and_exim_defers(hub: Hub, dataset: Dataset) -> None:
+    """lmtpd's own lookup fails (its LDAP is unreachable) while Exim's routing works."""
+    config = hook_config(hub.workdir / "no-ldap.toml", dataset, ["ldap://127.0.0.1:9"], hub.spool,
+                         timeouts=1.0)
+    with Lmtpd(hub.workdir / "lmtpd-no-ldap", config) as server:
+        client = Client(server.socket)
+        try:
+            client.command("LHLO x")
+            client.command("MAIL FROM:<s@remote.example>")
+            assert client.command("RCPT TO:<alice@example.com>").startswith("451 4.4.3 ")
+            assert client.command("DATA").startswith("503 ")  # no recipient was accepted
+        finally:
+            client.close()
+        exim = hub_exim(hub.workdir / "exim-no-ldap", hub.config, **server.macros())
+        try:
+            done = exim.run("-odi", "-oi", "-f", "s@remote.example", "--", "alice@example.com",
+                            stdin=message("no-ldap"))
+            assert done.returncode == 0, done.output
+            log = exim.main_log()
+            assert "== alice@example.com R=users T=mailrouter_lmtp defer" in log, log
+            assert "** " not in log and "Frozen" not in log and exim.queue_count() == 1
+        finally:
+            exim.close()
+    assert not hub.box("alice@example.com").exists()
+
+
+def test_message_over_the_servers_limit_and_a_silent_client(hub: Hub) -> None:
+    with Lmtpd(hub.workdir / "lmtpd-limits", hub.config,
+               extra=("--max-message", "1000", "--command-timeout", "1")) as server:
+        client = Client(server.socket)
+        try:
+            assert "250 SIZE 1000" in client.command("LHLO x")
+            client.command("MAIL FROM:<s@remote.example>")
+            client.command("RCPT TO:<carol@example.org>")
+            client.command("RCPT TO:<dave@example.org>")
+            replies = client.data(message("big", 5000), 2)
+            assert replies == ["552 5.3.4 message larger than 1000 bytes"] * 2
+            assert client.command("NOOP").startswith("250 ")  # the session goes on
+            time.sleep(1.5)  # silent for longer than --command-timeout
+            assert client.reply().startswith("421 4.4.2 ")
+        finally:
+            client.close()
+    assert not hub.box("carol@example.org").exists() and not hub.box("dave@example.org").exists()

@@ -81,8 +81,9 @@ PROCESS MODEL
     pre-forked workers each take one connection at a time from the listening
     socket, ``--max-sessions`` (default 1000) in all, then are replaced; the
     parent only supervises.  Each connection's SO_PEERCRED uid must be root,
-    the server's own uid or an ``--allow-user`` (default ``Debian-exim``, the
-    transport's user in exim/mailrouter.conf); the socket is mode 0660, group
+    the uid the server was started as or an ``--allow-user`` (default
+    ``Debian-exim``, the transport's user in exim/mailrouter.conf) -- not the
+    storage account it becomes, whose other processes must not inject mail; the socket is mode 0660, group
     ``--group`` (default ``Debian-exim``).  A client silent for
     ``--command-timeout`` seconds (default 300, RFC 5321's server timeout) is
     dropped.  SIGTERM: idle workers exit at once, busy ones finish their
@@ -274,8 +275,8 @@ class Connection:
     def data(self, limit: int) -> bytes | None:
         """The DATA text up to (without) the final ``.`` line; None at EOF.
 
-        Beyond ``limit`` bytes the text is read to its end and dropped; the
-        result is then ``b""`` plus ``self.too_big``.
+        Text beyond ``limit`` bytes (as sent: CRLF, dot-stuffed) is read to its
+        end and dropped, never held; the result is then ``b""`` and ``self.too_big``.
         """
         self.too_big = False
         # A "." line right at the start is the empty message.  Any text has at least
@@ -290,11 +291,12 @@ class Connection:
         while True:
             end = self.buffer.find(_END_OF_DATA, max(0, scanned - len(_END_OF_DATA)))
             if end >= 0:
-                text = bytes(self.buffer[: end + 2])
+                self.too_big = self.too_big or end + 2 > limit
+                text = b"" if self.too_big else bytes(self.buffer[: end + 2])
                 del self.buffer[: end + len(_END_OF_DATA)]
-                return b"" if self.too_big else text
+                return text
             scanned = len(self.buffer)
-            if scanned > limit + MAX_LINE:
+            if scanned > limit + len(_END_OF_DATA):
                 self.too_big = True
                 keep = len(_END_OF_DATA)
                 del self.buffer[:-keep]
