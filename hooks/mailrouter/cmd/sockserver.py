@@ -13,6 +13,9 @@ Not an executable.  What every such server needs, in one place:
   socket's file permissions;
 * :func:`serve` -- the process model: protocol handlers are plain functions
   ``handle(request_line) -> reply`` and never see a socket.
+* :func:`serve_sessions` -- for a protocol with a dialogue (``mailrouter-lmtpd``):
+  pre-forked workers that each own one whole connection at a time (see its
+  section at the end of this module).
 
 Process model.  The **parent** owns every client connection and never waits
 on one: a single ``poll`` loop accepts, checks the peer, reads the request

@@ -524,6 +524,8 @@ def connection_help(info: dict[str, Any]) -> str:
             f"  config      {info['config']}  (mailrouter-admin --config; or, for every tool:"
             f" eval \"$(mailrouter-sandbox env --dir {shlex.quote(info['dir'])})\")",
             f"  exim        {info['exim']} -bt alice@example.com",
+            f"  delivery    mailrouter-lmtpd on {info.get('lmtp_socket', '-')} (Exim's lmtp transport;"
+            f" its log: {Path(info['dir']) / 'lmtpd.log'})",
             f"  {RELAY_NOTE}",
             f"  stop        mailrouter-sandbox down --dir {shlex.quote(info['dir'])}",
         ]
