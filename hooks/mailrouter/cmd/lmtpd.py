@@ -532,11 +532,12 @@ def deliver_as_user(spool_config: config_module.SpoolConfig) -> Deliver:
     """Store in a forked child that becomes the target's uid/gid first (per-user ids, as root)."""
     def deliver(target: AddressData, message: bytes, from_line: bytes) -> str:
         spool.check_ids(target.uid, target.gid, spool_config)  # refused here: no fork at all
+        worker = os.getpid()
         reader, writer = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(reader)
-            code = _child_deliver(spool_config, target, message, from_line, writer)
+            code = _child_deliver(spool_config, target, message, from_line, writer, worker)
             os._exit(code)
         os.close(writer)
         try:
@@ -554,11 +555,15 @@ def deliver_as_user(spool_config: config_module.SpoolConfig) -> Deliver:
 
 
 def _child_deliver(spool_config: config_module.SpoolConfig, target: AddressData, message: bytes,
-                   from_line: bytes, writer: int) -> int:
+                   from_line: bytes, writer: int, worker: int) -> int:
     try:
-        sockserver.die_with_parent(signal.SIGKILL)  # a torn append is undone by the journal
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         spool.become(target.uid, target.gid, spool_config)
+        # After the switch: the kernel clears the parent-death signal on any change of ids.
+        # A worker killed from here on takes this delivery with it (the journal undoes it).
+        sockserver.die_with_parent(signal.SIGKILL)
+        if os.getppid() != worker:
+            return 1  # the worker died before the line above: nobody waits for the result
         kind, text = 255, store.deliver(spool_config, target, message, from_line=from_line)
     except TooBigForQuota as exc:
         kind, text = 1, str(exc)
