@@ -23,8 +23,11 @@ so that drift hits both alike, on the same slapd and data:
   first lookup of each Exim process costs, and what mailrouter-lookupd does
   for every request: the like-for-like reference for the target.
 * **delivery** -- messages per second of one ``exim -qf`` queue run through
-  real Exim into mbox: the pipe transport running ``mailrouter-deliver`` vs
-  Exim's appendfile (bench/bench_delivery.py's MiniExim and ``throughput``).
+  real Exim into mbox: the pipe transport running ``mailrouter-deliver``, the
+  lmtp transport feeding a running ``mailrouter-lmtpd`` (which looks each
+  recipient up in slapd) vs Exim's appendfile; then lmtp vs appendfile with
+  the queue split over 10 ``exim -M`` processes at once, each mostly to its
+  own mailbox (bench/bench_delivery.py's ``delivery_rig`` and ``throughput``).
 * **POP3** -- USER/PASS + STAT + QUIT through real popa3d
   (mailrouter.sandbox.popa3d): the shipped PAM file (pam_exec +
   ``mailrouter-pam-auth``, the demo data's argon2 hashes as deployed) vs the
@@ -218,26 +221,26 @@ def bench_lookups(work: Path, data: demo.DemoDirectory, count: int, rounds: int)
 
 # -- delivery -----------------------------------------------------------------------
 
-def bench_deliveries(work: Path, messages: int, rounds: int) -> list[Row]:
+def bench_deliveries(work: Path, messages: int, rounds: int, data: demo.DemoDirectory) -> list[Row]:
     root = work / "delivery"
     root.mkdir()
     root.chmod(0o755)
-    spool = bench_delivery.make_spool(root / "spool")
-    config = bench_delivery.write_config(root / "mailrouter.toml", spool, lock_timeout=30.0)
-    exim = bench_delivery.MiniExim(
-        root / "exim", config,
-        hook_users={"ours": bench_delivery.address_data(spool / "ours@example.com")},
-        file_users={"stock": bench_delivery.address_data(spool / "stock@example.com")},
-        add_headers=True,
-    )
-    recipients = {
-        "pipe -> mailrouter-deliver": "ours@example.com",
-        "appendfile (stock Exim)": "stock@example.com",
+    rig = bench_delivery.delivery_rig(root, data)
+    senders = bench_delivery.SENDERS
+    cases = {  # name -> (recipient, parallel delivery processes)
+        "pipe -> mailrouter-deliver": ("ours@example.com", 1),
+        "lmtp -> mailrouter-lmtpd": ("lmtp@example.com", 1),
+        "appendfile (stock Exim)": ("stock@example.com", 1),
+        f"lmtp -> mailrouter-lmtpd, {senders} senders": ("lmtp@example.com", senders),
+        f"appendfile (stock Exim), {senders} senders": ("stock@example.com", senders),
     }
-    rates: dict[str, list[float]] = {name: [] for name in recipients}
-    for _ in range(rounds):
-        for name, recipient in recipients.items():
-            rates[name].append(bench_delivery.throughput(exim, recipient, messages))
+    rates: dict[str, list[float]] = {name: [] for name in cases}
+    try:
+        for _ in range(rounds):
+            for name, (recipient, parallel) in cases.items():
+                rates[name].append(bench_delivery.throughput(rig.exim, recipient, messages, parallel))
+    finally:
+        rig.close()
     return [Row("delivery", name, statistics.median(values), "msg/s") for name, values in rates.items()]
 
 
@@ -379,6 +382,13 @@ def report(rows: list[Row], args: argparse.Namespace, seconds: float) -> None:
         ("pipe delivery / appendfile (msg/s)", ratio(find(rows, "delivery", "pipe"),
                                                      find(rows, "delivery", "appendfile")),
          ">= 0.7", lambda v: v >= 0.7),
+        ("lmtp delivery / appendfile (msg/s)", ratio(find(rows, "delivery", "lmtp -> mailrouter-lmtpd"),
+                                                     find(rows, "delivery", "appendfile (stock Exim)")),
+         ">= 0.85", lambda v: v >= 0.85),
+        (f"lmtp / appendfile, {bench_delivery.SENDERS} senders (msg/s)",
+         ratio(find(rows, "delivery", f"lmtp -> mailrouter-lmtpd, {bench_delivery.SENDERS} senders"),
+               find(rows, "delivery", f"appendfile (stock Exim), {bench_delivery.SENDERS} senders")),
+         ">= 0.85", lambda v: v >= 0.85),
         ("POP3 session ours / pam_permit ({ARGON2})",
          ratio(find(rows, "pop3", "popa3d + pam_exec mailrouter-pam-auth {ARGON2}"),
                find(rows, "pop3", "popa3d + pam_permit (floor) {ARGON2}")),
@@ -439,7 +449,7 @@ def main(argv: list[str]) -> int:
         if "lookup" in only:
             rows += bench_lookups(work, fast_bind, args.lookups, args.rounds)
         if "delivery" in only:
-            rows += bench_deliveries(work, args.messages, args.delivery_rounds)
+            rows += bench_deliveries(work, args.messages, args.delivery_rounds, fast_bind)
         if "pop3" in only:
             # As deployed ({ARGON2} user hashes), and with {SSHA} hashes to show
             # how much of the gap is the password hash rather than the helper.

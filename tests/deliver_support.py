@@ -13,12 +13,16 @@ config's transport (tests/integration/test_deliver.py, test_mbox_exim.py).
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
 import re
+import signal
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from conftest import BIN
@@ -26,6 +30,10 @@ from mailrouter.sandbox import configs
 from mailrouter.sandbox.exim import Exim, Result
 
 DELIVER = str(BIN / "mailrouter-deliver")
+LMTPD = str(BIN / "mailrouter-lmtpd")
+# The two ways exim/mailrouter.conf stores local mail (MAILROUTER_DELIVERY_VIA).
+DELIVERY_PATHS = ["pipe", "lmtp"]
+DELIVERY_TRANSPORTS = {"pipe": "mailrouter_delivery", "lmtp": "mailrouter_lmtp"}  # their transports
 MAIL_UID = pwd.getpwnam("mail").pw_uid
 MAIL_GID = grp.getgrnam("mail").gr_gid
 
@@ -128,6 +136,12 @@ to_appendfile:
   local_parts = lsearch;{work}/file_users
   address_data = $local_part_data
   transport = stock_appendfile
+# mailrouter-lmtpd looks the user up in LDAP itself: no address data.
+to_lmtp:
+  driver = accept
+  domains = +local_domains
+  local_parts = lsearch;{work}/lmtp_users
+  transport = mailrouter_lmtp
 
 begin transports
 # What the hook's docstring asks of the project's pipe transport.
@@ -142,6 +156,13 @@ mailrouter_deliver:
   log_defer_output
   log_fail_output
 {headers}
+# What exim/mailrouter.conf's mailrouter_lmtp transport sets.
+mailrouter_lmtp:
+  driver = lmtp
+  socket = {lmtp_socket}
+  batch_max = 100
+  user = Debian-exim
+{lmtp_headers}
 # Debian's mail_spool transport, minus the options that differ per delivery.
 stock_appendfile:
   driver = appendfile
@@ -167,14 +188,22 @@ class MiniExim(Exim):
 
     def __init__(self, work: Path, hook_config: Path, *, hook_users: dict[str, str],
                  file_users: dict[str, str] | None = None, add_headers: bool = False,
-                 bin_dir: Path = BIN) -> None:
+                 bin_dir: Path = BIN, lmtp_users: list[str] | None = None,
+                 lmtp_socket: Path | None = None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self._write_users(work / "hook_users", hook_users)
         self._write_users(work / "file_users", file_users or {})
-        # envelope_to_add is left out: it names the (different) recipient of each copy.
-        headers = "  return_path_add\n  delivery_date_add\n" if add_headers else ""
+        # Local parts delivered through mailrouter-lmtpd on ``lmtp_socket`` (users in its LDAP).
+        self._write_users(work / "lmtp_users", dict.fromkeys(lmtp_users or [], "lmtp"))
+        # (Envelope-to names the recipient: the comparisons blank it.  The lmtp transport
+        # leaves it to mailrouter-lmtpd, which writes one per recipient.)
+        lmtp_headers = "  return_path_add\n  delivery_date_add\n" if add_headers else ""
+        headers = lmtp_headers + "  envelope_to_add\n" if add_headers else ""
         config = work / "mini.conf"
-        config.write_text(EXIM_CONF.format(work=work, bin=bin_dir, hook_config=hook_config, headers=headers))
+        config.write_text(EXIM_CONF.format(
+            work=work, bin=bin_dir, hook_config=hook_config, headers=headers, lmtp_headers=lmtp_headers,
+            lmtp_socket=lmtp_socket or work / "no-lmtpd.sock",
+        ))
         config.chmod(0o644)
         super().__init__(work, config)
 
@@ -186,3 +215,64 @@ class MiniExim(Exim):
     def submit(self, message: bytes, *recipients: str, sender: str = "sender@example.org") -> Result:
         """``exim -odi -oi -f SENDER RCPT...``: receive and deliver at once."""
         return self.run("-odi", "-oi", "-f", sender, *recipients, stdin=message)
+
+
+class Lmtpd:
+    """The installed ``mailrouter-lmtpd`` on ``workdir/lmtp.sock``, in its own process group.
+
+    ``start()`` waits until it answers; ``stop()`` is SIGTERM, ``kill()`` SIGKILL of
+    the whole group (the server and every worker), both by the recorded PID.
+    """
+
+    def __init__(self, workdir: Path, config: Path, *, workers: int = 2, extra: tuple[str, ...] = (),
+                 wrapper: list[str] | None = None) -> None:
+        self.workdir = workdir
+        self.config = config
+        self.socket = workdir / "lmtp.sock"
+        self.log = workdir / "lmtpd.log"
+        self.argv = [*(wrapper or []), LMTPD, "--config", str(config), "--socket", str(self.socket),
+                     "--workers", str(workers), *extra]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Lmtpd:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)  # a killed server's socket stays behind
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            start_new_session=True)
+        deadline = time.monotonic() + 15
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mailrouter-lmtpd did not start: {self.log.read_text()}")
+            with contextlib.suppress(OSError):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(5)
+                    probe.connect(str(self.socket))
+                    if probe.recv(100).startswith(b"220 "):
+                        probe.sendall(b"QUIT\r\n")
+                        return self
+            time.sleep(0.02)
+
+    def _signal(self, signum: int) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
+        self.process.wait(timeout=90)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """``kill -9`` of the server and all its workers at once."""
+        self._signal(signal.SIGKILL)
+
+    def macros(self) -> dict[str, str]:
+        """Exim macros that make exim/mailrouter.conf deliver through this server."""
+        return {"MAILROUTER_DELIVERY_VIA": "lmtp", "MAILROUTER_LMTP_SOCKET": str(self.socket)}
+
+    def __enter__(self) -> Lmtpd:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

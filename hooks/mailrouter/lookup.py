@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from mailrouter import names, routing
 from mailrouter.config import Config
 from mailrouter.errors import TemporaryFailure
+from mailrouter.mailbox.addressdata import format_address_data
 
 if TYPE_CHECKING:
     from mailrouter.directory import Directory
@@ -83,8 +84,8 @@ def _alias(directory: Directory, _config: Config, args: list[str]) -> Answer:
 
 
 def _user(directory: Directory, config: Config, args: list[str]) -> Answer:
-    user = routing.active_user(directory, args[0], args[1])
-    return routing.address_data(user, config.spool) if user is not None else None
+    target = routing.delivery_target(directory, config.spool, args[0], args[1])
+    return format_address_data(target) if target is not None else None
 
 
 def _catchall(directory: Directory, _config: Config, args: list[str]) -> Answer:

@@ -164,6 +164,20 @@ def address_data(user: User, spool_config: SpoolConfig) -> str:
     return format_address_data(mailbox_target(user, spool_config))
 
 
+def delivery_target(
+    directory: Directory, spool_config: SpoolConfig, local: str, domain: str
+) -> AddressData | None:
+    """Where and as whom mail for ``local@domain`` is stored; ``None``: no such active user.
+
+    The one decision behind both delivery front ends: the ``user`` lookup (the
+    pipe path's ``$address_data``) and ``mailrouter-lmtpd``'s RCPT, which LMTP
+    gives only the address.  Everything about the target (path, format, quota,
+    ids) is decided here, through :func:`mailbox_target`.
+    """
+    user = active_user(directory, local, domain)
+    return mailbox_target(user, spool_config) if user is not None else None
+
+
 # -- quota at RCPT time ------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -29,8 +29,11 @@ from conftest import hook_config, hub_exim
 from dataset import Dataset
 from deliver_support import (
     DELIVER,
+    DELIVERY_PATHS,
+    DELIVERY_TRANSPORTS,
     MAIL_GID,
     MAIL_UID,
+    Lmtpd,
     MiniExim,
     address_data,
     from_line,
@@ -634,16 +637,26 @@ def exim(sp: Spool) -> Iterator[MiniExim]:
         mini.close()  # fails on a paniclog entry
 
 
+@pytest.fixture(params=DELIVERY_PATHS)
+def via(request: pytest.FixtureRequest) -> str:
+    """Each shipped-config test runs over both delivery paths (MAILROUTER_DELIVERY_VIA)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def hub(sp: Spool, slapd: Slapd, dataset: Dataset) -> Iterator[Exim]:
+def hub(sp: Spool, slapd: Slapd, dataset: Dataset, via: str) -> Iterator[Exim]:
     """The shipped exim/mailrouter.conf: LDAP routing (the suite's data set, fulluser has
-    a 1K quota) and the shipped ``mailrouter_delivery`` transport, into this test's spool."""
+    a 1K quota) and the shipped ``mailrouter_delivery`` transport -- or ``mailrouter_lmtp``
+    and a running mailrouter-lmtpd -- into this test's spool."""
     config = hook_config(sp.root / "hub.toml", dataset, [slapd.uri], sp.spool, lock_timeout=1.0)
-    shipped = hub_exim(sp.root, config)
+    server = Lmtpd(sp.root / "lmtpd", config).start() if via == "lmtp" else None
+    shipped = hub_exim(sp.root, config, **(server.macros() if server else {}))
     try:
         yield shipped
     finally:
         shipped.close()  # fails on a paniclog entry
+        if server is not None:
+            server.stop()
 
 
 def _defers_while_locked_then_delivers_once(sp: Spool, exim: Exim, deliver: Callable[[str], object]) -> None:
@@ -670,10 +683,10 @@ def test_exim_defers_while_locked_then_delivers_once(sp: Spool, exim: MiniExim) 
         sp, exim, lambda tag: exim.submit(message(tag), "alice@example.com"))
 
 
-def test_shipped_exim_defers_while_locked_then_delivers_once(sp: Spool, hub: Exim) -> None:
+def test_shipped_exim_defers_while_locked_then_delivers_once(sp: Spool, hub: Exim, via: str) -> None:
     _defers_while_locked_then_delivers_once(
         sp, hub, lambda tag: hub.deliver(message(tag), "alice@example.com", sender="sender@example.org"))
-    assert "R=users T=mailrouter_delivery" in hub.main_log()
+    assert f"R=users T={DELIVERY_TRANSPORTS[via]}" in hub.main_log()
 
 
 def test_exim_daemon_smtp_delivery(sp: Spool, exim: MiniExim) -> None:
@@ -708,7 +721,7 @@ def test_exim_over_quota_defers_and_too_big_bounces(sp: Spool, exim: MiniExim) -
     assert not (sp.spool / "tiny@example.com").exists()
 
 
-def test_shipped_exim_over_quota_defers_and_too_big_bounces(sp: Spool, hub: Exim) -> None:
+def test_shipped_exim_over_quota_defers_and_too_big_bounces(sp: Spool, hub: Exim, via: str) -> None:
     full = sp.spool / "fulluser@example.com"  # quota 1K in the data set
 
     def deliver(tag: str, lines: int) -> None:
@@ -720,12 +733,13 @@ def test_shipped_exim_over_quota_defers_and_too_big_bounces(sp: Spool, hub: Exim
     before = snapshot(full)
     deliver("overflow", 20)  # fits alone, not beside "fits": wait for room
     log = hub.main_log()
-    assert "== fulluser@example.com R=users T=mailrouter_delivery" in log and "mailbox full" in log, log
+    transport = DELIVERY_TRANSPORTS[via]
+    assert f"== fulluser@example.com R=users T={transport}" in log and "mailbox full" in log, log
     assert hub.queue_count() == 1
     deliver("huge", 200)  # larger than the whole quota: never fits, bounce
     log = hub.main_log()
-    assert "** fulluser@example.com R=users T=mailrouter_delivery" in log, log
-    # return_fail_output: the hook's reason is in the bounce (to sender@example.org,
+    assert f"** fulluser@example.com R=users T={transport}" in log, log
+    # return_fail_output (lmtp: the server's reply): the reason is in the bounce (to sender@example.org,
     # which example.org's catch-all hands to carol).
     assert "whole quota" in (sp.spool / "carol@example.org").read_text(), log
     assert snapshot(full) == before

@@ -40,6 +40,7 @@ import pytest
 
 from conftest import ROOT, IdleConnections, hook_config, hub_exim, needs_root, start_slapd
 from dataset import LONG_LOCAL, Dataset
+from deliver_support import DELIVERY_PATHS, DELIVERY_TRANSPORTS, Lmtpd
 from mailrouter import entries, passwords
 from mailrouter.errors import DaemonError
 from mailrouter.sandbox import tls
@@ -609,22 +610,37 @@ def test_new_domain_user_and_alias_work_at_once_and_go_away(world: World) -> Non
     assert world.smtp([f"neo@{domain}"]) == ["550 5.7.1 Relaying denied"]
 
 
-# -- delivery through the pipe transport ---------------------------------------------------
+# -- delivery through the pipe transport and through mailrouter-lmtpd -----------------------
 
 MESSAGE = "From: someone@remote.example\nSubject: routing test {tag}\n\nbody {tag}\n"
 
 
-def test_alias_delivery_reaches_each_mailbox_and_remote_mail_stays_queued(world: World) -> None:
-    result = world.exim.deliver(
-        MESSAGE.format(tag="t1"), "team@example.com", "x@remote.example", sender="someone@remote.example"
+def delivering_exim(world: World, delivery: str) -> Exim:
+    """The world's Exim (the pipe transport), or a variant delivering through a running
+    mailrouter-lmtpd (MAILROUTER_DELIVERY_VIA = lmtp)."""
+    if delivery == "pipe":
+        return world.exim
+    server = Lmtpd(world.workdir / "lmtpd", world.workdir / "mailrouter.toml").start()
+    world.close.callback(server.stop)
+    return variant(world, "lmtp", **server.macros())
+
+
+@pytest.mark.parametrize("delivery", DELIVERY_PATHS)
+def test_alias_delivery_reaches_each_mailbox_and_remote_mail_stays_queued(
+    world: World, delivery: str
+) -> None:
+    exim = delivering_exim(world, delivery)
+    tag = f"t1-{delivery}"
+    result = exim.deliver(
+        MESSAGE.format(tag=tag), "team@example.com", "x@remote.example", sender="someone@remote.example"
     )
     assert result.returncode == 0, result.output
     for user in ("alice", "bob"):
         mailbox = world.spool / f"{user}@example.com"
-        assert "Subject: routing test t1" in mailbox.read_text(), user
+        assert f"Subject: routing test {tag}" in mailbox.read_text(), user
         assert mailbox.stat().st_uid == 8  # written as the storage account, not root
-    log = world.exim.main_log()
-    assert "R=users T=mailrouter_delivery" in log
+    log = exim.main_log()
+    assert f"R=users T={DELIVERY_TRANSPORTS[delivery]}" in log
     assert "x@remote.example R=remote T=remote_smtp defer" in log  # the closed test relay
     assert "** " not in log  # nothing bounced
 
@@ -695,6 +711,20 @@ def test_the_switch_selects_the_way_lookups_are_made(world: World) -> None:
     else:
         assert result.returncode == 1, result.output
         assert "cannot be resolved at this time" in result.stdout
+
+
+def test_the_delivery_switch_selects_the_transport_and_a_typo_defers(world: World) -> None:
+    lmtp = variant(world, "via-lmtp", MAILROUTER_DELIVERY_VIA="lmtp")
+    assert "transport = mailrouter_lmtp" in lmtp.address_test("alice@example.com").stdout
+    assert "transport = mailrouter_delivery" in world.exim.address_test("alice@example.com").stdout
+    typo = variant(world, "via-typo", MAILROUTER_DELIVERY_VIA="lmpt")
+    result = typo.address_test("alice@example.com")
+    assert result.returncode == 1 and "undeliverable" not in result.stdout, result.output
+    taken = typo.deliver(MESSAGE.format(tag="typo"), "alice@example.com", sender="someone@remote.example")
+    assert taken.returncode == 0, taken.output
+    assert "== alice@example.com" in typo.main_log() and "** " not in typo.main_log()
+    alice = world.spool / "alice@example.com"
+    assert not alice.exists() or "routing test typo" not in alice.read_text(errors="replace")
 
 
 def test_unknown_switch_value_defers_everything(world: World) -> None:

@@ -1,16 +1,19 @@
 """mbox bytes: mailrouter-deliver against Exim's stock appendfile, through real Exim.
 
 Every corpus message is delivered with ONE Exim run to two recipients: one
-routed to a stock appendfile transport, one to a pipe transport running
-mailrouter-deliver.  Both mailboxes must be byte-identical except for the dates
-in the From_ and Delivery-date lines (the two deliveries may straddle a second)
-and the recipient an Envelope-to line names.  Twice:
+routed to a stock appendfile transport, one to our delivery -- the pipe
+transport running mailrouter-deliver, or the lmtp transport feeding
+mailrouter-lmtpd (each test runs over both, ``DELIVERY_PATHS``).  Both
+mailboxes must be byte-identical except for the dates in the From_ and
+Delivery-date lines (the two deliveries may straddle a second) and the
+recipient an Envelope-to line names.  Twice:
 
 * with the smallest private config (``deliver_support.MiniExim``: the pipe
-  transport with exactly the options the hook's docstring requires), and
+  transport with exactly the options the hook's docstring requires, the lmtp
+  transport as exim/mailrouter.conf sets it), and
 * with the shipped exim/mailrouter.conf: its LDAP routers and its
-  ``mailrouter_delivery`` transport, unchanged; only a router and a stock
-  transport for the comparison copy are added in front of them.
+  ``mailrouter_delivery`` / ``mailrouter_lmtp`` transport, unchanged; only a
+  router and a stock transport for the comparison copy are added in front of them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,17 @@ import pytest
 
 from conftest import ROOT, hook_config, hub_exim, needs_root
 from dataset import Dataset
-from deliver_support import MiniExim, address_data, make_root, make_spool, normalise_dates, write_config
+from deliver_support import (
+    DELIVERY_PATHS,
+    DELIVERY_TRANSPORTS,
+    Lmtpd,
+    MiniExim,
+    address_data,
+    make_root,
+    make_spool,
+    normalise_dates,
+    write_config,
+)
 from mailrouter.sandbox.exim import Exim
 from mailrouter.sandbox.slapd import Slapd
 
@@ -114,6 +127,22 @@ def test_byte_identical_to_appendfile(workdir: Path) -> None:
     assert_identical(ours, stock)
 
 
+def test_lmtp_byte_identical_to_appendfile(workdir: Path, slapd: Slapd, dataset: Dataset) -> None:
+    """The same corpus and config through mailrouter-lmtpd (which finds alice in LDAP)."""
+    spool = make_spool(workdir / "spool")
+    config = hook_config(workdir / "mailrouter.toml", dataset, [slapd.uri], spool)
+    ours, stock = spool / "alice@example.com", spool / "stock@example.com"
+    with Lmtpd(workdir / "lmtpd", config) as server:
+        exim = MiniExim(workdir / "exim", config, hook_users={}, file_users={"stock": address_data(stock)},
+                        lmtp_users=["alice"], lmtp_socket=server.socket, add_headers=True)
+        try:
+            deliver_corpus(exim, "alice@example.com", "stock@example.com")
+            assert "R=to_lmtp T=mailrouter_lmtp" in exim.main_log()
+        finally:
+            exim.close()
+    assert_identical(ours, stock)
+
+
 # Added in front of the shipped routers and transports; nothing shipped is changed.
 STOCK_ROUTER = """\
 stock_copy:
@@ -147,8 +176,9 @@ def with_stock_copy(shipped: str, stock_file: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("via", DELIVERY_PATHS)
 def test_shipped_transport_is_byte_identical_to_appendfile(
-    workdir: Path, slapd: Slapd, dataset: Dataset
+    workdir: Path, slapd: Slapd, dataset: Dataset, via: str
 ) -> None:
     spool = make_spool(workdir / "spool")
     config = hook_config(workdir / "mailrouter.toml", dataset, [slapd.uri], spool)
@@ -156,10 +186,14 @@ def test_shipped_transport_is_byte_identical_to_appendfile(
     exim_config = workdir / "mailrouter-with-stock-copy.conf"
     exim_config.write_text(with_stock_copy((ROOT / "exim" / "mailrouter.conf").read_text(), stock))
     exim_config.chmod(0o644)
-    exim = hub_exim(workdir, config, config_file=exim_config)
+    server = Lmtpd(workdir / "lmtpd", config).start() if via == "lmtp" else None
+    exim = hub_exim(workdir, config, config_file=exim_config, **(server.macros() if server else {}))
     try:
         deliver_corpus(exim, "alice@example.com", "stock@example.com")
-        assert "R=users T=mailrouter_delivery" in exim.main_log()  # the shipped router and transport
+        # the shipped router and transport
+        assert f"R=users T={DELIVERY_TRANSPORTS[via]}" in exim.main_log()
     finally:
         exim.close()
+        if server is not None:
+            server.stop()
     assert_identical(spool / "alice@example.com", stock)

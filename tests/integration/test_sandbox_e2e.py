@@ -38,6 +38,7 @@ CONTRACT_KEYS = {
     "dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port", "submission_port",
     "smtps_port", "pop3_port", "pop3s_port", "ca_cert", "spool_dir", "exim", "accounts", "aliases",
     "catchall", "web_url", "config", "exim_config", "tls_host", "audit_base", "rate_limits",
+    "lmtp_socket",
 }
 ARRIVAL_TIMEOUT = 60.0
 
@@ -150,6 +151,7 @@ def test_up_prints_the_documented_json(hub: dict[str, Any]) -> None:
     assert all("address" in a for a in hub["accounts"] if a["role"] != "global-admin")
     status = json.loads(sandbox_command("status", "--dir", hub["dir"]).stdout)
     assert status["daemons"] and all(d["running"] for d in status["daemons"].values())
+    assert "lmtpd" in status["daemons"] and Path(hub["lmtp_socket"]).is_socket()
 
 
 def test_the_sandbox_slapd_keeps_the_audit_log(hub: dict[str, Any]) -> None:
@@ -188,6 +190,7 @@ def test_alias_with_two_local_targets_and_a_remote_one(hub: dict[str, Any]) -> N
     assert "mixed@example.com" in exim(hub, "-bp").stdout
     mainlog = (Path(hub["dir"]) / "exim" / "log" / "mainlog").read_text()
     assert "== someone@remote.example <mixed@example.com>" in mainlog
+    assert "R=users T=mailrouter_lmtp" in mainlog  # the sandbox stores local mail over LMTP
 
 
 def test_catchall_only_for_unknown_local_parts(hub: dict[str, Any]) -> None:

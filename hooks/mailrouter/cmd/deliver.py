@@ -119,22 +119,13 @@ class Outcome:
     reason: str
 
 
-def become(uid: int, gid: int) -> None:
-    """Drop root to ``uid``/``gid`` (store.deliver refuses any other uid than ``uid``)."""
-    if os.geteuid() == 0:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-
-
 def run(config: Config, data: AddressData, raw: bytes) -> str:
     """Deliver ``raw`` (pipe transport input) as ``data`` says; return the success reason."""
     try:
         prefix, message = mbox.split_from_line(raw)
     except NoFromLine as exc:
         raise TemporaryFailure(f"{exc}; keep the pipe transport's default message_prefix") from exc
-    spool.check_ids(data.uid, data.gid, config.spool)  # never switch to ids the rule refuses
-    become(data.uid, data.gid)
+    spool.become(data.uid, data.gid, config.spool)  # checks the ids before switching
     return store.deliver(config.spool, data, message, from_line=prefix)
 
 

@@ -46,6 +46,7 @@ def _silence_stderr() -> None:
 MANUALS = {
     "mailrouter-lookup": "mailrouter.cmd.lookup",
     "mailrouter-lookupd": "mailrouter.cmd.lookupd",
+    "mailrouter-lmtpd": "mailrouter.cmd.lmtpd",
     "mailrouter-deliver": "mailrouter.cmd.deliver",
     "mailrouter-authd": "mailrouter.cmd.authd",
     "mailrouter-pam-auth": "mailrouter.cmd.pam_auth",
@@ -118,6 +119,10 @@ def authd() -> int:
 
 def lookupd() -> int:
     return _guarded("mailrouter.cmd.lookupd", EX_TEMPFAIL, silence_stderr=False)
+
+
+def lmtpd() -> int:
+    return _guarded("mailrouter.cmd.lmtpd", EX_TEMPFAIL, silence_stderr=False)
 
 
 def web() -> int:

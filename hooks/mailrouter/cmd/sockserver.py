@@ -13,6 +13,9 @@ Not an executable.  What every such server needs, in one place:
   socket's file permissions;
 * :func:`serve` -- the process model: protocol handlers are plain functions
   ``handle(request_line) -> reply`` and never see a socket.
+* :func:`serve_sessions` -- for a protocol with a dialogue (``mailrouter-lmtpd``):
+  pre-forked workers that each own one whole connection at a time (see its
+  section at the end of this module).
 
 Process model.  The **parent** owns every client connection and never waits
 on one: a single ``poll`` loop accepts, checks the peer, reads the request
@@ -58,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import errno
 import gc
 import grp
@@ -725,3 +729,194 @@ def serve(
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         loop.stop()
+
+
+# -- conversation servers (mailrouter-lmtpd) -------------------------------------------------
+# A protocol with a dialogue (LMTP: greeting, LHLO, MAIL, RCPT..., DATA, a reply per
+# recipient, QUIT) does not fit the one-line handlers above: the whole connection belongs
+# to one worker.  The process model is then the classic pre-forked one:
+#
+# * the parent forks ``workers`` children and only supervises them: it replaces one that
+#   exits (after ``max_sessions`` connections, after a crash, after being killed), at
+#   most every 0.1 s when they keep dying, and on SIGTERM/SIGINT stops them all;
+# * each child blocks in ``accept()`` on the shared listening socket (the kernel wakes
+#   exactly one), checks the peer's SO_PEERCRED uid and runs ``session(connection)``
+#   for the whole conversation; the session owns its own timeouts;
+# * a child asked to stop (SIGTERM from the parent) while idle exits at once; in a
+#   session it finishes that conversation first (no delivery is cut short by a
+#   restart), and the parent kills it after ``stop_timeout`` seconds;
+# * a child dies with its parent (PR_SET_PDEATHSIG): a daemon killed with -9 leaves no
+#   worker behind that still accepts on the old socket.
+#
+# Busy workers mean new connections wait in the socket's backlog, where the client's own
+# connect/greeting timeout bounds them.  Only allowed peers reach a worker at all.
+
+Session = Callable[[socket.socket], None]
+DEFAULT_STOP_TIMEOUT = 60.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(signum: int) -> None:
+    """Ask the kernel to send ``signum`` to this process when its parent exits (Linux)."""
+    import ctypes  # only the conversation servers need it
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    except (OSError, AttributeError):
+        log("cannot set PR_SET_PDEATHSIG; workers may outlive a killed parent")
+
+
+class _SessionWorker:
+    """One pre-forked child: accept, check, converse; ``max_sessions`` times."""
+
+    def __init__(self, listener: socket.socket, session: Session, allowed: set[int], name: str) -> None:
+        self.listener = listener
+        self.session = session
+        self.allowed = allowed
+        self.name = name
+        self.busy = False
+        self.stopping = False
+
+    def _on_stop(self, _signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        if not self.busy:
+            raise _Stop
+
+    def run(self, max_sessions: int, parent: int, blocked: set[signal.Signals]) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)  # the parent's mask, inherited
+        die_with_parent(signal.SIGTERM)
+        if os.getppid() != parent:
+            return 0  # the parent died before the line above
+        self.listener.setblocking(True)
+        try:
+            for _ in range(max_sessions):
+                if self.stopping:
+                    break
+                try:
+                    connection, _address = self.listener.accept()
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log(f"{self.name}: cannot accept: {exc.strerror}; pausing 0.1 s")
+                        time.sleep(0.1)
+                    continue
+                self.busy = True
+                try:
+                    self._converse(connection)
+                finally:
+                    connection.close()
+                    self.busy = False
+        except _Stop:
+            pass
+        return 0
+
+    def _converse(self, connection: socket.socket) -> None:
+        try:
+            uid = peer_uid(connection)
+        except OSError:
+            return
+        if uid not in self.allowed:
+            log(f"{self.name}: refused connection from uid {uid}")
+            return
+        try:
+            self.session(connection)
+        except Exception as exc:  # noqa: BLE001 - one broken conversation never ends the worker
+            log(f"{self.name}: unexpected {type(exc).__name__} in a session: {exc}")
+
+
+def serve_sessions(
+    server: socket.socket,
+    session: Session,
+    allowed: set[int],
+    *,
+    name: str,
+    workers: int,
+    max_sessions: int = DEFAULT_MAX_REQUESTS,
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+) -> None:
+    """Serve conversations until SIGTERM/SIGINT (the model is described above).
+
+    ``session(connection)`` runs in a worker for each allowed peer and owns the
+    connection until it returns (the worker closes it then).
+    """
+    # The parent waits for its signals instead of taking them: SIGCHLD (a worker
+    # ended), SIGTERM/SIGINT (stop) stay blocked and are fetched by sigtimedwait.  (A
+    # handler that raises can fire anywhere, e.g. inside an at-fork hook of the
+    # logging module, where the exception is swallowed and the stop lost.)
+    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    children: set[int] = set()
+    parent = os.getpid()
+    respawn_after = 0.0
+    gc.collect()
+    gc.freeze()  # see _Server.run: the workers' collections leave the parent's pages shared
+    try:
+        while True:
+            respawn_after = _reap_children(children, name, respawn_after)
+            now = time.monotonic()
+            while len(children) < max(1, workers) and now >= respawn_after:
+                try:
+                    pid = os.fork()
+                except OSError as exc:
+                    log(f"{name}: cannot fork: {exc.strerror}; trying again in 1 s")
+                    respawn_after = now + 1.0
+                    break
+                if pid == 0:
+                    code = 75
+                    try:
+                        worker = _SessionWorker(server, session, allowed, name)
+                        code = worker.run(max_sessions, parent, watched)
+                    finally:
+                        os._exit(code)
+                children.add(pid)
+            wait = max(0.01, respawn_after - now) if len(children) < max(1, workers) else 1.0
+            caught = signal.sigtimedwait(watched, wait)
+            if caught is not None and caught.si_signo in (signal.SIGTERM, signal.SIGINT):
+                break
+    finally:
+        _stop_children(children, stop_timeout)
+        server.close()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+
+
+def _reap_children(children: set[int], name: str, respawn_after: float) -> float:
+    """Collect every ended worker; the new respawn time (later when one died badly)."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            children.clear()
+            break
+        if pid == 0:
+            break
+        children.discard(pid)
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            log(f"{name}: worker {pid} ended with status {status:#x}; replacing it")
+            respawn_after = time.monotonic() + 0.1  # do not spin when every new worker dies at once
+    return respawn_after
+
+
+def _stop_children(children: set[int], timeout: float) -> None:
+    """SIGTERM every child, wait up to ``timeout`` seconds for them, then SIGKILL the rest."""
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while children and time.monotonic() < deadline:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.02)
+        else:
+            children.discard(pid)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+

@@ -97,6 +97,23 @@ def check_ids(uid: int, gid: int, spool_config: SpoolConfig) -> None:
         )
 
 
+def become(uid: int, gid: int, spool_config: SpoolConfig) -> None:
+    """Run as ``uid``/``gid`` from now on, if they pass :func:`check_ids` (never as root).
+
+    The one privilege switch of every delivery front end: the pipe hook calls it
+    when Exim ran it as root by mistake, ``mailrouter-lmtpd`` once at start (the
+    storage account) or in a forked child per delivery (per-user ids).  As root
+    it drops every supplementary group, then the gid, then the uid (for good:
+    real, effective and saved ids).  As anyone else it changes nothing, and
+    :func:`mailrouter.mailbox.store.deliver` refuses a uid that is not the target's.
+    """
+    check_ids(uid, gid, spool_config)
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+
 def storage_ids(
     uid_number: int | None, gid_number: int | None, spool_config: SpoolConfig, *, who: str = "user"
 ) -> tuple[int, int]:

@@ -1,9 +1,11 @@
 """Store one message in one mailbox: the code every delivery front end calls.
 
 :func:`deliver` is the only entry point.  ``mailrouter-deliver`` (Exim's pipe
-transport) calls it today with the ``From `` line Exim sent; an LMTP front end
+transport) calls it with the ``From `` line Exim sent; ``mailrouter-lmtpd``
 calls it with ``mbox.from_line(sender)`` built from its envelope.  Both hand
-over the target as :class:`~mailrouter.mailbox.addressdata.AddressData`.
+over the target as :class:`~mailrouter.mailbox.addressdata.AddressData`, decided
+by :func:`mailrouter.routing.delivery_target`, and switch ids with
+:func:`mailrouter.mailbox.spool.become` before calling.
 
 Nothing in the target is trusted: the path must be exactly what the
 configured template makes of canonical names (:func:`spool.check_mailbox_path`),

@@ -17,7 +17,8 @@ SYNOPSIS
 up
     In DIR (default: a new directory under /tmp) starts slapd with the project's
     schema, ACLs and seed plus demo data; the auth and lookup sockets
-    (mailrouter-authd, mailrouter-lookupd: Exim uses the socket fast path); the Exim
+    (mailrouter-authd, mailrouter-lookupd: Exim uses the socket fast path); the
+    delivery socket (mailrouter-lmtpd: Exim stores local mail over LMTP); the Exim
     daemon with the project's exim/ config (SMTP, submission with STARTTLS, SMTPS);
     popa3d for POP3 (socat) and POP3S (stunnel) with the project's PAM config --
     all on free loopback ports, with a throwaway CA.  Demo data: example.com and
@@ -31,11 +32,13 @@ up
        "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
        "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]},
        "web_url", "config", "exim_config", "tls_host", "audit_base",
-       "rate_limits": {"address": "COUNT / PERIOD"}}
+       "rate_limits": {"address": "COUNT / PERIOD"}, "lmtp_socket"}
 
     Keys are only ever added, never renamed or dropped.  "config" is the hooks'
     TOML (what ``mailrouter-admin --config`` wants); "exim_config" the Exim
     configuration file (a wrapper: the sandbox's macros, then exim/mailrouter.conf);
+    "lmtp_socket" is mailrouter-lmtpd's socket (Exim's lmtp transport delivers
+    local mail there; the server stores it as the storage account).
     "tls_host" a host name the certificates match ("localhost"; they match IP
     127.0.0.1 too, but clients such as fetchmail check names only).
     "audit_base" is the suffix of slapd's audit log (``mailrouter-admin audit``
@@ -345,6 +348,14 @@ def start_services(
         lookup_socket,
     )
 
+    lmtp_socket = directory / "lmtp.sock"
+    log("starting mailrouter-lmtpd (local delivery over LMTP)")
+    start_socket_server(
+        sandbox, "lmtpd", directory,
+        [f"{bin_dir}/mailrouter-lmtpd", "--config", str(config), "--socket", str(lmtp_socket)],
+        lmtp_socket,
+    )
+
     smtp_port, submission_port, smtps_port = free_port(), free_port(), free_port()
     exim = Exim(
         directory / "exim",
@@ -355,6 +366,8 @@ def start_services(
             "MAILROUTER_AUTH_SOCKET": str(socket_path),
             "MAILROUTER_LOOKUP_VIA": "socket",
             "MAILROUTER_LOOKUP_SOCKET": str(lookup_socket),
+            "MAILROUTER_DELIVERY_VIA": "lmtp",
+            "MAILROUTER_LMTP_SOCKET": str(lmtp_socket),
             "MAILROUTER_TLS_CERT": str(certificates.cert),
             "MAILROUTER_TLS_KEY": str(certificates.key),
             "MAILROUTER_SMTP_PORTS": f"{smtp_port} : {submission_port} : {smtps_port}",
@@ -385,6 +398,7 @@ def start_services(
         "pop3s_port": popa3d.tls_port,
         "exim": shlex.join(exim.argv()),
         "exim_config": str(exim.wrapper),
+        "lmtp_socket": str(lmtp_socket),
     }
 
 
@@ -517,6 +531,8 @@ def connection_help(info: dict[str, Any]) -> str:
             f"  config      {info['config']}  (mailrouter-admin --config; or, for every tool:"
             f" eval \"$(mailrouter-sandbox env --dir {shlex.quote(info['dir'])})\")",
             f"  exim        {info['exim']} -bt alice@example.com",
+            f"  delivery    mailrouter-lmtpd on {info.get('lmtp_socket', '-')} (Exim's lmtp transport;"
+            f" its log: {Path(info['dir']) / 'lmtpd.log'})",
             f"  {RELAY_NOTE}",
             f"  stop        mailrouter-sandbox down --dir {shlex.quote(info['dir'])}",
         ]
