@@ -10,6 +10,7 @@ from typing import Any
 
 STRING = {"type": "string"}
 STRINGS = {"type": "array", "items": STRING}
+FORMAT = {"type": "string", "enum": ["mbox", "maildir"]}
 ERROR = {"$ref": "#/components/schemas/Error"}
 
 SCHEMAS: dict[str, Any] = {
@@ -27,10 +28,11 @@ SCHEMAS: dict[str, Any] = {
                   "properties": {"domain": STRING, "description": STRING}},
     "NewUser": {"type": "object", "required": ["local", "password"],
                 "properties": {"local": STRING, "password": {"type": "string", "format": "password"},
-                               "quota": STRING, "name": STRING, "enabled": {"type": "boolean"}}},
+                               "quota": STRING, "name": STRING, "enabled": {"type": "boolean"},
+                               "format": FORMAT}},
     "UserChange": {"type": "object",
                    "properties": {"quota": STRING, "enabled": {"type": "boolean"}, "name": STRING,
-                                  "password": {"type": "string", "format": "password"}}},
+                                  "password": {"type": "string", "format": "password"}, "format": FORMAT}},
     "NewAlias": {"type": "object", "required": ["local", "targets"],
                  "properties": {"local": STRING, "targets": STRINGS}},
     "Targets": {"type": "object", "required": ["targets"], "properties": {"targets": STRINGS}},
@@ -49,7 +51,8 @@ OPERATIONS: list[tuple[str, str, str, str | None, int, str | None]] = [
     ("/domains/{domain}/users", "get", "List a domain's users (q, offset, limit)", None, 200, "Page"),
     ("/domains/{domain}/users", "post", "Add a user", "NewUser", 201, None),
     ("/domains/{domain}/users/{local}", "get", "Show a user", None, 200, None),
-    ("/domains/{domain}/users/{local}", "patch", "Change quota, status, name or password", "UserChange",
+    ("/domains/{domain}/users/{local}", "patch", "Change quota, status, name, password or mailbox format "
+     "(409 while the old format's mailbox holds mail)", "UserChange",
      200, None),
     ("/domains/{domain}/users/{local}", "delete", "Remove a user", None, 204, None),
     ("/domains/{domain}/aliases", "get", "List a domain's aliases (q, offset, limit)", None, 200, "Page"),

@@ -1,4 +1,4 @@
-"""Users of a domain: add, show, quota (with current use), status, name, password, remove."""
+"""Users of a domain: add, show, quota (with current use), mailbox format, status, name, password, remove."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from flask import render_template
 
 from mailrouter.admin import users
 from mailrouter.admin.web import auth
-from mailrouter.admin.web.forms import ActionForm, NameForm, QuotaForm, ResetPasswordForm, UserForm
+from mailrouter.admin.web.forms import (
+    ActionForm,
+    FormatForm,
+    NameForm,
+    QuotaForm,
+    ResetPasswordForm,
+    UserForm,
+)
 from mailrouter.admin.web.views import blueprint, done, submitted
 from mailrouter.admin.web.views.home import percent_used
 
@@ -24,6 +31,7 @@ def user_add(domain: str) -> Any:
     result = users.add_user(
         auth.ldap(), _address((form.local.data or "").strip(), domain), form.password.data or "",
         quota=form.quota.data or None, name=form.name.data or None, admin=bool(form.admin.data),
+        mailbox_format=form.format.data or None,
     )
     local = result["address"].partition("@")[0]
     return done(f"added user {result['address']}", "views.user_page", domain=domain, local=local)
@@ -38,6 +46,7 @@ def user_page(domain: str, local: str) -> Any:
         local=local,
         quota_form=QuotaForm(quota=info["quota"]["limit"]), name_form=NameForm(name=info.get("name")),
         password_form=ResetPasswordForm(), action=ActionForm(),
+        format_form=FormatForm(format=info["mailbox_format"]),
     )
 
 
@@ -48,6 +57,14 @@ def user_quota(domain: str, local: str) -> Any:
     result = users.set_quota(auth.ldap(), _address(local, domain), form.quota.data or "")
     return done(f"quota of {result['address']} is now {result['quota']['limit']}", "views.user_page",
                 domain=domain, local=local)
+
+
+@blueprint.route("/domains/<domain>/users/<local>/format", methods=["POST"])
+def user_format(domain: str, local: str) -> Any:
+    auth.current()
+    form = submitted(FormatForm())
+    result = users.set_format(auth.ldap(), _address(local, domain), form.format.data or "")
+    return done(result["message"], "views.user_page", domain=domain, local=local)
 
 
 @blueprint.route("/domains/<domain>/users/<local>/name", methods=["POST"])
