@@ -19,7 +19,8 @@ up
     schema, ACLs and seed plus demo data; the auth and lookup sockets
     (mailrouter-authd, mailrouter-lookupd: Exim uses the socket fast path); the Exim
     daemon with the project's exim/ config (SMTP, submission with STARTTLS, SMTPS);
-    popa3d for POP3 (socat) and POP3S (stunnel) with the project's PAM config --
+    popa3d for POP3 (socat) and POP3S (stunnel) with the project's PAM config;
+    Dovecot 2.3 for IMAP (STARTTLS) and IMAPS with the project's dovecot/ config --
     all on free loopback ports, with a throwaway CA.  Demo data: example.com and
     example.org, a global admin, a postmaster (domain admin) and two users per
     domain, an alias with two targets and a catch-all in example.org; random
@@ -29,11 +30,14 @@ up
        "submission_port", "smtps_port", "pop3_port", "pop3s_port", "ca_cert",
        "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
        "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]},
-       "web_url", "config", "exim_config", "tls_host"}
+       "web_url", "config", "exim_config", "tls_host", "imap_port", "imaps_port"}
 
     Keys are only ever added, never renamed or dropped.  "config" is the hooks'
     TOML (what ``mailrouter-admin --config`` wants); "exim_config" the Exim
     configuration file (a wrapper: the sandbox's macros, then exim/mailrouter.conf);
+    "imap_port" (STARTTLS required before LOGIN) and "imaps_port" serve every
+    user's mailbox in its format (mbox users: the very file POP3 reads; Maildir
+    users, ``mailrouter-admin user add --format maildir``: IMAP only).
     "tls_host" a host name the certificates match ("localhost"; they match IP
     127.0.0.1 too, but clients such as fetchmail check names only).
 
@@ -107,6 +111,7 @@ from typing import Any
 
 from mailrouter.sandbox import demo, tls
 from mailrouter.sandbox.configs import write_config
+from mailrouter.sandbox.dovecot import Dovecot
 from mailrouter.sandbox.exim import EXIM_USER, Exim
 from mailrouter.sandbox.popa3d import Popa3d
 from mailrouter.sandbox.slapd import Slapd, free_port
@@ -253,17 +258,24 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     web_port = free_port()
     # The secret is 0640 root:Debian-exim (SMTP-time lookups); deliveries run as
     # "mail", which never needs it.
+    settings: dict[str, Any] = {
+        "uris": [slapd.uri],
+        "base_dn": data.base_dn,
+        "bind_dn": service.dn,
+        "password": service.password,
+        "mbox_template": f"{spool}/{{local}}@{{domain}}",
+        "maildir_template": f"{spool}/{{domain}}/{{local}}/Maildir",
+        "auth_socket": str(directory / "auth.sock"),
+        "operation_timeout": 3.0,
+    }
     config = write_config(
         directory / "mailrouter.toml",
-        uris=[slapd.uri],
-        base_dn=data.base_dn,
-        bind_dn=service.dn,
-        password=service.password,
-        mbox_template=f"{spool}/{{local}}@{{domain}}",
-        auth_socket=str(directory / "auth.sock"),
-        operation_timeout=3.0,
         web=web_settings(directory, web_port, certificates.cert, certificates.key),
+        **settings,
     )
+    # Dovecot runs mailrouter-checkpassword as "dovecot": the same settings, with the
+    # secret 0640 root:dovecot (production: one file readable by both groups).
+    dovecot_config = write_config(directory / "dovecot" / "mailrouter.toml", group="dovecot", **settings)
 
     # The web's port is written into the config before anything listens on it:
     # start it first, so no later free_port() of ours can hand the same port out.
@@ -273,6 +285,11 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     sandbox.record("web", web.process.pid)
     components = start_services(directory, sandbox, config, certificates, log)
     components["web_url"] = f"https://127.0.0.1:{web_port}/"
+    log("starting dovecot (IMAP with STARTTLS, IMAPS; logins through mailrouter-checkpassword)")
+    dovecot = Dovecot(directory / "dovecot", dovecot_config, certificates, root=root).start()
+    assert dovecot.process is not None
+    sandbox.record("dovecot", dovecot.process.pid)
+    components.update(imap_port=dovecot.imap_port, imaps_port=dovecot.imaps_port)
 
     admin = data.account("global-admin")
     fd = os.open(directory / ADMIN_SECRET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -504,6 +521,7 @@ def connection_help(info: dict[str, Any]) -> str:
             f"  SMTP        127.0.0.1:{info['smtp_port']}  submission :{info['submission_port']}"
             f" (STARTTLS)  SMTPS :{info['smtps_port']}",
             f"  POP3        127.0.0.1:{info['pop3_port']}  POP3S :{info['pop3s_port']}",
+            f"  IMAP        127.0.0.1:{info['imap_port']} (STARTTLS)  IMAPS :{info['imaps_port']}",
             f"  CA          {info['ca_cert']}",
             f"  web         {info['web_url']}  (log in as admin, postmaster@example.com or a user)",
             f"  accounts    {Path(info['dir']) / STATE_FILE} (passwords; mode 0600)",
@@ -523,7 +541,7 @@ def console() -> int:
 
 
 SUBCOMMANDS = {
-    "up": "start slapd, Exim, popa3d, the sockets and the web interface; print one JSON object",
+    "up": "start slapd, Exim, popa3d, Dovecot, the sockets and the web interface; print one JSON object",
     "demo": "up, then send a message (submission, STARTTLS + AUTH) and fetch it (POP3S)",
     "env": "print shell exports that point every bin/ tool at this sandbox (eval them)",
     "status": "print each daemon, its PID and whether it runs (JSON)",
