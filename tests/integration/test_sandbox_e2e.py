@@ -37,7 +37,7 @@ SANDBOX = str(ROOT / "bin" / "mailrouter-sandbox")
 CONTRACT_KEYS = {
     "dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port", "submission_port",
     "smtps_port", "pop3_port", "pop3s_port", "ca_cert", "spool_dir", "exim", "accounts", "aliases",
-    "catchall", "web_url", "config", "exim_config", "tls_host", "imap_port", "imaps_port",
+    "catchall", "web_url", "config", "exim_config", "tls_host", "imap_port", "imaps_port", "webmail_url",
 }
 ARRIVAL_TIMEOUT = 60.0
 

@@ -30,14 +30,18 @@ up
        "submission_port", "smtps_port", "pop3_port", "pop3s_port", "ca_cert",
        "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
        "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]},
-       "web_url", "config", "exim_config", "tls_host", "imap_port", "imaps_port"}
+       "web_url", "config", "exim_config", "tls_host", "imap_port", "imaps_port",
+       "webmail_url"}
 
     Keys are only ever added, never renamed or dropped.  "config" is the hooks'
     TOML (what ``mailrouter-admin --config`` wants); "exim_config" the Exim
     configuration file (a wrapper: the sandbox's macros, then exim/mailrouter.conf);
-    "imap_port" (STARTTLS required before LOGIN) and "imaps_port" serve every
+    "imap_port" (STARTTLS before LOGIN; Dovecot exempts clients on its own
+    address, 127.0.0.1) and "imaps_port" serve every
     user's mailbox in its format (mbox users: the very file POP3 reads; Maildir
     users, ``mailrouter-admin user add --format maildir``: IMAP only).
+    "webmail_url" is Roundcube (plain HTTP on loopback) on that IMAPS port and
+    the submission port; every user logs in with their address and password.
     "tls_host" a host name the certificates match ("localhost"; they match IP
     127.0.0.1 too, but clients such as fetchmail check names only).
 
@@ -116,6 +120,7 @@ from mailrouter.sandbox.exim import EXIM_USER, Exim
 from mailrouter.sandbox.popa3d import Popa3d
 from mailrouter.sandbox.slapd import Slapd, free_port
 from mailrouter.sandbox.web import WebServer, web_settings
+from mailrouter.sandbox.webmail import Webmail
 
 STATE_FILE = "sandbox.json"
 ADMIN_SECRET = "admin.secret"  # the global admin's password, for MAILROUTER_PASSWORD_FILE
@@ -290,6 +295,12 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     assert dovecot.process is not None
     sandbox.record("dovecot", dovecot.process.pid)
     components.update(imap_port=dovecot.imap_port, imaps_port=dovecot.imaps_port)
+    log("starting roundcube (php -S, as www-data)")
+    webmail = Webmail(directory / "webmail", root=root, host=TLS_HOST, imaps_port=dovecot.imaps_port,
+                      submission_port=components["submission_port"], ca_cert=certificates.ca_cert).start()
+    assert webmail.process is not None
+    sandbox.record("webmail", webmail.process.pid)
+    components["webmail_url"] = webmail.url
 
     admin = data.account("global-admin")
     fd = os.open(directory / ADMIN_SECRET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -522,6 +533,7 @@ def connection_help(info: dict[str, Any]) -> str:
             f" (STARTTLS)  SMTPS :{info['smtps_port']}",
             f"  POP3        127.0.0.1:{info['pop3_port']}  POP3S :{info['pop3s_port']}",
             f"  IMAP        127.0.0.1:{info['imap_port']} (STARTTLS)  IMAPS :{info['imaps_port']}",
+            f"  webmail     {info['webmail_url']}  (Roundcube; users log in with their address)",
             f"  CA          {info['ca_cert']}",
             f"  web         {info['web_url']}  (log in as admin, postmaster@example.com or a user)",
             f"  accounts    {Path(info['dir']) / STATE_FILE} (passwords; mode 0600)",
@@ -541,7 +553,7 @@ def console() -> int:
 
 
 SUBCOMMANDS = {
-    "up": "start slapd, Exim, popa3d, Dovecot, the sockets and the web interface; print one JSON object",
+    "up": "start slapd, Exim, popa3d, Dovecot, Roundcube, the sockets and the web interface; print JSON",
     "demo": "up, then send a message (submission, STARTTLS + AUTH) and fetch it (POP3S)",
     "env": "print shell exports that point every bin/ tool at this sandbox (eval them)",
     "status": "print each daemon, its PID and whether it runs (JSON)",
