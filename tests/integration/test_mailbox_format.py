@@ -12,6 +12,7 @@ lookup and delivery hooks, ``bin/mailrouter-admin`` as a subprocess.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -21,15 +22,18 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ldap3 import MODIFY_DELETE, MODIFY_REPLACE, NONE, Connection, Server
 
 from conftest import ROOT, VENV_ENV, hook_config, hub_exim, needs_root, start_slapd
 from dataset import Dataset
+from mailrouter import config as config_module
 from mailrouter.sandbox import demo
 from mailrouter.sandbox.exim import Exim
-from mailrouter.sandbox.slapd import Slapd
+from mailrouter.sandbox.slapd import Slapd, free_port
+from mailrouter.sandbox.web import web_settings
 
 pytestmark = needs_root
 
@@ -115,7 +119,8 @@ def hub(dataset: Dataset) -> Iterator[Hub]:
         os.chown(spool, 0, MAIL_GID)
         spool.chmod(0o2775)  # as Debian's /var/mail
         config = hook_config(workdir / "mailrouter.toml", dataset, [slapd.uri], spool,
-                             maildir_template=f"{spool}/{{domain}}/{{local}}/Maildir")
+                             maildir_template=f"{spool}/{{domain}}/{{local}}/Maildir",
+                             web=web_settings(workdir, free_port(), None, None))
         exim = hub_exim(workdir, config).prepare()
         password_file = workdir / "postmaster.secret"
         password_file.write_text(dataset.account(POSTMASTER).password + "\n")
@@ -229,3 +234,37 @@ def test_switch_of_an_empty_mailbox_moves_delivery(hub: Hub) -> None:
     assert refused.returncode == 1 and "maildir mailbox" in refused.stderr, refused
     again = hub.admin("--json", "user", "format", "mover@example.com", "maildir")
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again
+
+
+def test_api_chooses_and_switches_the_format(hub: Hub) -> None:
+    """The web's JSON API (the same admin library, bound as the postmaster): POST a Maildir
+    user, 422 for a format that is none, 409 for a switch while the Maildir holds mail."""
+    from mailrouter.admin.web import create_app
+
+    client = create_app(config_module.load(str(hub.config))).test_client()
+    token = base64.b64encode(f"{POSTMASTER}:{hub.data.account(POSTMASTER).password}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}"}
+    base = "/api/v1/domains/example.com/users"
+
+    def call(method: str, path: str, body: dict[str, str]) -> Any:
+        return client.open(path, method=method, base_url="https://localhost", headers=headers, json=body)
+
+    bad = call("POST", base, {"local": "apibad", "password": "Api-User-Pass-1", "format": "mh"})
+    assert bad.status_code == 422 and "format" in bad.get_json()["fields"], bad.get_json()
+    made = call("POST", base, {"local": "apiuser", "password": "Api-User-Pass-1", "format": "maildir"})
+    assert made.status_code == 201, made.get_json()
+    assert made.get_json()["mailbox_format"] == "maildir"
+    hub.send("apiuser", "over the api")
+    assert len(maildir_messages(hub.maildir("apiuser"))) == 1
+    refused = call("PATCH", f"{base}/apiuser", {"format": "mbox", "quota": "5M"})
+    assert refused.status_code == 409, refused.get_json()
+    assert hub.stored_format("apiuser") == ["maildir"]
+    assert call("GET", f"{base}/apiuser", {}).get_json()["quota"]["limit"] != "5M"  # nothing else written
+    for sub in ("new", "cur"):
+        for entry in (hub.maildir("apiuser") / sub).iterdir():
+            entry.unlink()
+    switched = call("PATCH", f"{base}/apiuser", {"format": "mbox"})
+    assert switched.status_code == 200, switched.get_json()
+    assert switched.get_json()["mailbox_format"] == "mbox"
+    hub.send("apiuser", "back in mbox")
+    assert b"Subject: back in mbox" in hub.mbox("apiuser").read_bytes()
