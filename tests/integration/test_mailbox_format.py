@@ -214,7 +214,14 @@ def test_switch_refused_while_old_mailbox_holds_mail(hub: Hub) -> None:
     (folders / "Sent").write_bytes(b"From a@b Tue Nov 24 20:40:45 2026\nSubject: sent\n\nx\n\n")
     refused = hub.admin("user", "format", "switcher@example.com", "maildir")
     assert refused.returncode == 1 and "Sent" in refused.stderr, refused
-    (folders / "Sent").unlink()
+    # Emptied (a client keeps the folder, empty), beside Dovecot's own files: that is no mail.
+    (folders / "Sent").write_bytes(b"")
+    (folders / ".imap" / "INBOX").mkdir(parents=True)
+    (folders / ".imap" / "INBOX" / "dovecot.index.log").write_bytes(b"i" * 100)
+    (folders / ".subscriptions").write_bytes(b"Sent\n")
+    done = hub.admin("user", "format", "switcher@example.com", "maildir")
+    assert done.returncode == 0, done
+    assert hub.stored_format("switcher") == ["maildir"]
 
 
 def test_switch_of_an_empty_mailbox_moves_delivery(hub: Hub) -> None:
@@ -268,3 +275,34 @@ def test_api_chooses_and_switches_the_format(hub: Hub) -> None:
     assert switched.get_json()["mailbox_format"] == "mbox"
     hub.send("apiuser", "back in mbox")
     assert b"Subject: back in mbox" in hub.mbox("apiuser").read_bytes()
+
+
+def test_user_page_switches_the_format(hub: Hub) -> None:
+    """The user page's "Switch format" form: refused (409, the reason on the page) while the
+    mbox holds mail; once it is empty, the switch and a redirect to the user page."""
+    from mailrouter.admin.web import create_app
+
+    client = create_app(config_module.load(str(hub.config))).test_client()
+    https = "https://localhost"
+    token = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+    def post(path: str, form: dict[str, str]) -> Any:
+        page = client.get(path if path == "/login" else "/domains/example.com/users/pageuser", base_url=https)
+        found = token.search(page.get_data(as_text=True))
+        assert found, page.get_data(as_text=True)[:300]
+        return client.post(path, data={**form, "csrf_token": found.group(1)}, base_url=https,
+                           headers={"Referer": f"{https}/"})
+
+    login = post("/login", {"login": POSTMASTER, "password": hub.data.account(POSTMASTER).password})
+    assert login.status_code == 302
+    add_user(hub, "pageuser")
+    hub.send("pageuser", "keeps the mbox busy")
+    refused = post("/domains/example.com/users/pageuser/format", {"format": "maildir"})
+    assert refused.status_code == 409, refused.status_code
+    assert "holds" in refused.get_data(as_text=True)
+    os.truncate(hub.mbox("pageuser"), 0)
+    done = post("/domains/example.com/users/pageuser/format", {"format": "maildir"})
+    assert done.status_code == 302 and done.headers["Location"].endswith("/users/pageuser"), done.status_code
+    assert hub.stored_format("pageuser") == ["maildir"]
+    shown = client.get("/domains/example.com/users/pageuser", base_url=https).get_data(as_text=True)
+    assert 'id="format">maildir<' in shown

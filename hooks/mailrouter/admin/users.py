@@ -445,16 +445,39 @@ def _mail_held(s: AdminSession, local: str, domain: str, mailbox_format: str) ->
                 return f"its mbox {path} is locked (a delivery or a POP3 session): try again"
         folders = spool.mbox_folders(s.config.spool, local, domain)
         try:
-            with os.scandir(folders) as found:
-                held = sorted(e.name for e in found if not e.is_file(follow_symlinks=False)
-                              or e.stat(follow_symlinks=False).st_size > 0)
-        except FileNotFoundError:
-            return None
+            held = _mbox_folders_with_mail(folders)
         except OSError as exc:
             return f"its IMAP folders {folders} cannot be read here ({exc.strerror})"
         if held:
             return f"its IMAP folders in {folders} are not empty ({', '.join(held[:5])})"
     return None
+
+
+def _mbox_folders_with_mail(folders: str) -> list[str]:
+    """The folders (mbox files, relative paths) below ``folders`` that hold any byte.
+
+    Hidden entries are Dovecot's own (``.imap`` indexes, ``.subscriptions``), not
+    mail; empty files are the folders a client made (Sent, Trash); a symlink
+    is never followed and counts as mail (its target cannot be vouched for)."""
+    held: list[str] = []
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    if not os.path.lexists(folders):
+        return held
+    if not os.path.isdir(folders) or os.path.islink(folders):
+        return [os.path.basename(folders)]
+    for top, dirs, files in os.walk(folders, onerror=fail, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            path = os.path.join(top, name)
+            if name.startswith("."):
+                continue
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > 0:
+                held.append(os.path.relpath(path, folders))
+    return sorted(held)
 
 
 def set_format(s: AdminSession, address: str, mailbox_format: str) -> dict[str, Any]:
