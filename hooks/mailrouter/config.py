@@ -12,7 +12,8 @@ The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
     operation_timeout = 5.0                     # seconds, per LDAP operation
 
     [spool]
-    format = "mbox"                             # or "maildir"
+    format = "mbox"                             # or "maildir": the hub's default; a user's
+                                                #   mailMessageFormat overrides it
     mbox_template = "/var/mail/{local}@{domain}"  # what stock popa3d opens
     maildir_template = "/var/mail/{domain}/{local}/Maildir"
     storage_user = "mail"                       # one storage account, as the seed mandates
@@ -107,7 +108,12 @@ class SpoolConfig:
     stale_lock_age: float = 600.0
 
     def template(self) -> str:
-        return self.maildir_template if self.format == "maildir" else self.mbox_template
+        """The template of the hub's default format."""
+        return self.template_for(self.format)
+
+    def template_for(self, mailbox_format: str) -> str:
+        """The template of ``mailbox_format`` ("mbox" or "maildir")."""
+        return self.maildir_template if mailbox_format == "maildir" else self.mbox_template
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ USER_ATTRIBUTES = (
     "gidNumber",
     "mailQuota",
     "mailAccountStatus",
+    "mailMessageFormat",
     # The rehash on login (mailrouter.auth) and the lockout timing: never the hash itself.
     "mailPasswordScheme",
     "pwdChangedTime",
@@ -111,6 +112,7 @@ class User:
     active: bool
     password_scheme: str | None = None  # label of the stored hash; None = unknown (see password_stamp)
     locked: bool = False  # ppolicy's pwdAccountLockedTime is set (the lock may have run out)
+    mailbox_format: str | None = None  # raw mailMessageFormat; None: the default (spool.user_format)
 
     @property
     def address(self) -> str:
@@ -499,6 +501,7 @@ class Directory:
             active=_is_active(attributes) and self.domain_active(domain),
             password_scheme=stamped_label(attributes),
             locked=bool(first(attributes, "pwdAccountLockedTime")),
+            mailbox_format=first(attributes, "mailMessageFormat"),
         )
 
     def alias(self, name: str, domain: str) -> Alias | None:

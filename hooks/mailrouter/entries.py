@@ -46,8 +46,10 @@ def user_entry(
     active: bool = True,
     full_name: str | None = None,
     password_stamp: str | None = None,
+    mailbox_format: str | None = None,
 ) -> Entry:
-    """``password_stamp``: the ``mailPasswordScheme`` value (``directory.password_stamp``),
+    """``mailbox_format``: ``mailMessageFormat`` (mbox/maildir; None: the hub's default).
+    ``password_stamp``: the ``mailPasswordScheme`` value (``directory.password_stamp``),
     for entries loaded with slapadd; an LDAP add stamps after the add instead, since
     slapd's ppolicy gives the add its own ``pwdChangedTime``."""
     names.local_part(local)
@@ -72,6 +74,8 @@ def user_entry(
             attributes["mailPasswordScheme"] = [password_stamp]
     if quota:
         attributes["mailQuota"] = [quota]
+    if mailbox_format:
+        attributes["mailMessageFormat"] = [mailbox_format]
     return Entry(user_dn(local, domain, base_dn), attributes)
 
 

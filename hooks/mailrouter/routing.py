@@ -148,7 +148,7 @@ def catchall_answer(directory: Directory, local: str, domain: str) -> str | None
 
 def mailbox_target(user: User, spool_config: SpoolConfig) -> AddressData:
     """Where and as whom ``user``'s mail is stored (the delivery's target)."""
-    path = spool.mailbox_path(spool_config.template(), user.local, user.domain)
+    path, mailbox_format = spool.user_mailbox(user.local, user.domain, user.mailbox_format, spool_config)
     raw_quota = (user.quota or "0").strip() or "0"
     try:
         quota.parse_quota(raw_quota)
@@ -156,7 +156,7 @@ def mailbox_target(user: User, spool_config: SpoolConfig) -> AddressData:
         # Temporary: an admin fixes the entry and the queued mail goes through.
         raise ConfigError(str(exc)) from exc
     uid, gid = spool.storage_ids(user.uid_number, user.gid_number, spool_config, who=user.dn)
-    return AddressData(mailbox=path, format=spool_config.format, quota_raw=raw_quota, uid=uid, gid=gid)
+    return AddressData(mailbox=path, format=mailbox_format, quota_raw=raw_quota, uid=uid, gid=gid)
 
 
 def address_data(user: User, spool_config: SpoolConfig) -> str:
@@ -286,10 +286,12 @@ def quota_verdict(
             too_big.append(user.address)
             continue
         try:
-            path = spool.mailbox_path(spool_config.template(), user.local, user.domain)
+            path, mailbox_format = spool.user_mailbox(
+                user.local, user.domain, user.mailbox_format, spool_config
+            )
         except InvalidName:
             continue
-        used = usage.mailbox_usage(path, spool_config.format)
+        used = usage.mailbox_usage(path, mailbox_format)
         if used is not None and is_over_quota(used, counted, limit):
             full.append(user.address)
     if too_big:

@@ -405,7 +405,7 @@ def test_settings_get_set_add_remove(hub: Hub) -> None:
 def test_lists_tables_and_json(hub: Hub) -> None:
     table = hub.run(PM_ORG, "user", "list", "example.org")
     assert table.rc == 0
-    assert table.out.splitlines()[0].split() == ["ADDRESS", "STATUS", "QUOTA", "NAME"]
+    assert table.out.splitlines()[0].split() == ["ADDRESS", "STATUS", "QUOTA", "FORMAT", "NAME"]
     assert "carol@example.org" in table.out
     aliases = hub.run(PM_ORG, "--json", "alias", "list", "example.org").json()
     assert {"alias": "default@example.org", "catchall": True, "status": "active",

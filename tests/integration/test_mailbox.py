@@ -222,6 +222,21 @@ def test_symlinks_are_never_followed(box_dir: Path) -> None:
     assert usage.mailbox_usage(str(box), "mbox") is None
 
 
+def test_maildir_folders_count_but_not_dovecots_files_nor_symlinked_folders(box_dir: Path) -> None:
+    """Maildir++ folders (what Dovecot makes for Sent, Trash, ...) use quota like the INBOX;
+    Dovecot's index files and a symlinked folder do not."""
+    elsewhere = box_dir / "elsewhere"
+    make_maildir(elsewhere, {"cur/9.z.host": b"q" * 5000})
+    md = box_dir / "Maildir"
+    make_maildir(md, {"new/1.a.host": b"x" * 100, "dovecot-uidlist": b"u" * 700,
+                      "dovecot.index.log": b"i" * 900, "maildirsize": b"99999 1\n"})
+    make_maildir(md / ".Trash", {"cur/2.b.host,S=300:2,S": b"y"})
+    make_maildir(md / ".Sent.2026", {"new/3.c.host": b"z" * 40, "tmp/4.d.host": b"t" * 6000})
+    (md / ".Link").symlink_to(elsewhere)
+    (md / ".notes").write_bytes(b"n" * 800)  # a file, not a folder
+    assert usage.mailbox_usage(str(md), "maildir") == fd_usage(md, "maildir") == 100 + 300 + 40
+
+
 def test_rcpt_time_check_uses_the_same_count(box_dir: Path) -> None:
     md = box_dir / "example.com" / "carol" / "Maildir"
     make_maildir(md, {"new/1.a.host,S=900": b"x"})

@@ -38,7 +38,7 @@ CONTRACT_KEYS = {
     "dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port", "submission_port",
     "smtps_port", "pop3_port", "pop3s_port", "ca_cert", "spool_dir", "exim", "accounts", "aliases",
     "catchall", "web_url", "config", "exim_config", "tls_host", "audit_base", "rate_limits",
-    "lmtp_socket",
+    "lmtp_socket", "imap_port", "imaps_port", "webmail_url",
 }
 ARRIVAL_TIMEOUT = 60.0
 

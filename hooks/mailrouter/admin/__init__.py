@@ -41,11 +41,12 @@ COMMANDS
            ratelimit DOMAIN LIMIT              outbound limit of its users without their own
                                                (LIMIT below; the domain's admins, global admins)
     user   add ADDRESS [--new-password-file F | --no-password] [--quota Q] [--name TEXT]
-                       [--disabled] [--admin]
-                       (says so when an alias of the same name will take the user's mail)
+                       [--disabled] [--admin] [--format mbox|maildir]
+                       (says so when an alias of the same name will take the user's mail;
+                       without --format the hub's spool.format applies)
            remove ADDRESS                      (the mailbox stays on disk: the answer says where)
            list [DOMAIN] [PAGE]                every domain you can see without DOMAIN; each
-                                               row with its quota and the mailbox's use
+                                               row with its quota, the mailbox's use and format
            show ADDRESS                        status, quota and use, the mailbox delivery
                                                writes, admin rights
            passwd ADDRESS [--new-password-file F] | quota ADDRESS QUOTA
@@ -56,6 +57,9 @@ COMMANDS
                                                (remove: the domain's, then default_rate_limit
                                                applies).  The domain's admins and global admins;
                                                never the user.  Shown by user show.
+           format ADDRESS mbox|maildir         switch the mailbox format; refused while the
+                                               current one holds mail (nothing is converted,
+                                               nothing left behind)
            rename ADDRESS NEW-ADDRESS          within the domain: the entry, its admin rights,
                                                alias targets naming it, and its mailbox (moved
                                                when that is safe here; else the answer says what

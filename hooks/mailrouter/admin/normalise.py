@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from mailrouter import names, quota, ratelimit
 from mailrouter.errors import AdminError, GarbledQuota, GarbledRateLimit, InvalidName
+from mailrouter.mailbox.addressdata import FORMATS
 
 SETTINGS = (
     "host_accept_relay",
@@ -175,3 +176,11 @@ def setting_name(text: str, field: str = "name") -> str:
     if text not in SETTINGS:
         raise AdminError(f"unknown setting {text!r}; known: {', '.join(SETTINGS)}", field=field)
     return text
+
+
+def normalise_format(text: str, field: str = "format") -> str:
+    """A mailbox format: ``mbox`` or ``maildir`` (any case)."""
+    value = text.strip().lower()
+    if value not in FORMATS:
+        raise AdminError(f"invalid mailbox format {text[:40]!r}: use mbox or maildir", field=field)
+    return value

@@ -27,8 +27,11 @@ On success it execs ``PROG ARG...`` with these variables set:
     ``HOME``         the user's directory: the parent of the Maildir given by
                      ``spool.maildir_template`` (created by the server as needed)
     ``userdb_uid``, ``userdb_gid``  the storage account (or per-user ids)
-    ``userdb_mail``  Dovecot mail location: ``mbox:~/mail:INBOX=<mbox path>`` or
-                     ``maildir:<Maildir path>``, paths from the spool template
+    ``userdb_mail``  Dovecot mail location, in the user's format
+                     (``mailMessageFormat``, else ``spool.format``):
+                     ``mbox:~/mail:INBOX=<mbox path>`` (folders in ``~/mail``) or
+                     ``maildir:<Maildir path>`` (Maildir++ folders inside it),
+                     the paths delivery writes (the spool templates)
     ``EXTRA``        ``userdb_uid userdb_gid userdb_mail`` (checkpassword-reply
                      passes exactly these on to Dovecot)
 Nothing is written to stdout or stderr.
@@ -82,17 +85,15 @@ def user_environment(config: Config, user: User) -> dict[str, str]:
     """The variables handed to PROG for an authenticated ``user``."""
     uid, gid = spool.storage_ids(user.uid_number, user.gid_number, config.spool, who=user.address)
     try:
-        maildir = spool.mailbox_path(config.spool.maildir_template, user.local, user.domain)
-        if config.spool.format == "maildir":
-            mail = f"maildir:{maildir}"
-        else:
-            mbox = spool.mailbox_path(config.spool.mbox_template, user.local, user.domain)
-            mail = f"mbox:~/mail:INBOX={mbox}"
+        home = spool.imap_home(config.spool, user.local, user.domain)
+        path, mailbox_format = spool.user_mailbox(user.local, user.domain, user.mailbox_format, config.spool)
+        # "~/mail" with HOME = imap_home is spool.mbox_folders (what the admin tools check).
+        mail = f"maildir:{path}" if mailbox_format == "maildir" else f"mbox:~/mail:INBOX={path}"
     except InvalidName as exc:  # cannot happen for a canonical name; still not "bad password"
         raise TemporaryFailure(str(exc)) from exc
     return {
         "USER": user.address,
-        "HOME": os.path.dirname(maildir.rstrip("/")),
+        "HOME": home,
         "userdb_uid": str(uid),
         "userdb_gid": str(gid),
         "userdb_mail": mail,

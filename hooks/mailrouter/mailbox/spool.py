@@ -18,6 +18,12 @@ The storage-id rule (:func:`storage_ids` for the side that reads LDAP,
   account's ids only, which this rule then refuses -- the mail waits until a
   global admin has chosen the account's uid).
 
+The format rule (:func:`user_format`, one rule for routing, the quota checks,
+Dovecot's mail location and the admin tools): a user's ``mailMessageFormat``
+(``mbox`` or ``maildir``, case-insensitive) when set, else the hub's
+``spool.format``.  Each format has its own template (``spool.mbox_template``,
+``spool.maildir_template``), so the two never share a path.
+
 Errors are :class:`~mailrouter.errors.ConfigError` (temporary: an admin fixes
 the entry or the configuration and the queued mail goes through).
 """
@@ -30,9 +36,48 @@ from typing import TYPE_CHECKING
 
 from mailrouter import names
 from mailrouter.errors import ConfigError, InvalidName, TemporaryFailure
+from mailrouter.mailbox.addressdata import FORMATS
 
 if TYPE_CHECKING:
     from mailrouter.config import SpoolConfig
+
+
+def user_format(raw: str | None, spool_config: SpoolConfig, *, who: str = "user") -> str:
+    """The format ``who``'s mail is stored in, given their raw ``mailMessageFormat``.
+
+    Absent or empty: the hub's ``spool.format``.  Anything but mbox/maildir is a
+    :class:`ConfigError`: the mail waits (451/defer) until an admin fixes the entry,
+    rather than being stored where the user's IMAP server does not look.
+    """
+    if raw is None or not raw.strip():
+        return spool_config.format
+    value = raw.strip().lower()
+    if value not in FORMATS:
+        raise ConfigError(f"{who}: mailMessageFormat {raw[:20]!r} is neither mbox nor maildir")
+    return value
+
+
+def user_mailbox(
+    local: str, domain: str, raw_format: str | None, spool_config: SpoolConfig
+) -> tuple[str, str]:
+    """``(path, format)`` of the mailbox of ``local@domain`` with that ``mailMessageFormat``."""
+    mailbox_format = user_format(raw_format, spool_config, who=f"{local}@{domain}")
+    return mailbox_path(spool_config.template_for(mailbox_format), local, domain), mailbox_format
+
+
+def imap_home(spool_config: SpoolConfig, local: str, domain: str) -> str:
+    """The user's home for IMAP (Dovecot's ``~``): the parent of their Maildir path.
+
+    A Maildir user's IMAP folders are Maildir++ folders inside the Maildir; an
+    mbox user's are mbox files in :func:`mbox_folders` (``~/mail``), the INBOX
+    being the mbox delivery writes.
+    """
+    return os.path.dirname(mailbox_path(spool_config.maildir_template, local, domain).rstrip("/"))
+
+
+def mbox_folders(spool_config: SpoolConfig, local: str, domain: str) -> str:
+    """Where an mbox user's IMAP folders live (Dovecot: ``mbox:~/mail:INBOX=<mbox>``)."""
+    return os.path.join(imap_home(spool_config, local, domain), "mail")
 
 
 def spool_root(template: str) -> str:
@@ -72,7 +117,7 @@ def check_mailbox_path(spool_config: SpoolConfig, path: str, mailbox_format: str
     path it is given.  A mismatch or a non-canonical name is a
     :class:`TemporaryFailure` (a broken router, never a definite "no such user").
     """
-    template = spool_config.maildir_template if mailbox_format == "maildir" else spool_config.mbox_template
+    template = spool_config.template_for(mailbox_format)
     match = _template_regex(template).fullmatch(path)
     if not match:
         raise TemporaryFailure("mailbox path does not match the configured template")

@@ -6,10 +6,16 @@ delivery, or the other way round.  The rule:
 * **mbox**: the size of the mailbox file, a regular file (``lstat`` by path,
   ``fstat`` of the locked descriptor at delivery).
 * **Maildir**: the sum over the entries of ``new/`` and ``cur/`` that are
-  regular files (``tmp/`` is work in progress and not counted); an entry's
-  size is the ``,S=<bytes>`` field of its name when it has one (maildir++,
-  written by us and by Dovecot; it spares a ``stat`` per message), else its
-  ``lstat`` size.
+  regular files (``tmp/`` is work in progress and not counted), in the Maildir
+  itself and in each of its Maildir++ folders (``.Sent/``, ``.Trash/``, ...: the
+  folders Dovecot makes when an IMAP client files or deletes mail, so moving
+  mail to a folder does not free quota); an entry's size is the ``,S=<bytes>``
+  field of its name when it has one (maildir++, written by us and by Dovecot;
+  it spares a ``stat`` per message), else its ``lstat`` size.  Dovecot's own
+  files (``dovecot-uidlist``, ``dovecot.index*``, ``maildirsize``) are not mail
+  and not counted.  We never read ``maildirsize``: it is a cache that only a
+  quota-enabled Dovecot keeps current, and a stale one would disagree with
+  the delivery.  An mbox user's IMAP folders (``~/mail``) are not counted.
 * Symlinks are never followed: not the mailbox, not ``new``/``cur``, not an
   entry (a symlinked entry is not counted; a symlinked mailbox or
   subdirectory is the delivery's to refuse).
@@ -23,6 +29,7 @@ on what the delivery already holds open.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -51,6 +58,33 @@ def maildir_usage(maildir_fd: int) -> int:
     Raises ``OSError`` when ``new``/``cur`` cannot be read (a symlink among them:
     ``ELOOP``/``ENOTDIR``); a missing one counts as empty.
     """
+    total = _folder_usage(maildir_fd)
+    with os.scandir(maildir_fd) as entries:
+        folders = [e.name for e in entries if _is_folder(e)]
+    for name in folders:
+        try:
+            folder_fd = open_dir(name, maildir_fd, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed (or replaced) meanwhile
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                continue  # became a symlink meanwhile: never followed, never counted
+            raise
+        try:
+            total += _folder_usage(folder_fd)
+        finally:
+            os.close(folder_fd)
+    return total
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    """A Maildir++ folder: ``.Name``, a real directory (never a symlink)."""
+    name = entry.name
+    return name.startswith(".") and name not in (".", "..") and entry.is_dir(follow_symlinks=False)
+
+
+def _folder_usage(maildir_fd: int) -> int:
+    """Bytes in ``new/`` and ``cur/`` of one folder (the INBOX or a Maildir++ folder)."""
     total = 0
     for sub in COUNTED_SUBDIRS:
         try:

@@ -20,7 +20,8 @@ up
     (mailrouter-authd, mailrouter-lookupd: Exim uses the socket fast path); the
     delivery socket (mailrouter-lmtpd: Exim stores local mail over LMTP); the Exim
     daemon with the project's exim/ config (SMTP, submission with STARTTLS, SMTPS);
-    popa3d for POP3 (socat) and POP3S (stunnel) with the project's PAM config --
+    popa3d for POP3 (socat) and POP3S (stunnel) with the project's PAM config;
+    Dovecot 2.3 for IMAP (STARTTLS) and IMAPS with the project's dovecot/ config --
     all on free loopback ports, with a throwaway CA.  Demo data: example.com and
     example.org, a global admin, a postmaster (domain admin) and two users per
     domain, an alias with two targets and a catch-all in example.org, one
@@ -32,13 +33,20 @@ up
        "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
        "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]},
        "web_url", "config", "exim_config", "tls_host", "audit_base",
-       "rate_limits": {"address": "COUNT / PERIOD"}, "lmtp_socket"}
+       "rate_limits": {"address": "COUNT / PERIOD"}, "lmtp_socket", "imap_port",
+       "imaps_port", "webmail_url"}
 
     Keys are only ever added, never renamed or dropped.  "config" is the hooks'
     TOML (what ``mailrouter-admin --config`` wants); "exim_config" the Exim
     configuration file (a wrapper: the sandbox's macros, then exim/mailrouter.conf);
     "lmtp_socket" is mailrouter-lmtpd's socket (Exim's lmtp transport delivers
     local mail there; the server stores it as the storage account).
+    "imap_port" (STARTTLS before LOGIN; Dovecot exempts clients on its own
+    address, 127.0.0.1) and "imaps_port" serve every
+    user's mailbox in its format (mbox users: the very file POP3 reads; Maildir
+    users, ``mailrouter-admin user add --format maildir``: IMAP only).
+    "webmail_url" is Roundcube (plain HTTP on loopback) on that IMAPS port and
+    the submission port; every user logs in with their address and password.
     "tls_host" a host name the certificates match ("localhost"; they match IP
     127.0.0.1 too, but clients such as fetchmail check names only).
     "audit_base" is the suffix of slapd's audit log (``mailrouter-admin audit``
@@ -115,10 +123,12 @@ from typing import Any
 from mailrouter.admin.audit import AUDIT_BASE
 from mailrouter.sandbox import demo, tls
 from mailrouter.sandbox.configs import write_config
+from mailrouter.sandbox.dovecot import Dovecot
 from mailrouter.sandbox.exim import EXIM_USER, Exim
 from mailrouter.sandbox.popa3d import Popa3d
 from mailrouter.sandbox.slapd import Slapd, free_port
 from mailrouter.sandbox.web import WebServer, web_settings
+from mailrouter.sandbox.webmail import Webmail
 
 STATE_FILE = "sandbox.json"
 ADMIN_SECRET = "admin.secret"  # the global admin's password, for MAILROUTER_PASSWORD_FILE
@@ -261,17 +271,24 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     web_port = free_port()
     # The secret is 0640 root:Debian-exim (SMTP-time lookups); deliveries run as
     # "mail", which never needs it.
+    settings: dict[str, Any] = {
+        "uris": [slapd.uri],
+        "base_dn": data.base_dn,
+        "bind_dn": service.dn,
+        "password": service.password,
+        "mbox_template": f"{spool}/{{local}}@{{domain}}",
+        "maildir_template": f"{spool}/{{domain}}/{{local}}/Maildir",
+        "auth_socket": str(directory / "auth.sock"),
+        "operation_timeout": 3.0,
+    }
     config = write_config(
         directory / "mailrouter.toml",
-        uris=[slapd.uri],
-        base_dn=data.base_dn,
-        bind_dn=service.dn,
-        password=service.password,
-        mbox_template=f"{spool}/{{local}}@{{domain}}",
-        auth_socket=str(directory / "auth.sock"),
-        operation_timeout=3.0,
         web=web_settings(directory, web_port, certificates.cert, certificates.key),
+        **settings,
     )
+    # Dovecot runs mailrouter-checkpassword as "dovecot": the same settings, with the
+    # secret 0640 root:dovecot (production: one file readable by both groups).
+    dovecot_config = write_config(directory / "dovecot" / "mailrouter.toml", group="dovecot", **settings)
 
     # The web's port is written into the config before anything listens on it:
     # start it first, so no later free_port() of ours can hand the same port out.
@@ -281,6 +298,17 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     sandbox.record("web", web.process.pid)
     components = start_services(directory, sandbox, config, certificates, log)
     components["web_url"] = f"https://127.0.0.1:{web_port}/"
+    log("starting dovecot (IMAP with STARTTLS, IMAPS; logins through mailrouter-checkpassword)")
+    dovecot = Dovecot(directory / "dovecot", dovecot_config, certificates, root=root).start()
+    assert dovecot.process is not None
+    sandbox.record("dovecot", dovecot.process.pid)
+    components.update(imap_port=dovecot.imap_port, imaps_port=dovecot.imaps_port)
+    log("starting roundcube (php -S, as www-data)")
+    webmail = Webmail(directory / "webmail", root=root, host=TLS_HOST, imaps_port=dovecot.imaps_port,
+                      submission_port=components["submission_port"], ca_cert=certificates.ca_cert).start()
+    assert webmail.process is not None
+    sandbox.record("webmail", webmail.process.pid)
+    components["webmail_url"] = webmail.url
 
     admin = data.account("global-admin")
     fd = os.open(directory / ADMIN_SECRET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -525,6 +553,8 @@ def connection_help(info: dict[str, Any]) -> str:
             f"  SMTP        127.0.0.1:{info['smtp_port']}  submission :{info['submission_port']}"
             f" (STARTTLS)  SMTPS :{info['smtps_port']}",
             f"  POP3        127.0.0.1:{info['pop3_port']}  POP3S :{info['pop3s_port']}",
+            f"  IMAP        127.0.0.1:{info['imap_port']} (STARTTLS)  IMAPS :{info['imaps_port']}",
+            f"  webmail     {info['webmail_url']}  (Roundcube; users log in with their address)",
             f"  CA          {info['ca_cert']}",
             f"  web         {info['web_url']}  (log in as admin, postmaster@example.com or a user)",
             f"  accounts    {Path(info['dir']) / STATE_FILE} (passwords; mode 0600)",
@@ -546,7 +576,7 @@ def console() -> int:
 
 
 SUBCOMMANDS = {
-    "up": "start slapd, Exim, popa3d, the sockets and the web interface; print one JSON object",
+    "up": "start slapd, Exim, popa3d, Dovecot, Roundcube, the sockets and the web interface; print JSON",
     "demo": "up, then send a message (submission, STARTTLS + AUTH) and fetch it (POP3S)",
     "env": "print shell exports that point every bin/ tool at this sandbox (eval them)",
     "status": "print each daemon, its PID and whether it runs (JSON)",

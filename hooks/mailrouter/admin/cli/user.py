@@ -1,4 +1,4 @@
-"""``mailrouter-admin user add|remove|list|show|passwd|quota|ratelimit|enable|disable|name|rename``."""
+"""``mailrouter-admin user add|remove|list|show|passwd|quota|ratelimit|format|enable|disable|name|rename``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from mailrouter.admin import ratelimits, users
 from mailrouter.admin.cli.base import QUOTA_HELP, Cli, group, leaf, page_options
 from mailrouter.admin.cli.output import pairs
 from mailrouter.exitcodes import EX_OK
+from mailrouter.mailbox.addressdata import FORMATS
 
 ADDRESS_HELP = "the user's address, local@domain"
 
@@ -17,7 +18,8 @@ def add(cli: Cli) -> int:
     session = cli.session()  # bind (and ask for the admin's password) before asking for the new one
     password = cli.new_password(allow_none=True)
     return cli.output.done(users.add_user(session, args.address, password, quota=args.quota, name=args.name,
-                                          enabled=not args.disabled, admin=args.admin))
+                                          enabled=not args.disabled, admin=args.admin,
+                                          mailbox_format=args.format))
 
 
 def remove(cli: Cli) -> int:
@@ -27,7 +29,7 @@ def remove(cli: Cli) -> int:
 def list_(cli: Cli) -> int:
     args = cli.args
     page = users.list_users(cli.session(), args.domain, args.contains, args.offset, args.limit)
-    return cli.output.page(page, ["address", "status", "quota", "name"])
+    return cli.output.page(page, ["address", "status", "quota", "format", "name"])
 
 
 def show(cli: Cli) -> int:
@@ -52,6 +54,10 @@ def ratelimit(cli: Cli) -> int:
     return cli.output.done(ratelimits.set_user_rate_limit(cli.session(), cli.args.address, limit))
 
 
+def format_(cli: Cli) -> int:
+    return cli.output.done(users.set_format(cli.session(), cli.args.address, cli.args.format))
+
+
 def enable(cli: Cli) -> int:
     return cli.output.done(users.set_enabled(cli.session(), cli.args.address, cli.args.command2 == "enable"))
 
@@ -74,6 +80,8 @@ def register(top: Any) -> None:
     p.add_argument("--name", metavar="TEXT", help="full name (cn; default: the address)")
     p.add_argument("--disabled", action="store_true", help="create the account disabled")
     p.add_argument("--admin", action="store_true", help="also make the user an admin of the domain")
+    p.add_argument("--format", choices=FORMATS, help="mailbox format (mailMessageFormat; default: "
+                   "none stored, the hub's spool.format applies)")
     p = leaf(g, "remove", remove, "remove a user (the mailbox stays on disk; the answer says where)")
     p.add_argument("address", help=ADDRESS_HELP)
     p = leaf(g, "list", list_, "list users with quota and mailbox use (one domain, or every domain)")
@@ -91,6 +99,10 @@ def register(top: Any) -> None:
              "set a user's outbound limit for authenticated submissions (domain and global admins)")
     p.add_argument("address", help=ADDRESS_HELP)
     p.add_argument("limit", nargs="+", help=ratelimits.HELP + " (then the domain's or the default applies)")
+    p = leaf(g, "format", format_, "switch a user's mailbox format (refused while the old mailbox holds "
+             "mail: nothing is converted, nothing left behind)")
+    p.add_argument("address", help=ADDRESS_HELP)
+    p.add_argument("format", choices=FORMATS, help="mbox (POP3 and IMAP) or maildir (IMAP)")
     for verb in ("enable", "disable"):
         what = "receive mail and log in again" if verb == "enable" else "refuse its mail (550) and logins"
         p = leaf(g, verb, enable, f"{verb} an account: {what}")

@@ -23,7 +23,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from mailrouter.admin import aliases, audit, catchall, domains, ratelimits, settings, users
-from mailrouter.admin.normalise import normalise_quota
+from mailrouter.admin.normalise import normalise_format, normalise_quota
 from mailrouter.admin.web import auth
 from mailrouter.admin.web.views.home import change_own_password
 from mailrouter.errors import AdminError, FieldErrors
@@ -141,10 +141,11 @@ def get_users(domain: str) -> Any:
 @blueprint.post("/domains/<domain>/users")
 def post_users(domain: str) -> Any:
     auth.current()
-    body = _body({"local": str, "password": str}, {"quota": str, "name": str, "enabled": bool})
+    body = _body({"local": str, "password": str},
+                 {"quota": str, "name": str, "enabled": bool, "format": str})
     created = users.add_user(
         auth.ldap(), f"{body['local']}@{domain}", body["password"], quota=body.get("quota"),
-        name=body.get("name"), enabled=body.get("enabled", True),
+        name=body.get("name"), enabled=body.get("enabled", True), mailbox_format=body.get("format"),
     )
     return jsonify(users.show_user(auth.ldap(), created["address"])), 201
 
@@ -158,7 +159,8 @@ def get_user(domain: str, local: str) -> Any:
 @blueprint.patch("/domains/<domain>/users/<local>")
 def patch_user(domain: str, local: str) -> Any:
     auth.current()
-    body = _body({}, {"quota": str, "enabled": bool, "name": str, "password": str, "rate_limit": str})
+    body = _body({}, {"quota": str, "enabled": bool, "name": str, "password": str, "rate_limit": str,
+                      "format": str})
     address = f"{local}@{domain}"
     ldap = auth.ldap()
     # Every value is checked before the first write, so a bad one changes nothing.
@@ -168,9 +170,16 @@ def patch_user(domain: str, local: str) -> Any:
         except AdminError as exc:
             raise FieldErrors({"quota": str(exc)}) from None
     _check_rate_limit(body)
+    if "format" in body:
+        try:
+            normalise_format(body["format"])
+        except AdminError as exc:
+            raise FieldErrors({"format": str(exc)}) from None
     if "password" in body and len(body["password"]) < 8:
         raise FieldErrors({"password": "at least 8 characters"})
     users.show_user(ldap, address)  # 404 before anything is written
+    if "format" in body:  # first: the one change that can be refused (409) for the mailbox's state
+        users.set_format(ldap, address, body["format"])
     if "quota" in body:
         users.set_quota(ldap, address, body["quota"])
     if "enabled" in body:

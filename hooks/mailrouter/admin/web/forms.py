@@ -9,7 +9,7 @@ disagree; its message is shown beside the field.
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, PasswordField, StringField, TextAreaField
+from wtforms import BooleanField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
 MAX_TEXT = 1000
@@ -31,7 +31,17 @@ class UserForm(FlaskForm):  # type: ignore[misc]
     password = PasswordField("Password", validators=[DataRequired(), Length(min=8, max=1024)])
     quota = StringField("Quota (32M, 1G; 0 = unlimited)", validators=[Optional(), Length(max=30)])
     name = StringField("Full name", validators=[Optional(), Length(max=MAX_TEXT)])
+    # "" = store no mailMessageFormat: the hub's spool.format applies (and follows it).
+    format = SelectField("Mailbox format", choices=[
+        ("", "the hub's default"), ("maildir", "Maildir (IMAP, webmail)"), ("mbox", "mbox (POP3 and IMAP)"),
+    ], default="", validate_choice=False)
     admin = BooleanField("Also an admin of this domain")
+
+
+class FormatForm(FlaskForm):  # type: ignore[misc]
+    format = SelectField("Mailbox format", choices=[
+        ("maildir", "Maildir (IMAP, webmail)"), ("mbox", "mbox (POP3 and IMAP)"),
+    ], validate_choice=False)
 
 
 class QuotaForm(FlaskForm):  # type: ignore[misc]

@@ -10,6 +10,7 @@ from typing import Any
 
 STRING = {"type": "string"}
 STRINGS = {"type": "array", "items": STRING}
+FORMAT = {"type": "string", "enum": ["mbox", "maildir"]}
 ERROR = {"$ref": "#/components/schemas/Error"}
 RATE_LIMIT = {"type": "string", "description": "outbound limit: COUNT / PERIOD (100 / 1h), unlimited, or "
               "inherit (remove: the domain's, then the default_rate_limit setting applies)"}
@@ -29,11 +30,12 @@ SCHEMAS: dict[str, Any] = {
                   "properties": {"domain": STRING, "description": STRING}},
     "NewUser": {"type": "object", "required": ["local", "password"],
                 "properties": {"local": STRING, "password": {"type": "string", "format": "password"},
-                               "quota": STRING, "name": STRING, "enabled": {"type": "boolean"}}},
+                               "quota": STRING, "name": STRING, "enabled": {"type": "boolean"},
+                               "format": FORMAT}},
     "UserChange": {"type": "object",
                    "properties": {"quota": STRING, "enabled": {"type": "boolean"}, "name": STRING,
                                   "password": {"type": "string", "format": "password"},
-                                  "rate_limit": RATE_LIMIT}},
+                                  "rate_limit": RATE_LIMIT, "format": FORMAT}},
     "DomainChange": {"type": "object", "properties": {"rate_limit": RATE_LIMIT}},
     "NewAlias": {"type": "object", "required": ["local", "targets"],
                  "properties": {"local": STRING, "targets": STRINGS}},
@@ -54,8 +56,8 @@ OPERATIONS: list[tuple[str, str, str, str | None, int, str | None]] = [
     ("/domains/{domain}/users", "get", "List a domain's users (q, offset, limit)", None, 200, "Page"),
     ("/domains/{domain}/users", "post", "Add a user", "NewUser", 201, None),
     ("/domains/{domain}/users/{local}", "get", "Show a user", None, 200, None),
-    ("/domains/{domain}/users/{local}", "patch", "Change quota, status, name, password or rate limit",
-     "UserChange",
+    ("/domains/{domain}/users/{local}", "patch", "Change quota, status, name, password, rate limit or mailbox "
+     "format (409 while the old format's mailbox holds mail)", "UserChange",
      200, None),
     ("/domains/{domain}/users/{local}", "delete", "Remove a user", None, 204, None),
     ("/domains/{domain}/aliases", "get", "List a domain's aliases (q, offset, limit)", None, 200, "Page"),

@@ -1,4 +1,5 @@
-"""Users of a domain: add, show, quota (with current use), outbound limit, status, name, password, remove."""
+"""Users of a domain: add, show, quota (with current use), outbound limit, mailbox format, status, name,
+password, remove."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from mailrouter.admin import ratelimits, users
 from mailrouter.admin.web import auth
 from mailrouter.admin.web.forms import (
     ActionForm,
+    FormatForm,
     NameForm,
     QuotaForm,
     RateLimitForm,
@@ -31,6 +33,7 @@ def user_add(domain: str) -> Any:
     result = users.add_user(
         auth.ldap(), _address((form.local.data or "").strip(), domain), form.password.data or "",
         quota=form.quota.data or None, name=form.name.data or None, admin=bool(form.admin.data),
+        mailbox_format=form.format.data or None,
     )
     local = result["address"].partition("@")[0]
     return done(f"added user {result['address']}", "views.user_page", domain=domain, local=local)
@@ -47,6 +50,7 @@ def user_page(domain: str, local: str) -> Any:
         password_form=ResetPasswordForm(), action=ActionForm(),
         rate_limit=ratelimits.describe(info),
         rate_limit_form=RateLimitForm(rate_limit=info["rate_limit"] or ratelimits.INHERIT),
+        format_form=FormatForm(format=info["mailbox_format"]),
     )
 
 
@@ -64,6 +68,14 @@ def user_rate_limit(domain: str, local: str) -> Any:
     auth.current()
     form = submitted(RateLimitForm())
     result = ratelimits.set_user_rate_limit(auth.ldap(), _address(local, domain), form.rate_limit.data or "")
+    return done(result["message"], "views.user_page", domain=domain, local=local)
+
+
+@blueprint.route("/domains/<domain>/users/<local>/format", methods=["POST"])
+def user_format(domain: str, local: str) -> Any:
+    auth.current()
+    form = submitted(FormatForm())
+    result = users.set_format(auth.ldap(), _address(local, domain), form.format.data or "")
     return done(result["message"], "views.user_page", domain=domain, local=local)
 
 
