@@ -56,8 +56,8 @@ OPERATIONS: list[tuple[str, str, str, str | None, int, str | None]] = [
     ("/domains/{domain}/users", "get", "List a domain's users (q, offset, limit)", None, 200, "Page"),
     ("/domains/{domain}/users", "post", "Add a user", "NewUser", 201, None),
     ("/domains/{domain}/users/{local}", "get", "Show a user", None, 200, None),
-    ("/domains/{domain}/users/{local}", "patch", "Change quota, status, name, password, rate limit or mailbox "
-     "format (409 while the old format's mailbox holds mail)", "UserChange",
+    ("/domains/{domain}/users/{local}", "patch", "Change quota, status, name, password, rate limit or "
+     "mailbox format (409 while the old format's mailbox holds mail)", "UserChange",
      200, None),
     ("/domains/{domain}/users/{local}", "delete", "Remove a user", None, 204, None),
     ("/domains/{domain}/aliases", "get", "List a domain's aliases (q, offset, limit)", None, 200, "Page"),
