@@ -498,6 +498,12 @@ class Directory:
             locked=bool(first(attributes, "pwdAccountLockedTime")),
         )
 
+    def user_rules(self, user: User, attributes: Sequence[str]) -> dict[str, str | None]:
+        """First values of ``attributes`` of ``user``'s entry (its mail rules,
+        :mod:`mailrouter.rules`); every name present, ``None`` when unset."""
+        found = self.read(user.dn, "mailUser", list(attributes)) or {}
+        return {name: first(found, name) for name in attributes}
+
     def alias(self, name: str, domain: str) -> Alias | None:
         if not (_plausible_key(name) and _plausible_key(domain)):
             return None

@@ -6,10 +6,12 @@ delivery, or the other way round.  The rule:
 * **mbox**: the size of the mailbox file, a regular file (``lstat`` by path,
   ``fstat`` of the locked descriptor at delivery).
 * **Maildir**: the sum over the entries of ``new/`` and ``cur/`` that are
-  regular files (``tmp/`` is work in progress and not counted); an entry's
-  size is the ``,S=<bytes>`` field of its name when it has one (maildir++,
-  written by us and by Dovecot; it spares a ``stat`` per message), else its
-  ``lstat`` size.
+  regular files (``tmp/`` is work in progress and not counted), in the
+  Maildir itself and in each of its Maildir++ folders (``.name/``, what Sieve
+  ``fileinto`` fills: a folder is part of the mailbox, not a way around its
+  quota); an entry's size is the ``,S=<bytes>`` field of its name when it has
+  one (maildir++, written by us and by Dovecot; it spares a ``stat`` per
+  message), else its ``lstat`` size.
 * Symlinks are never followed: not the mailbox, not ``new``/``cur``, not an
   entry (a symlinked entry is not counted; a symlinked mailbox or
   subdirectory is the delivery's to refuse).
@@ -27,7 +29,7 @@ import os
 import re
 import stat
 
-from mailrouter.mailbox.maildir import open_dir
+from mailrouter.mailbox.maildir import is_folder_directory, open_dir
 
 COUNTED_SUBDIRS = ("new", "cur")
 # ",S=<digits>" closing the base name (before ":2,flags"), possibly followed by ",W=..." etc.
@@ -46,11 +48,28 @@ def entry_size(name: str) -> int | None:
 
 
 def maildir_usage(maildir_fd: int) -> int:
-    """Bytes in the Maildir open as ``maildir_fd`` (see the module docstring).
+    """Bytes in the Maildir open as ``maildir_fd`` and its folders (see the module docstring).
 
     Raises ``OSError`` when ``new``/``cur`` cannot be read (a symlink among them:
-    ``ELOOP``/``ENOTDIR``); a missing one counts as empty.
+    ``ELOOP``/``ENOTDIR``); a missing one counts as empty.  A symlinked folder
+    is not counted (and never delivered to: ``maildir.open_folder``).
     """
+    total = _counted_subdirs(maildir_fd)
+    with os.scandir(maildir_fd) as entries:
+        folders = [e.name for e in entries if is_folder_directory(e.name) and e.is_dir(follow_symlinks=False)]
+    for name in folders:
+        try:
+            fd = open_dir(name, maildir_fd, create=False)
+        except OSError:
+            continue  # gone meanwhile, or replaced by a symlink
+        try:
+            total += _counted_subdirs(fd)
+        finally:
+            os.close(fd)
+    return total
+
+
+def _counted_subdirs(maildir_fd: int) -> int:
     total = 0
     for sub in COUNTED_SUBDIRS:
         try:

@@ -1,0 +1,268 @@
+"""Per-user mail rules (issue 16): vacation replies and Sieve filters, through real Exim and slapd.
+
+The shipped ``exim/mailrouter.conf`` with its mail-rules routers (vacation:
+Exim's autoreply; Sieve: Exim's own interpreter) and the installed hooks,
+against a private slapd with the suite's data set.  Mailboxes are Maildirs
+(``spool.format = maildir``), so Sieve ``fileinto`` has folders to fill.
+Each test adds users of its own (``World.user``), so no test sees another's
+rules.  A reply to a local sender lands in that sender's Maildir, where the
+test reads it; a reply to a remote sender is queued for the closed test
+relay, where the test finds it in Exim's log (``== SENDER R=remote``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.policy
+import grp
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from conftest import hook_config, hub_exim, needs_root, start_slapd
+from dataset import Dataset
+from mailrouter import entries, passwords
+from mailrouter.sandbox.configs import write_private
+from mailrouter.sandbox.exim import Exim
+from mailrouter.sandbox.slapd import Slapd
+
+pytestmark = needs_root
+
+BASE = "o=top"
+DOMAIN = "example.com"
+
+
+@dataclass
+class World:
+    workdir: Path
+    slapd: Slapd
+    exim: Exim
+    data: Dataset
+    spool: Path
+    admin_secret: Path
+    counter: int = 0
+
+    # -- LDAP as the global admin -----------------------------------------------
+    def ldap(self, tool: str, ldif: str, *args: str) -> None:
+        argv = [tool, "-x", "-H", self.slapd.uri, "-D", self.data.account("global-admin").dn]
+        argv += ["-y", str(self.admin_secret), *args]
+        done = subprocess.run(argv, input=ldif.encode(), capture_output=True, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+
+    def user(self, stem: str, quota: str | None = None, **rules: str) -> str:
+        """A new user ``<stem><n>@example.com`` with the given rule attributes; its address."""
+        self.counter += 1
+        local = f"{stem}{self.counter}"
+        entry = entries.user_entry(
+            local, DOMAIN, BASE, password_hash=passwords.hash_password("pw-" + local, "ssha"),
+            uid_number=8, gid_number=8, mailbox="/nonexistent", quota=quota,
+        )
+        entry.attributes.update({name: [value] for name, value in rules.items()})
+        self.ldap("ldapadd", entries.to_ldif([entry]))
+        return f"{local}@{DOMAIN}"
+
+    def modify(self, address: str, **rules: str | None) -> None:
+        local = address.split("@")[0]
+        lines = [f"dn: uid={local},dc={DOMAIN},{BASE}", "changetype: modify"]
+        for name, value in rules.items():
+            lines += [f"replace: {name}", *([f"{name}: {value}"] if value is not None else []), "-"]
+        self.ldap("ldapmodify", "\n".join(lines) + "\n")
+
+    def setting(self, name: str, value: str | None) -> None:
+        dn = f"mailSetting={name},{BASE}"
+        subprocess.run(
+            ["ldapdelete", "-x", "-H", self.slapd.uri, "-D", self.data.account("global-admin").dn,
+             "-y", str(self.admin_secret), dn],
+            capture_output=True, check=False,
+        )
+        if value is not None:
+            self.ldap("ldapadd", f"dn: {dn}\nobjectClass: mailSetting\nmailSetting: {name}\n"
+                                 f"mailSettingValue: {value}\n")
+
+    # -- mail ---------------------------------------------------------------------
+    def send(self, sender: str, recipients: list[str], headers: dict[str, str] | None = None,
+             body: str = "hello\n", envelope_sender: str | None = None) -> None:
+        """Submit one message (``exim -odi``): delivered, and any reply generated, at once."""
+        message = EmailMessage()
+        message["From"] = sender
+        for name, value in (headers or {"To": ", ".join(recipients)}).items():
+            message[name] = value
+        if "Subject" not in message:
+            message["Subject"] = "test message"
+        message["Message-ID"] = f"<{time.monotonic_ns()}@remote.example>"
+        message.set_content(body)
+        result = self.exim.deliver(
+            message.as_bytes(), *recipients,
+            sender=envelope_sender if envelope_sender is not None else sender,
+        )
+        assert result.returncode == 0, result.output
+
+    def maildir(self, address: str) -> Path:
+        local, domain = address.split("@")
+        return self.spool / domain / local / "Maildir"
+
+    def messages(self, address: str, folder: str = "") -> list[email.message.Message]:
+        new = self.maildir(address) / folder / "new"
+        if not new.is_dir():
+            return []
+        return [
+            email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            for path in sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+        ]
+
+    def replies_to(self, sender: str) -> int:
+        """Autoreplies Exim generated for a remote ``sender`` (queued for the closed relay)."""
+        return len(re.findall(rf"(?m) == {re.escape(sender)} R=remote ", self.exim.main_log()))
+
+
+@pytest.fixture(scope="module")
+def world(dataset: Dataset) -> Iterator[World]:
+    # Not pytest's tmp_path: /tmp/pytest-of-root is 0700 and the hooks run as Debian-exim.
+    workdir = Path(tempfile.mkdtemp(prefix="mailrouter-rules-"))
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        workdir.chmod(0o755)
+        slapd = start_slapd(workdir / "slapd", dataset)
+        cleanup.callback(slapd.stop)
+        spool = workdir / "mail"
+        spool.mkdir()
+        os.chown(spool, 0, grp.getgrnam("mail").gr_gid)
+        spool.chmod(0o775)
+        config = hook_config(
+            workdir / "mailrouter.toml", dataset, [slapd.uri], spool_format="maildir",
+            maildir_template=f"{spool}/{{domain}}/{{local}}/Maildir",
+        )
+        admin_secret = write_private(
+            workdir / "admin.secret", dataset.account("global-admin").password, group="root", mode=0o600
+        )
+        exim = hub_exim(workdir, config).prepare()
+        cleanup.callback(exim.close)  # fails on a paniclog entry
+        yield World(workdir, slapd, exim, dataset, spool, admin_secret)
+
+
+def _vacation(text: str = "I am away until Monday.", **extra: str) -> dict[str, str]:
+    return {"mailVacationActive": "TRUE", "mailVacationSubject": "Away", "mailVacationText": text, **extra}
+
+
+# -- vacation ---------------------------------------------------------------------------------
+
+def test_vacation_replies_once_per_sender_and_the_original_is_delivered(world: World) -> None:
+    away = world.user("away", **_vacation("Back on Monday.\nRégis"))
+    writer = world.user("writer")
+    world.send(writer, [away], {"To": away, "Subject": "lunch?"})
+    assert [m["Subject"] for m in world.messages(away)] == ["lunch?"]
+    (reply,) = world.messages(writer)
+    assert reply["From"] == away
+    assert reply["To"] == writer
+    assert reply["Subject"] == "Away"
+    assert reply["Auto-Submitted"] == "auto-replied"
+    assert reply["Return-path"] == "<>"  # sent from the null sender: nobody answers it
+    assert reply["References"]  # autoreply adds it (RFC 3834)
+    assert reply.get_content().strip() == "Back on Monday.\nRégis"
+    # The same sender again: delivered, not answered again within the interval.
+    world.send(writer, [away], {"To": away, "Subject": "lunch? (2)"})
+    assert len(world.messages(away)) == 2
+    assert len(world.messages(writer)) == 1
+    # Another sender gets their own reply.
+    other = world.user("other")
+    world.send(other, [away], {"Cc": away, "To": "someone@remote.example"})
+    assert len(world.messages(other)) == 1
+
+
+def test_the_interval_is_a_setting(world: World) -> None:
+    away = world.user("interval", **_vacation())
+    writer = world.user("writer")
+    world.setting("vacation_interval", "8s")
+    try:
+        started = time.monotonic()
+        world.send(writer, [away])
+        world.send(writer, [away])
+        assert time.monotonic() - started < 8, "too slow to test an 8 s interval"
+        assert len(world.messages(writer)) == 1
+        time.sleep(max(0.0, started + 9 - time.monotonic()))
+        world.send(writer, [away])
+        assert len(world.messages(writer)) == 2
+        assert len(world.messages(away)) == 3
+    finally:
+        world.setting("vacation_interval", None)
+
+
+@pytest.mark.parametrize(
+    ("case", "headers", "envelope", "replied"),
+    [
+        ("plain", {}, None, True),
+        ("in Cc", {"To": "x@remote.example", "Cc": "{away}"}, None, True),
+        ("Auto-Submitted: no", {"Auto-Submitted": "no"}, None, True),
+        ("null sender", {}, "", False),
+        ("List-Id", {"List-Id": "<list.remote.example>"}, None, False),
+        ("List-Unsubscribe", {"List-Unsubscribe": "<mailto:leave@remote.example>"}, None, False),
+        ("Precedence: bulk", {"Precedence": "bulk"}, None, False),
+        ("Precedence: list", {"Precedence": "list"}, None, False),
+        ("Precedence: junk", {"Precedence": "junk"}, None, False),
+        ("Auto-Submitted: auto-generated", {"Auto-Submitted": "auto-generated"}, None, False),
+        ("Auto-Submitted: auto-replied", {"Auto-Submitted": "auto-replied"}, None, False),
+        ("not in To or Cc (Bcc)", {"To": "x@remote.example"}, None, False),
+        ("robot sender", {}, "owner-list@remote.example", False),
+    ],
+)
+def test_who_gets_no_reply(world: World, case: str, headers: dict[str, str], envelope: str | None,
+                           replied: bool) -> None:
+    away = world.user("rules", **_vacation())
+    sender = f"s{world.counter}@remote.example"
+    fields = {"To": away, **{name: value.format(away=away) for name, value in headers.items()}}
+    world.send(sender, [away], fields, envelope_sender=envelope)
+    assert len(world.messages(away)) == 1, case  # always delivered
+    replies = world.replies_to(envelope if envelope else sender)
+    assert replies == (1 if replied else 0), (case, world.exim.main_log()[-2000:])
+
+
+def test_start_and_end_dates_are_honoured(world: World) -> None:
+    future = world.user("future", **_vacation(mailVacationStart="20991231000000Z"))
+    past = world.user("past", **_vacation(mailVacationEnd="20200101000000Z"))
+    now = world.user("now", **_vacation(mailVacationStart="20200101000000Z",
+                                        mailVacationEnd="20991231235959Z"))
+    inactive = world.user("inactive", **{**_vacation(), "mailVacationActive": "FALSE"})
+    writer = world.user("writer")
+    for address in (future, past, now, inactive):
+        world.send(writer, [address])
+        assert len(world.messages(address)) == 1
+    assert [m["From"] for m in world.messages(writer)] == [now]
+
+
+def test_two_vacationing_users_never_answer_each_other_twice(world: World) -> None:
+    first = world.user("pingpong", **_vacation("first is away"))
+    second = world.user("pingpong", **_vacation("second is away"))
+    world.send(first, [second], {"To": second, "Subject": "are you there?"})
+    assert world.exim.queue_run("-qff").returncode == 0
+    # second has the original; first has second's reply and nothing else; the reply,
+    # sent from <>, got no reply of its own.
+    assert [m["Subject"] for m in world.messages(second)] == ["are you there?"]
+    (reply,) = world.messages(first)
+    assert reply["From"] == second and reply["Auto-Submitted"] == "auto-replied"
+    queued = world.exim.queue_list().stdout
+    assert first not in queued and second not in queued, queued
+
+
+def test_a_garbled_interval_defers_and_nothing_is_lost(world: World) -> None:
+    away = world.user("garbled", **_vacation())
+    writer = world.user("writer")
+    world.setting("vacation_interval", "soon")
+    try:
+        world.send(writer, [away])
+        assert world.messages(away) == [] and world.messages(writer) == []
+        assert f"{away}" in world.exim.queue_list().stdout
+    finally:
+        world.setting("vacation_interval", None)
+    assert world.exim.queue_run("-qff").returncode == 0
+    assert len(world.messages(away)) == 1 and len(world.messages(writer)) == 1
+    assert "** " not in world.exim.main_log()
