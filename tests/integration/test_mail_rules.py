@@ -266,3 +266,96 @@ def test_a_garbled_interval_defers_and_nothing_is_lost(world: World) -> None:
     assert world.exim.queue_run("-qff").returncode == 0
     assert len(world.messages(away)) == 1 and len(world.messages(writer)) == 1
     assert "** " not in world.exim.main_log()
+
+
+# -- Sieve -----------------------------------------------------------------------------------
+
+FILTER = """require ["fileinto"];
+if header :contains "subject" "[spam]" { fileinto "Junk"; stop; }
+if header :contains "subject" "[list]" { fileinto "Lists/exim"; stop; }
+if header :contains "subject" "[drop]" { discard; stop; }
+if header :contains "subject" "[fwd]" { redirect "{target}"; stop; }
+if header :contains "subject" "[copy]" { redirect "{target}"; keep; }
+"""
+
+
+def _filter(target: str) -> str:
+    return FILTER.replace("{target}", target)
+
+
+def test_sieve_keep_fileinto_discard_and_redirect(world: World) -> None:
+    target = world.user("target")
+    filtered = world.user("sieve", mailSieveScript=_filter(target))
+    writer = world.user("writer")
+    for subject in ("hello", "[spam] pills", "[list] release", "[drop] noise", "[fwd] for you",
+                    "[copy] both"):
+        world.send(writer, [filtered], {"To": filtered, "Subject": subject})
+    assert [m["Subject"] for m in world.messages(filtered)] == ["hello", "[copy] both"]
+    assert [m["Subject"] for m in world.messages(filtered, ".Junk")] == ["[spam] pills"]
+    assert [m["Subject"] for m in world.messages(filtered, ".Lists.exim")] == ["[list] release"]
+    assert (world.maildir(filtered) / ".Junk" / "maildirfolder").is_file()
+    assert [m["Subject"] for m in world.messages(target)] == ["[fwd] for you", "[copy] both"]
+    log = world.exim.main_log()
+    assert "** " not in log  # nothing bounced, the discarded message included
+    assert "R=mailrouter_sieve T=mailrouter_sieve_folder" in log
+
+
+@pytest.mark.parametrize(
+    ("case", "script"),
+    [
+        ("syntax error (Exim's parser)", 'require ["fileinto"];\nif header :contains "subject" "x" {\n'),
+        ("unknown extension", 'require "reject";\nreject "go away";\n'),
+        ("vacation (our rule)", 'require "vacation";\nvacation "away";\n'),
+        ("folder leaving the Maildir", 'require "fileinto";\nfileinto "../../evil";\n'),
+        ("pipe target", 'redirect "|/bin/sh -c id";\n'),
+        ("file target", 'redirect "/etc/passwd";\n'),
+        ("too many redirects", "".join(f'redirect "r{i}@remote.example";\n' for i in range(6))),
+        ("run-time failure", 'require "fileinto";\nif address :is "from" "\\\\x" { keep; }\n'
+                             'redirect "unqualified";\n'),
+    ],
+)
+def test_a_broken_or_refused_script_delivers_to_the_inbox(world: World, case: str, script: str) -> None:
+    """Written around our tools (raw LDAP): the mail still reaches the inbox, and only there."""
+    filtered = world.user("broken", mailSieveScript=script)
+    writer = world.user("writer")
+    world.send(writer, [filtered], {"To": filtered, "Subject": case})
+    assert [m["Subject"] for m in world.messages(filtered)] == [case]
+    log = world.exim.main_log()
+    assert "** " not in log and "remote.example R=remote" not in log.split(f"for {filtered}")[-1]
+    assert not list(world.maildir(filtered).glob(".*/new/*")), case
+    assert not Path("/tmp/evil").exists()
+
+
+def test_fileinto_obeys_the_quota_of_the_whole_maildir(world: World) -> None:
+    filtered = world.user("quota", quota="6K", mailSieveScript=_filter("nobody@example.com"))
+    writer = world.user("writer")
+    world.send(writer, [filtered], {"To": filtered, "Subject": "[spam] one"}, body="x" * 4000 + "\n")
+    assert len(world.messages(filtered, ".Junk")) == 1
+    world.send(writer, [filtered], {"To": filtered, "Subject": "[spam] two"}, body="y" * 4000 + "\n")
+    assert len(world.messages(filtered, ".Junk")) == 1  # the folder counts: the second waits
+    assert "mailbox full" in world.exim.main_log() or "maildir full" in world.exim.main_log()
+    assert filtered in world.exim.queue_list().stdout
+
+
+def test_vacation_and_sieve_together(world: World) -> None:
+    """The reply is independent of the filter; the filter still files the original."""
+    both = world.user("both", mailSieveScript=_filter("nobody@example.com"), **_vacation())
+    writer = world.user("writer")
+    world.send(writer, [both], {"To": both, "Subject": "[spam] offer"})
+    assert [m["Subject"] for m in world.messages(both, ".Junk")] == ["[spam] offer"]
+    assert [m["From"] for m in world.messages(writer)] == [both]
+
+
+def test_ldap_down_defers_rules_and_all(world: World) -> None:
+    both = world.user("down", mailSieveScript=_filter("nobody@example.com"), **_vacation())
+    writer = world.user("writer")
+    world.slapd.stop()
+    try:
+        world.send(writer, [both], {"To": both, "Subject": "[spam] while down"})
+        assert world.messages(both, ".Junk") == [] and world.messages(both) == []
+        assert both in world.exim.queue_list().stdout
+    finally:
+        world.slapd.restart()
+    assert world.exim.queue_run("-qff").returncode == 0
+    assert [m["Subject"] for m in world.messages(both, ".Junk")] == ["[spam] while down"]
+    assert len(world.messages(writer)) == 1
