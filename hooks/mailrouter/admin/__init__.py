@@ -52,6 +52,13 @@ COMMANDS
                                                alias targets naming it, and its mailbox (moved
                                                when that is safe here; else the answer says what
                                                to move)
+           vacation show|off ADDRESS           the out-of-office reply (off keeps the text)
+           vacation set ADDRESS --text TEXT|--text-file F [--subject S] [--start D] [--end D]
+                                               switch it on; dates YYYY-MM-DD[THH:MM] UTC
+           sieve show|remove ADDRESS | sieve set ADDRESS FILE
+                                               the Sieve filter; refused with the reason (our
+                                               rules, or Exim's parser quoted) when it does not
+                                               parse or breaks a rule (mailrouter.rules)
     alias  add ADDRESS TARGET... | set ADDRESS TARGET... (create or replace the targets)
            remove ADDRESS | list DOMAIN [PAGE] | show ADDRESS
            add-target ADDRESS TARGET... | remove-target ADDRESS TARGET...
