@@ -63,4 +63,4 @@ def done(message: str, endpoint: str, **values: Any) -> Any:
 
 
 # Route modules register themselves on the blueprint.
-from mailrouter.admin.web.views import admins, aliases, domains, home, settings, users  # noqa: E402,F401
+from mailrouter.admin.web.views import admins, aliases, domains, home, rules, settings, users  # noqa: E402,F401

@@ -39,7 +39,8 @@ def me() -> Any:
     info: dict[str, Any] = {"login": person.login, "dn": person.dn, "role": person.role}
     if person.address is not None:
         user = users.show_user(auth.ldap(), person.address)
-        info.update(name=user.get("name"), quota=user["quota"], percent=percent_used(user["quota"]))
+        info.update(name=user.get("name"), quota=user["quota"], percent=percent_used(user["quota"]),
+                    address=person.address)
     return render_template("me.html", person=person, info=info, form=OwnPasswordForm())
 
 
