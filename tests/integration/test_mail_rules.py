@@ -33,8 +33,10 @@ import pytest
 
 from conftest import hook_config, hub_exim, needs_root, start_slapd
 from dataset import ACL_A, ACL_VICTIM_PASSWORD, Dataset, acl_password
-from mailrouter import entries, passwords
+from mailrouter import entries, passwords, rules
 from mailrouter.admin import cli as admin_cli
+from mailrouter.admin import rules as admin_rules
+from mailrouter.sandbox import demo
 from mailrouter.sandbox.configs import write_private
 from mailrouter.sandbox.exim import Exim
 from mailrouter.sandbox.slapd import Slapd
@@ -457,3 +459,23 @@ def test_a_good_script_is_stored_shown_and_removed(world: World) -> None:
     assert out == script
     rc, out, err = admin(world, admin_dn.dn, admin_dn.password, "user", "sieve", "remove", owner)
     assert rc == 0 and "removed" in out
+
+
+def test_the_sandbox_seeds_one_vacation_and_one_filter_that_work(world: World) -> None:
+    """mailrouter.sandbox.demo's examples pass the checks a writer must pass, and do what they say."""
+    assert demo.RULES["carol@example.org"][rules.SIEVE_SCRIPT] == demo.SIEVE_SCRIPT
+    seeded = demo.build(scheme="ssha", with_rules=True).ldif
+    assert "mailVacationActive: TRUE" in seeded and "mailSieveScript:: " in seeded
+    assert "mailSieveScript" not in world.data.ldif  # the tests' data set stays rule-free
+    rules.check_script(demo.SIEVE_SCRIPT, maildir=False)
+    admin_rules.exim_check(demo.SIEVE_SCRIPT)
+    vacationer = world.user("dave", **demo.VACATION)
+    filtered = world.user("carol", mailSieveScript=demo.SIEVE_SCRIPT.replace("dave@example.org", vacationer))
+    writer = world.user("writer")
+    for subject in ("hello", "[junk] offer", "[for dave] notes"):
+        world.send(writer, [filtered], {"To": filtered, "Subject": subject})
+    assert [m["Subject"] for m in world.messages(filtered)] == ["hello"]
+    assert [m["Subject"] for m in world.messages(vacationer)] == ["[for dave] notes"]
+    assert world.messages(writer) == []  # dave was not in To: the redirected copy gets no reply
+    world.send(writer, [vacationer], {"To": vacationer})
+    assert [m["Subject"] for m in world.messages(writer)] == ["Out of office"]
