@@ -21,8 +21,11 @@ import json
 import os
 import re
 import shutil
+import socket
+import socketserver
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ from mailrouter.sandbox import demo
 from mailrouter.sandbox.configs import write_private
 from mailrouter.sandbox.exim import Exim
 from mailrouter.sandbox.slapd import Slapd
+from test_exim_routing import start_lookupd, stop_process
 
 pytestmark = needs_root
 
@@ -479,3 +483,84 @@ def test_the_sandbox_seeds_one_vacation_and_one_filter_that_work(world: World) -
     assert world.messages(writer) == []  # dave was not in To: the redirected copy gets no reply
     world.send(writer, [vacationer], {"To": vacationer})
     assert [m["Subject"] for m in world.messages(writer)] == ["Out of office"]
+
+
+# -- the socket way (mailrouter-lookupd), and each rule router's own lookup trouble ------------
+
+class FailingProxy:
+    """A lookup socket in front of the real mailrouter-lookupd that answers TEMP for the
+    kinds in ``failing`` and relays every other request: trouble in one router's lookup only."""
+
+    def __init__(self, path: Path, upstream: Path, failing: set[str]) -> None:
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline(1 << 16)
+                if line.split(b" ", 1)[0].decode() in failing:
+                    self.wfile.write(b"TEMP\n")
+                    return
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                    client.connect(str(upstream))
+                    client.sendall(line)
+                    while chunk := client.recv(1 << 16):
+                        self.wfile.write(chunk)
+
+        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        path.chmod(0o666)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def lookupd(world: World) -> Iterator[Path]:
+    sock = world.workdir / "lookup.sock"
+    process = start_lookupd(world.config, sock)
+    try:
+        yield sock
+    finally:
+        stop_process(process)
+
+
+def socket_exim(world: World, name: str, sock: Path) -> Exim:
+    private = {"MAILROUTER_SPOOL_DIRECTORY", "MAILROUTER_LOG_FILE_PATH", "MAILROUTER_PID_FILE_PATH"}
+    macros = {key: value for key, value in world.exim.macros.items() if key not in private}
+    macros.update(MAILROUTER_LOOKUP_VIA="socket", MAILROUTER_LOOKUP_SOCKET=str(sock))
+    return Exim(world.workdir / f"exim-{name}", world.exim.config_file, macros).prepare()
+
+
+def test_the_socket_way_gives_the_same_rules(world: World, lookupd: Path) -> None:
+    exim = socket_exim(world, "socket", lookupd)
+    try:
+        both = world.user("socket", mailSieveScript=_filter("nobody@example.com"), **_vacation())
+        writer = world.user("writer")
+        message = f"From: {writer}\nTo: {both}\nSubject: [spam] via the socket\n\nhi\n"
+        assert exim.deliver(message, both, sender=writer).returncode == 0
+        assert [m["Subject"] for m in world.messages(both, ".Junk")] == ["[spam] via the socket"]
+        assert [m["From"] for m in world.messages(writer)] == [both]
+        assert "R=mailrouter_vacation T=mailrouter_vacation_reply" in exim.main_log()
+    finally:
+        exim.close()
+
+
+@pytest.mark.parametrize("kind", ["vacation", "sieve"])
+def test_trouble_in_a_rule_lookup_defers_the_message(world: World, lookupd: Path, kind: str) -> None:
+    """Not "no rule": a router that declined here would deliver without the filter or the reply."""
+    proxy_path = world.workdir / f"proxy-{kind}.sock"
+    proxy = FailingProxy(proxy_path, lookupd, {kind})
+    exim = socket_exim(world, f"proxy-{kind}", proxy_path)
+    try:
+        both = world.user("trouble", mailSieveScript=_filter("nobody@example.com"), **_vacation())
+        writer = world.user("writer")
+        message = f"From: {writer}\nTo: {both}\nSubject: [spam] in trouble\n\nhi\n"
+        assert exim.deliver(message, both, sender=writer).returncode == 0
+        assert world.messages(both) == [] and world.messages(both, ".Junk") == []
+        assert world.messages(writer) == []
+        assert both in exim.queue_list().stdout
+        assert "** " not in exim.main_log()
+    finally:
+        exim.close()
+        proxy.close()
+        proxy_path.unlink()
