@@ -564,3 +564,17 @@ def test_trouble_in_a_rule_lookup_defers_the_message(world: World, lookupd: Path
         exim.close()
         proxy.close()
         proxy_path.unlink()
+
+
+def test_the_interval_setting_is_checked_when_written(world: World) -> None:
+    admin_dn = world.data.account("global-admin")
+    for bad in (["soon"], ["7d", "8d"], ["0d"]):
+        rc, out, err = admin(world, admin_dn.dn, admin_dn.password, "setting", "set", "vacation_interval",
+                             *bad)
+        assert rc == 1 and "vacation_interval" in err + out, (bad, out, err)
+    rc, out, err = admin(world, admin_dn.dn, admin_dn.password, "setting", "set", "vacation_interval", "3D")
+    assert rc == 0 and "vacation_interval = 3d" in out, err
+    rc, out, err = admin(world, admin_dn.dn, admin_dn.password, "--json", "user", "vacation", "show",
+                         world.user("shown", **_vacation()))
+    assert json.loads(out)["interval"] == "3d"
+    world.setting("vacation_interval", None)

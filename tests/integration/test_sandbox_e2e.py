@@ -37,7 +37,7 @@ SANDBOX = str(ROOT / "bin" / "mailrouter-sandbox")
 CONTRACT_KEYS = {
     "dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port", "submission_port",
     "smtps_port", "pop3_port", "pop3s_port", "ca_cert", "spool_dir", "exim", "accounts", "aliases",
-    "catchall", "web_url", "config", "exim_config", "tls_host",
+    "catchall", "web_url", "config", "exim_config", "tls_host", "mail_rules",
 }
 ARRIVAL_TIMEOUT = 60.0
 
@@ -147,8 +147,25 @@ def test_up_prints_the_documented_json(hub: dict[str, Any]) -> None:
     assert hub["aliases"] == {"team@example.com": ["alice@example.com", "bob@example.com"]}
     assert hub["catchall"] == {"example.org": ["carol@example.org"]}
     assert all("address" in a for a in hub["accounts"] if a["role"] != "global-admin")
+    assert hub["mail_rules"] == {"vacation": ["dave@example.org"], "sieve": ["carol@example.org"]}
     status = json.loads(sandbox_command("status", "--dir", hub["dir"]).stdout)
     assert status["daemons"] and all(d["running"] for d in status["daemons"].values())
+
+
+def test_the_seeded_vacation_and_filter_work(hub: dict[str, Any]) -> None:
+    """The demo's mail rules (issue 16): carol's filter redirects "[for dave]" to dave, who is
+    on vacation and answers the sender (queued for the closed relay: nothing leaves)."""
+    subject = subject_for("[for dave]")
+    send(hub, subject, "carol@example.org")
+    assert fetch_and_delete(hub, "dave@example.org", subject) == 1
+    subject = subject_for("vacation")
+    send(hub, subject, "dave@example.org")
+    assert fetch_and_delete(hub, "dave@example.org", subject) == 1
+    mainlog = Path(hub["dir"]) / "exim" / "log" / "mainlog"
+    deadline = time.monotonic() + ARRIVAL_TIMEOUT
+    while "R=mailrouter_vacation T=mailrouter_vacation_reply" not in mainlog.read_text():
+        assert time.monotonic() < deadline, mainlog.read_text()[-2000:]
+        time.sleep(0.2)
 
 
 def test_alias_with_two_local_targets_and_a_remote_one(hub: dict[str, Any]) -> None:

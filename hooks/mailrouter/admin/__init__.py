@@ -68,7 +68,8 @@ COMMANDS
            (the catch-all is the alias named "default" of the domain)
     setting get NAME | set NAME VALUE... | add NAME VALUE... | remove NAME VALUE... | list
            NAME is one of host_accept_relay, blacklisted_hosts, blacklisted_domains,
-           blacklisted_senders, backup_mx_domains
+           blacklisted_senders, backup_mx_domains, vacation_interval (one value, an Exim
+           time such as 7d: the default; one vacation reply per sender per interval)
     admin  grant ADDRESS [--domain DOMAIN]      domain admin (member of cn=admin,dc=DOMAIN,BASE;
                                                 the group is created on the first grant)
            revoke ADDRESS [--domain DOMAIN]     (the group is deleted with its last member)

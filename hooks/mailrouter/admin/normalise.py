@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from mailrouter import names, quota
+from mailrouter import names, quota, rules
 from mailrouter.errors import AdminError, GarbledQuota, InvalidName
 
 SETTINGS = (
@@ -22,7 +22,10 @@ SETTINGS = (
     "blacklisted_domains",
     "blacklisted_senders",
     "backup_mx_domains",
+    "vacation_interval",  # issue 16: one reply per sender per this long (mailrouter.rules)
 )
+# Settings read as one value (the first): a second one is refused when written.
+SINGLE_VALUE_SETTINGS = ("vacation_interval",)
 
 
 def normalise_domain(text: str, field: str = "domain") -> str:
@@ -139,7 +142,8 @@ def normalise_quota(text: str, field: str = "quota") -> str:
 
 
 def normalise_setting_value(name: str, text: str, field: str = "values") -> str:
-    """One value of the setting ``name``: an IP or network, a domain, or an address."""
+    """One value of the setting ``name``: an IP or network, a domain, an address, or
+    (``vacation_interval``) an Exim time such as ``7d``."""
     value = text.strip()
     if name in ("host_accept_relay", "blacklisted_hosts"):
         try:
@@ -152,6 +156,13 @@ def normalise_setting_value(name: str, text: str, field: str = "values") -> str:
             ) from None
     if name in ("blacklisted_domains", "backup_mx_domains"):
         return normalise_domain(value, field)
+    if name == rules.INTERVAL_SETTING:
+        try:
+            if not value:
+                raise rules.RuleError("vacation_interval: empty (expected an Exim time such as 7d)")
+            return rules.interval(value)
+        except rules.RuleError as exc:
+            raise AdminError(f"invalid vacation_interval value: {exc}", field=field) from None
     return normalise_target(value, field=field)
 
 

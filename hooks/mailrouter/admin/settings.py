@@ -1,7 +1,7 @@
 """System settings: ``mailSetting=NAME,BASE`` with its ``mailSettingValue`` values.
 
 NAME is one of :data:`~mailrouter.admin.normalise.SETTINGS`; values are checked
-per setting (IP or network, domain, address).  Only global admins may change
+per setting (IP or network, domain, address, an interval).  Only global admins may change
 them (ldap/acl.conf).  Functions take a bound
 :class:`~mailrouter.admin.session.AdminSession` first and return JSON-ready data;
 they raise only AdminError, DirectoryUnavailable or TemporaryFailure.
@@ -13,7 +13,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from mailrouter import entries
-from mailrouter.admin.normalise import SETTINGS, normalise_setting_value, setting_name
+from mailrouter.admin.normalise import (
+    SETTINGS,
+    SINGLE_VALUE_SETTINGS,
+    normalise_setting_value,
+    setting_name,
+)
 from mailrouter.admin.session import AdminSession, Changes
 from mailrouter.directory import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
 from mailrouter.directory import values as attribute_values
@@ -49,6 +54,10 @@ def change_setting(s: AdminSession, name: str, mode: str, values: Iterable[str])
         if value not in wanted:
             wanted.append(value)
     current = _read(s, checked)
+    if checked in SINGLE_VALUE_SETTINGS and (
+        len(wanted) > 1 or (mode == "add" and wanted and current)
+    ):
+        raise AdminError(f"{checked} takes one value (use set)", field="values")
     action = f"change system settings ({checked})"
     dn = s.setting_dn(checked)
     if current is None:

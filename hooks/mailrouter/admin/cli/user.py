@@ -134,7 +134,8 @@ def register(top: Any) -> None:
     p.add_argument("name", help="the full name; empty resets it to the address")
     p = leaf(g, "vacation", vacation,
              "the out-of-office reply: show, set (and switch on), off (the text is kept)")
-    p.add_argument("action", choices=["show", "set", "off"])
+    p.add_argument("action", choices=["show", "set", "off"],
+                   help="show it, set it (with --text or --text-file; switches it on), or switch it off")
     p.add_argument("address", help=ADDRESS_HELP)
     p.add_argument("--text", metavar="TEXT", help="set: the reply's text")
     p.add_argument("--text-file", metavar="FILE", help="set: the reply's text from FILE (- = stdin)")
@@ -143,7 +144,8 @@ def register(top: Any) -> None:
     p.add_argument("--end", metavar="DATE", help="set: last day, YYYY-MM-DD[THH:MM] UTC ('' clears)")
     p = leaf(g, "sieve", sieve,
              "the Sieve filter: show, set FILE (checked by our rules and Exim's parser), remove")
-    p.add_argument("action", choices=["show", "set", "remove"])
+    p.add_argument("action", choices=["show", "set", "remove"],
+                   help="show the script, set it from FILE (checked first), or remove it")
     p.add_argument("address", help=ADDRESS_HELP)
     p.add_argument("file", nargs="?", metavar="FILE", help="set: the script (- = stdin)")
     p = leaf(g, "rename", rename,
