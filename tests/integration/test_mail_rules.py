@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hook_config, hub_exim, needs_root, start_slapd
+from conftest import BIN, hook_config, hub_exim, needs_root, start_slapd
 from dataset import ACL_A, ACL_VICTIM_PASSWORD, Dataset, acl_password
 from mailrouter import entries, passwords, rules
 from mailrouter.admin import cli as admin_cli
@@ -578,3 +578,58 @@ def test_the_interval_setting_is_checked_when_written(world: World) -> None:
                          world.user("shown", **_vacation()))
     assert json.loads(out)["interval"] == "3d"
     world.setting("vacation_interval", None)
+
+
+# -- the delivery hook's folder rule, directly ---------------------------------------------------
+
+@pytest.mark.parametrize(("folder", "stored_in", "note"), [
+    ("inbox", "", ""),
+    ("INBOX", "", ""),
+    ("Junk", ".Junk", ""),
+    ("Lists/exim", ".Lists.exim", ""),
+    ("../../escape", "", "refused, filed into the inbox"),
+    ("/etc/cron.d/x", "", "refused, filed into the inbox"),
+    (".hidden", "", "refused, filed into the inbox"),
+    ("a/./b", "", "refused, filed into the inbox"),
+])
+def test_the_delivery_hook_files_only_into_folders_of_the_maildir(world: World, folder: str, stored_in: str,
+                                                                   note: str) -> None:
+    address = world.user("folders")
+    data = f"mailbox={world.maildir(address)} format=maildir quota=0 uid=8 gid=8"
+    done = subprocess.run(
+        [str(BIN / "mailrouter-deliver"), "--config", str(world.config), "--address-data", data,
+         "--folder-from-environment"],
+        input=b"From a@remote.example Mon Nov 30 10:00:00 2026\nSubject: hook\n\nbody\n",
+        env={"MAILROUTER_FOLDER": folder, "PATH": "/usr/bin:/bin"}, capture_output=True, check=False,
+    )
+    assert done.returncode == 0, done.stdout
+    assert note in done.stdout.decode()
+    assert [m["Subject"] for m in world.messages(address, stored_in)] == ["hook"]
+    assert sorted(p.name for p in world.maildir(address).iterdir() if p.name.startswith(".")) == (
+        [stored_in] if stored_in else [])
+    assert not (world.spool.parent / "escape").exists()
+
+
+def test_the_delivery_hook_needs_the_folder_when_told_so(world: World) -> None:
+    address = world.user("nofolder")
+    data = f"mailbox={world.maildir(address)} format=maildir quota=0 uid=8 gid=8"
+    done = subprocess.run(
+        [str(BIN / "mailrouter-deliver"), "--config", str(world.config), "--address-data", data,
+         "--folder-from-environment"],
+        input=b"From a@remote.example Mon Nov 30 10:00:00 2026\nSubject: hook\n\nbody\n",
+        env={"PATH": "/usr/bin:/bin"}, capture_output=True, check=False,
+    )
+    assert done.returncode == 75 and b"MAILROUTER_FOLDER" in done.stdout
+    assert world.messages(address) == []
+
+
+def test_vacation_text_and_subject_are_never_expanded_by_exim(world: World) -> None:
+    marker = world.workdir / "expanded"
+    hostile = f"${{run{{/usr/bin/touch {marker}}}}} $local_part ${{readfile{{/etc/hostname}}}}"
+    away = world.user("literal", **{**_vacation(hostile), "mailVacationSubject": hostile})
+    writer = world.user("writer")
+    world.send(writer, [away])
+    (reply,) = world.messages(writer)
+    assert reply.get_content().strip() == hostile
+    assert reply["Subject"] == hostile
+    assert not marker.exists()
