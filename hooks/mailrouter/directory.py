@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ldap3
@@ -108,6 +108,9 @@ class User:
     active: bool
     password_scheme: str | None = None  # label of the stored hash; None = unknown (see password_stamp)
     locked: bool = False  # ppolicy's pwdAccountLockedTime is set (the lock may have run out)
+    # First values of the attributes a caller asked for besides these (``user(extra=...)``),
+    # each name present, None when unset: read in the same request.
+    extra: dict[str, str | None] = field(default_factory=dict, compare=False)
 
     @property
     def address(self) -> str:
@@ -474,11 +477,13 @@ class Directory:
 
         return self._with_connection(operation)
 
-    def user(self, local: str, domain: str) -> User | None:
+    def user(self, local: str, domain: str, extra: Sequence[str] = ()) -> User | None:
+        """The user ``local@domain``; ``extra`` attributes come along in the same read
+        (``User.extra``: the mail rules, for the lookups that need them)."""
         if not (_plausible_key(local) and _plausible_key(domain)):
             return None
         dn = self.user_dn(local, domain)
-        attributes = self.read(dn, "mailUser", USER_ATTRIBUTES)
+        attributes = self.read(dn, "mailUser", (*USER_ATTRIBUTES, *extra))
         if attributes is None or local not in values(attributes, "uid"):
             return None
         if domain not in values(attributes, "dc"):
@@ -496,13 +501,8 @@ class Directory:
             active=_is_active(attributes) and self.domain_active(domain),
             password_scheme=stamped_label(attributes),
             locked=bool(first(attributes, "pwdAccountLockedTime")),
+            extra={name: first(attributes, name) for name in extra},
         )
-
-    def user_rules(self, user: User, attributes: Sequence[str]) -> dict[str, str | None]:
-        """First values of ``attributes`` of ``user``'s entry (its mail rules,
-        :mod:`mailrouter.rules`); every name present, ``None`` when unset."""
-        found = self.read(user.dn, "mailUser", list(attributes)) or {}
-        return {name: first(found, name) for name in attributes}
 
     def alias(self, name: str, domain: str) -> Alias | None:
         if not (_plausible_key(name) and _plausible_key(domain)):

@@ -91,10 +91,10 @@ def _user(directory: Directory, config: Config, args: list[str]) -> Answer:
 
 def _vacation(directory: Directory, _config: Config, args: list[str]) -> Answer:
     """The reply of an active user whose vacation is in effect now (mailrouter.rules)."""
-    user = routing.active_user(directory, args[0], args[1])
+    user = routing.active_user(directory, args[0], args[1], rules.VACATION_ATTRIBUTES)
     if user is None:
         return None
-    found = rules.vacation_from(directory.user_rules(user, rules.VACATION_ATTRIBUTES))
+    found = rules.vacation_from(user.extra)
     if not found.in_effect(datetime.now(UTC)):
         return None
     values = directory.setting(rules.INTERVAL_SETTING)
@@ -107,10 +107,10 @@ def _vacation(directory: Directory, _config: Config, args: list[str]) -> Answer:
 
 def _sieve(directory: Directory, config: Config, args: list[str]) -> Answer:
     """An active user's Sieve script (when it passes mailrouter.rules) and address data."""
-    user = routing.active_user(directory, args[0], args[1])
+    user = routing.active_user(directory, args[0], args[1], (rules.SIEVE_SCRIPT,))
     if user is None:
         return None
-    script = directory.user_rules(user, (rules.SIEVE_SCRIPT,))[rules.SIEVE_SCRIPT]
+    script = user.extra[rules.SIEVE_SCRIPT]
     if not script:
         return None
     target = routing.mailbox_target(user, config.spool)
