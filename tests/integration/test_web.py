@@ -328,6 +328,8 @@ def test_users_set_their_own_vacation_and_filter(web: Web) -> None:
     response = browser.post(f"/domains/{A}/users/alice/vacation",
                             {"subject": "Away", "text": "Back on the 3rd.", "start": "", "end": ""})
     assert response.status_code == 302, response.get_data(as_text=True)[:300]
+    refused = browser.post(f"/domains/{A}/users/alice/sieve", {"script": 'require "vacation";\n'})
+    assert refused.status_code == 422 and "Sieve vacation is not available" in refused.get_data(as_text=True)
     client, own = web.client(), web.basic("user_a")
     shown = client.get(f"/api/v1/domains/{A}/users/alice/vacation", base_url=HTTPS, headers=own).json
     assert shown["active"] and shown["in_effect"] and shown["text"] == "Back on the 3rd."

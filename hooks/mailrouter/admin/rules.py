@@ -140,8 +140,10 @@ def vacation_set(
     when = ""
     if begins or ends:
         when = f" from {_iso(begins) or 'now'} until {_iso(ends) or 'switched off'}"
-    return {"ok": True, "message": f"vacation reply of {canonical} is on{when}",
-            **vacation_show(s, canonical)}
+    shown = vacation_show(s, canonical)
+    if not shown["in_effect"]:
+        when += " (not replying now: outside these dates)"
+    return {"ok": True, "message": f"vacation reply of {canonical} is on{when}", **shown}
 
 
 def vacation_off(s: AdminSession, address: str) -> dict[str, Any]:
