@@ -39,10 +39,11 @@ from dataset import ACL_A, ACL_VICTIM_PASSWORD, Dataset, acl_password
 from mailrouter import entries, passwords, rules
 from mailrouter.admin import cli as admin_cli
 from mailrouter.admin import rules as admin_rules
-from mailrouter.sandbox import demo
+from mailrouter.sandbox import demo, tls
 from mailrouter.sandbox.configs import write_private
 from mailrouter.sandbox.exim import Exim
 from mailrouter.sandbox.slapd import Slapd
+from test_checkpassword_dovecot import Dovecot, imap
 from test_exim_routing import start_lookupd, stop_process
 
 pytestmark = needs_root
@@ -633,3 +634,32 @@ def test_vacation_text_and_subject_are_never_expanded_by_exim(world: World) -> N
     assert reply.get_content().strip() == hostile
     assert reply["Subject"] == hostile
     assert not marker.exists()
+
+
+def test_imap_shows_the_folders_sieve_filled(world: World) -> None:
+    """fileinto's Maildir++ folders are what Dovecot's maildir layout lists as folders."""
+    owner = world.user("imap", mailSieveScript=_filter("nobody@example.com"))
+    writer = world.user("writer")
+    for subject in ("[spam] one", "[list] two", "plain three"):
+        world.send(writer, [owner], {"To": owner, "Subject": subject})
+    work = world.workdir / "dovecot"
+    work.mkdir(mode=0o755)
+    (work / "conf").mkdir(mode=0o755)
+    conf = hook_config(  # the secret for checkpassword, run as dovecot
+        work / "conf" / "mailrouter.toml", world.data, [world.slapd.uri], spool_format="maildir",
+        maildir_template=f"{world.spool}/{{domain}}/{{local}}/Maildir", group="dovecot",
+    )
+    server = Dovecot(work, conf, tls.make_certificates(work / "tls"))
+    try:
+        client = imap(server)
+        try:
+            assert client.login(owner, "pw-" + owner.split("@")[0])[0] == "OK", server.log()
+            typ, listed = client.list()
+            names = {line.decode().rsplit(" ", 1)[-1].strip('"') for line in listed if line}
+            assert {"INBOX", "Junk", "Lists.exim"} <= names, listed
+            for folder, count in (("INBOX", b"1"), ("Junk", b"1"), ("Lists.exim", b"1")):
+                assert client.select(folder, readonly=True) == ("OK", [count]), (folder, server.log())
+        finally:
+            client.logout()
+    finally:
+        server.stop()
