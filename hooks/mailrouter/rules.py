@@ -45,7 +45,6 @@ import base64
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.header import Header
 
 from mailrouter import routing
 
@@ -195,6 +194,8 @@ def encoded_subject(subject: str | None) -> str:
     line = subject_line(subject)
     if line.isascii():
         return line
+    from email.header import Header  # only for a non-ASCII subject: the lookup hook starts lean
+
     return Header(line, "utf-8", maxlinelen=10_000).encode()
 
 
