@@ -663,3 +663,13 @@ def test_imap_shows_the_folders_sieve_filled(world: World) -> None:
             client.logout()
     finally:
         server.stop()
+
+
+def test_a_non_ascii_subject_and_text_reach_the_sender_intact(world: World) -> None:
+    away = world.user("unicode", **{**_vacation("Je suis absent jusqu'à lundi — Grüße\n"),
+                                   "mailVacationSubject": "Abwesend – zurück am Montag"})
+    writer = world.user("writer")
+    world.send(writer, [away])
+    (reply,) = world.messages(writer)
+    assert reply["Subject"] == "Abwesend – zurück am Montag"
+    assert reply.get_content().strip() == "Je suis absent jusqu'à lundi — Grüße"
