@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ldap3
@@ -113,6 +113,9 @@ class User:
     password_scheme: str | None = None  # label of the stored hash; None = unknown (see password_stamp)
     locked: bool = False  # ppolicy's pwdAccountLockedTime is set (the lock may have run out)
     mailbox_format: str | None = None  # raw mailMessageFormat; None: the default (spool.user_format)
+    # First values of the attributes a caller asked for besides these (``user(extra=...)``),
+    # each name present, None when unset: read in the same request.
+    extra: dict[str, str | None] = field(default_factory=dict, compare=False)
 
     @property
     def address(self) -> str:
@@ -479,11 +482,13 @@ class Directory:
 
         return self._with_connection(operation)
 
-    def user(self, local: str, domain: str) -> User | None:
+    def user(self, local: str, domain: str, extra: Sequence[str] = ()) -> User | None:
+        """The user ``local@domain``; ``extra`` attributes come along in the same read
+        (``User.extra``: the mail rules, for the lookups that need them)."""
         if not (_plausible_key(local) and _plausible_key(domain)):
             return None
         dn = self.user_dn(local, domain)
-        attributes = self.read(dn, "mailUser", USER_ATTRIBUTES)
+        attributes = self.read(dn, "mailUser", (*USER_ATTRIBUTES, *extra))
         if attributes is None or local not in values(attributes, "uid"):
             return None
         if domain not in values(attributes, "dc"):
@@ -502,6 +507,7 @@ class Directory:
             password_scheme=stamped_label(attributes),
             locked=bool(first(attributes, "pwdAccountLockedTime")),
             mailbox_format=first(attributes, "mailMessageFormat"),
+            extra={name: first(attributes, name) for name in extra},
         )
 
     def alias(self, name: str, domain: str) -> Alias | None:

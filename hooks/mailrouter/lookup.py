@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from mailrouter import names, routing
+from mailrouter import names, routing, rules
 from mailrouter.config import Config
-from mailrouter.errors import TemporaryFailure
+from mailrouter.errors import ConfigError, TemporaryFailure
 from mailrouter.mailbox.addressdata import format_address_data
 
 if TYPE_CHECKING:
@@ -88,6 +89,38 @@ def _user(directory: Directory, config: Config, args: list[str]) -> Answer:
     return format_address_data(target) if target is not None else None
 
 
+def _vacation(directory: Directory, _config: Config, args: list[str]) -> Answer:
+    """The reply of an active user whose vacation is in effect now (mailrouter.rules)."""
+    user = routing.active_user(directory, args[0], args[1], rules.VACATION_ATTRIBUTES)
+    if user is None:
+        return None
+    found = rules.vacation_from(user.extra)
+    if not found.in_effect(datetime.now(UTC)):
+        return None
+    values = directory.setting(rules.INTERVAL_SETTING)
+    try:
+        repeat = rules.interval(values[0] if values else None)
+    except rules.RuleError as exc:
+        raise ConfigError(f"setting {rules.INTERVAL_SETTING}: {exc}") from exc
+    return rules.vacation_answer(user.address, found, repeat)
+
+
+def _sieve(directory: Directory, config: Config, args: list[str]) -> Answer:
+    """An active user's Sieve script (when it passes mailrouter.rules) and address data."""
+    user = routing.active_user(directory, args[0], args[1], (rules.SIEVE_SCRIPT,))
+    if user is None:
+        return None
+    script = user.extra[rules.SIEVE_SCRIPT]
+    if not script:
+        return None
+    target = routing.mailbox_target(user, config.spool)
+    try:
+        rules.check_script(script, maildir=target.format == "maildir")
+    except rules.RuleError:
+        return None  # written around our tools: not run, the mail goes to the inbox
+    return rules.sieve_answer(script, format_address_data(target))
+
+
 def _catchall(directory: Directory, _config: Config, args: list[str]) -> Answer:
     return routing.catchall_answer(directory, args[0], args[1])
 
@@ -140,6 +173,8 @@ KINDS: dict[str, Kind] = {
     "alias": Kind(2, _alias, _bad_address),
     "user": Kind(2, _user, _bad_address),
     "catchall": Kind(2, _catchall, _bad_catchall_key),
+    "vacation": Kind(2, _vacation, _bad_address),
+    "sieve": Kind(2, _sieve, _bad_address),
     "quota": Kind(3, _quota, _bad_address),
     "relay-host": Kind(1, _relay_host, _bad_ip),
     "blacklisted-host": Kind(1, _blacklisted_host, _bad_ip),

@@ -36,7 +36,7 @@ Rules, and why:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,11 +112,11 @@ def alias_answer(directory: Directory, local: str, domain: str) -> str | None:
     return redirect_data(alias.targets)
 
 
-def active_user(directory: Directory, local: str, domain: str) -> User | None:
-    """The user ``local@domain`` if it exists and is active."""
+def active_user(directory: Directory, local: str, domain: str, extra: Sequence[str] = ()) -> User | None:
+    """The user ``local@domain`` if it exists and is active (``extra``: attributes read along)."""
     if canonical_key(local, domain) is None:
         return None
-    user = directory.user(local, domain)
+    user = directory.user(local, domain, extra)
     return user if user is not None and user.active else None
 
 

@@ -38,7 +38,7 @@ CONTRACT_KEYS = {
     "dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port", "submission_port",
     "smtps_port", "pop3_port", "pop3s_port", "ca_cert", "spool_dir", "exim", "accounts", "aliases",
     "catchall", "web_url", "config", "exim_config", "tls_host", "audit_base", "rate_limits",
-    "lmtp_socket", "imap_port", "imaps_port", "webmail_url",
+    "lmtp_socket", "imap_port", "imaps_port", "webmail_url", "mail_rules",
 }
 ARRIVAL_TIMEOUT = 60.0
 
@@ -149,6 +149,7 @@ def test_up_prints_the_documented_json(hub: dict[str, Any]) -> None:
     assert hub["catchall"] == {"example.org": ["carol@example.org"]}
     assert hub["rate_limits"] == {"dave@example.org": "100 / 1h"}
     assert all("address" in a for a in hub["accounts"] if a["role"] != "global-admin")
+    assert hub["mail_rules"] == {"vacation": ["dave@example.org"], "sieve": ["carol@example.org"]}
     status = json.loads(sandbox_command("status", "--dir", hub["dir"]).stdout)
     assert status["daemons"] and all(d["running"] for d in status["daemons"].values())
     assert "lmtpd" in status["daemons"] and Path(hub["lmtp_socket"]).is_socket()
@@ -169,6 +170,22 @@ def test_the_sandbox_slapd_keeps_the_audit_log(hub: dict[str, Any]) -> None:
     rows = json.loads(shown.stdout)
     assert [(r["operation"], r["actor_dn"]) for r in rows if r["target"] == "audited@example.com"] == [
         ("add", hub["admin_dn"])]
+
+
+def test_the_seeded_vacation_and_filter_work(hub: dict[str, Any]) -> None:
+    """The demo's mail rules (issue 16): carol's filter redirects "[for dave]" to dave, who is
+    on vacation and answers the sender (queued for the closed relay: nothing leaves)."""
+    subject = subject_for("[for dave]")
+    send(hub, subject, "carol@example.org")
+    assert fetch_and_delete(hub, "dave@example.org", subject) == 1
+    subject = subject_for("vacation")
+    send(hub, subject, "dave@example.org")
+    assert fetch_and_delete(hub, "dave@example.org", subject) == 1
+    mainlog = Path(hub["dir"]) / "exim" / "log" / "mainlog"
+    deadline = time.monotonic() + ARRIVAL_TIMEOUT
+    while "R=mailrouter_vacation T=mailrouter_vacation_reply" not in mainlog.read_text():
+        assert time.monotonic() < deadline, mainlog.read_text()[-2000:]
+        time.sleep(0.2)
 
 
 def test_alias_with_two_local_targets_and_a_remote_one(hub: dict[str, Any]) -> None:

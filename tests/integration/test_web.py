@@ -231,6 +231,10 @@ WRITES: list[tuple[str, str, str, dict[str, Any], list[int]]] = [
      {"rate_limit": "unlimited"}, [401, 404, 404, 404, 200, 200]),
     ("api: rate limit of domain B", "PATCH", f"/api/v1/domains/{B}",
      {"rate_limit": "inherit"}, [401, 404, 404, 404, 200, 200]),
+    ("page: vacation of a user in B", "POST", f"/domains/{B}/users/victim-{{role}}/vacation",
+     {"text": "away ({role})", "end": "2099-01-31"}, [LOGIN_PAGE, 404, 404, 404, OK_PAGE, OK_PAGE]),
+    ("api: Sieve script of a user in B", "PUT", f"/api/v1/domains/{B}/users/victim-{{role}}/sieve",
+     {"script": "# {role}\nkeep;\n"}, [401, 404, 404, 404, 200, 200]),
 ]
 
 
@@ -324,6 +328,36 @@ def test_api_statuses_for_bad_input(web: Web) -> None:
     pipe = client.put(f"/api/v1/domains/{A}/aliases/piped", base_url=HTTPS, headers=auth_header,
                       json={"targets": ["|/bin/sh -c id"]})
     assert pipe.status_code == 422, pipe.json
+
+
+def test_users_set_their_own_vacation_and_filter(web: Web) -> None:
+    """Self-service (issue 16): the page and the API; another user's rules are slapd's no."""
+    browser = web.login("user_a")
+    assert f"/domains/{A}/users/alice/rules" in browser.get("/me").get_data(as_text=True)
+    assert browser.get(f"/domains/{A}/users/alice/rules").status_code == 200
+    response = browser.post(f"/domains/{A}/users/alice/vacation",
+                            {"subject": "Away", "text": "Back on the 3rd.", "start": "", "end": ""})
+    assert response.status_code == 302, response.get_data(as_text=True)[:300]
+    refused = browser.post(f"/domains/{A}/users/alice/sieve", {"script": 'require "vacation";\n'})
+    assert refused.status_code == 422 and "Sieve vacation is not available" in refused.get_data(as_text=True)
+    client, own = web.client(), web.basic("user_a")
+    shown = client.get(f"/api/v1/domains/{A}/users/alice/vacation", base_url=HTTPS, headers=own).json
+    assert shown["active"] and shown["in_effect"] and shown["text"] == "Back on the 3rd."
+    url = f"/api/v1/domains/{A}/users/alice/sieve"
+    broken = client.put(url, base_url=HTTPS, headers=own, json={"script": "if true {\n"})
+    assert broken.status_code == 422
+    assert "Exim refuses the script" in broken.json["error"], broken.json
+    good = client.put(url, base_url=HTTPS, headers=own, json={"script": 'require "fileinto";\nkeep;\n'})
+    assert good.status_code == 200 and good.json["script"] == 'require "fileinto";\nkeep;\n'
+    assert client.delete(url, base_url=HTTPS, headers=own).status_code == 204
+    assert client.delete(f"/api/v1/domains/{A}/users/alice/vacation", base_url=HTTPS,
+                         headers=own).status_code == 204
+    # bob's rules: alice may not write them, nor read their values.
+    other = client.put(f"/api/v1/domains/{A}/users/bob/vacation", base_url=HTTPS, headers=own,
+                       json={"text": "not mine"})
+    assert other.status_code == 403
+    assert client.get(f"/api/v1/domains/{A}/users/bob/sieve", base_url=HTTPS,
+                      headers=own).json["script"] is None
 
 
 def test_hostile_values_are_escaped(web: Web) -> None:

@@ -64,6 +64,13 @@ COMMANDS
                                                alias targets naming it, and its mailbox (moved
                                                when that is safe here; else the answer says what
                                                to move)
+           vacation show|off ADDRESS           the out-of-office reply (off keeps the text)
+           vacation set ADDRESS --text TEXT|--text-file F [--subject S] [--start D] [--end D]
+                                               switch it on; dates YYYY-MM-DD[THH:MM] UTC
+           sieve show|remove ADDRESS | sieve set ADDRESS FILE
+                                               the Sieve filter; refused with the reason (our
+                                               rules, or Exim's parser quoted) when it does not
+                                               parse or breaks a rule (mailrouter.rules)
     alias  add ADDRESS TARGET... | set ADDRESS TARGET... (create or replace the targets)
            remove ADDRESS | list DOMAIN [PAGE] | show ADDRESS
            add-target ADDRESS TARGET... | remove-target ADDRESS TARGET...
@@ -74,7 +81,9 @@ COMMANDS
     setting get NAME | set NAME VALUE... | add NAME VALUE... | remove NAME VALUE... | list
            NAME is one of host_accept_relay, blacklisted_hosts, blacklisted_domains,
            blacklisted_senders, backup_mx_domains, default_rate_limit (one LIMIT: the
-           outbound limit of users whose entry and domain set none; unset = unlimited)
+           outbound limit of users whose entry and domain set none; unset = unlimited),
+           vacation_interval (one value, an Exim
+           time such as 7d: the default; one vacation reply per sender per interval)
     admin  grant ADDRESS [--domain DOMAIN]      domain admin (member of cn=admin,dc=DOMAIN,BASE;
                                                 the group is created on the first grant)
            revoke ADDRESS [--domain DOMAIN]     (the group is deleted with its last member)

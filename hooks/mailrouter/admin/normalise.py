@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from mailrouter import names, quota, ratelimit
+from mailrouter import names, quota, ratelimit, rules
 from mailrouter.errors import AdminError, GarbledQuota, GarbledRateLimit, InvalidName
 from mailrouter.mailbox.addressdata import FORMATS
 
@@ -24,9 +24,10 @@ SETTINGS = (
     "blacklisted_senders",
     "backup_mx_domains",
     "default_rate_limit",
+    "vacation_interval",  # issue 16: one reply per sender per this long (mailrouter.rules)
 )
-# Settings that hold at most one value.
-SINGLE_VALUED_SETTINGS = ("default_rate_limit",)
+# Settings that hold at most one value (read as one value: a second one is refused when written).
+SINGLE_VALUED_SETTINGS = ("default_rate_limit", "vacation_interval")
 
 
 def normalise_domain(text: str, field: str = "domain") -> str:
@@ -153,7 +154,7 @@ def normalise_rate_limit(text: str, field: str = "rate_limit") -> str:
 
 def normalise_setting_value(name: str, text: str, field: str = "values") -> str:
     """One value of the setting ``name``: an IP or network, a domain, an address,
-    or a rate limit."""
+    a rate limit, or (``vacation_interval``) an Exim time such as ``7d``."""
     value = text.strip()
     if name in ("host_accept_relay", "blacklisted_hosts"):
         try:
@@ -168,6 +169,13 @@ def normalise_setting_value(name: str, text: str, field: str = "values") -> str:
         return normalise_rate_limit(value, field)
     if name in ("blacklisted_domains", "backup_mx_domains"):
         return normalise_domain(value, field)
+    if name == rules.INTERVAL_SETTING:
+        try:
+            if not value:
+                raise rules.RuleError("vacation_interval: empty (expected an Exim time such as 7d)")
+            return rules.interval(value)
+        except rules.RuleError as exc:
+            raise AdminError(f"invalid vacation_interval value: {exc}", field=field) from None
     return normalise_target(value, field=field)
 
 

@@ -1,9 +1,9 @@
 """System settings: ``mailSetting=NAME,BASE`` with its ``mailSettingValue`` values.
 
 NAME is one of :data:`~mailrouter.admin.normalise.SETTINGS`; values are checked
-per setting (IP or network, domain, address, rate limit); a setting of
-:data:`~mailrouter.admin.normalise.SINGLE_VALUED_SETTINGS` (``default_rate_limit``)
-holds at most one value.  Only global admins may change
+per setting (IP or network, domain, address, rate limit, an interval); a setting of
+:data:`~mailrouter.admin.normalise.SINGLE_VALUED_SETTINGS` (``default_rate_limit``,
+``vacation_interval``) holds at most one value.  Only global admins may change
 them (ldap/acl.conf).  Functions take a bound
 :class:`~mailrouter.admin.session.AdminSession` first and return JSON-ready data;
 they raise only AdminError, DirectoryUnavailable or TemporaryFailure.

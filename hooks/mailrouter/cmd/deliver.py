@@ -2,6 +2,7 @@
 
 SYNOPSIS
     mailrouter-deliver [--config CONF] --address-data "mailbox=PATH format=mbox|maildir quota=RAW uid=N gid=N"
+                       [--folder-from-environment]
 
 DESCRIPTION
     Appends the message on stdin to one mailbox, as carefully as Exim's own
@@ -90,9 +91,22 @@ EXIT CODES
     (67 is never used here: only a definite "no such user" from LDAP may be
     permanent, and this hook does not query LDAP.)
 
+FOLDERS (Sieve keep and fileinto)
+    With ``--folder-from-environment`` (Exim's ``mailrouter_sieve_folder``
+    transport) the target folder is ``$MAILROUTER_FOLDER``, Exim's
+    ``$address_file`` of the Sieve router (tainted, so it cannot be an
+    argument): ``inbox`` (Sieve's keep) is the mailbox itself; any other name
+    is a Maildir++ folder (``mailrouter.rules.folder_directory``: ``Junk`` ->
+    ``<Maildir>/.Junk``, created with its ``maildirfolder`` marker).  A name
+    the rules refuse, or any folder of an mbox mailbox, is stored in the inbox
+    instead -- a message is never lost or bounced for its folder -- and the
+    outcome line says so.  Locks and quota as for the inbox; the quota counts
+    every folder.
+
 ENVIRONMENT
-    MESSAGE_ID is copied (sanitised) into the log line only.  Nothing else from
-    the environment is used.
+    MESSAGE_ID is copied (sanitised) into the log line only.  MAILROUTER_FOLDER
+    is read only with ``--folder-from-environment`` (required then).  Nothing
+    else from the environment is used.
 """
 
 from __future__ import annotations
@@ -119,14 +133,39 @@ class Outcome:
     reason: str
 
 
-def run(config: Config, data: AddressData, raw: bytes) -> str:
-    """Deliver ``raw`` (pipe transport input) as ``data`` says; return the success reason."""
+FOLDER_VARIABLE = "MAILROUTER_FOLDER"
+
+
+def folder_target(data: AddressData, name: str | None) -> tuple[str | None, str]:
+    """(Maildir++ folder directory or None for the inbox, a note for the outcome line)
+    for the Sieve folder ``name`` (see FOLDERS)."""
+    if name is None:
+        return None, ""
+    if not name:
+        raise TemporaryFailure(f"--folder-from-environment without {FOLDER_VARIABLE}")
+    if name.lower() == "inbox":
+        return None, ""
+    from mailrouter import rules  # only for Sieve deliveries: keeps the common start-up lean
+
+    shown = _SAFE_LOG.sub("?", name)[:80]
+    if data.format != "maildir":
+        return None, f" (folder {shown!r}: an mbox has no folders, filed into the inbox)"
+    try:
+        return rules.folder_directory(name), ""
+    except rules.RuleError:
+        return None, f" (folder {shown!r} refused, filed into the inbox)"
+
+
+def run(config: Config, data: AddressData, raw: bytes, folder_name: str | None = None) -> str:
+    """Deliver ``raw`` (pipe transport input) as ``data`` says, into the Sieve folder
+    ``folder_name`` when given; return the success reason."""
     try:
         prefix, message = mbox.split_from_line(raw)
     except NoFromLine as exc:
         raise TemporaryFailure(f"{exc}; keep the pipe transport's default message_prefix") from exc
+    folder, note = folder_target(data, folder_name)
     spool.become(data.uid, data.gid, config.spool)  # checks the ids before switching
-    return store.deliver(config.spool, data, message, from_line=prefix)
+    return store.deliver(config.spool, data, message, from_line=prefix, folder=folder) + note
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -138,6 +177,9 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     options: dict[str, str] = {}
     items = iter(argv)
     for item in items:
+        if item == "--folder-from-environment" and item not in options:
+            options[item] = ""
+            continue
         key, eq, value = item.partition("=")
         if key not in ("--config", "--address-data") or key in options:
             raise ValueError(item)
@@ -155,7 +197,8 @@ def _outcome(argv: list[str], raw: bytes) -> Outcome:
     try:
         config = config_module.load(args.get("--config"))
         data = parse_address_data(args["--address-data"])
-        return Outcome(EX_OK, run(config, data, raw))
+        folder = os.environ.get(FOLDER_VARIABLE, "") if "--folder-from-environment" in args else None
+        return Outcome(EX_OK, run(config, data, raw, folder))
     except TooBigForQuota as exc:
         return Outcome(EX_TOOBIG, str(exc))
     except MailrouterError as exc:

@@ -22,6 +22,12 @@ answered "no" without a query).  The predicates -- ``relay-host``,
 ``catchall LOCAL DOMAIN``               0 + redirect data once aliases and users declined:
                                         the catch-all's targets, or ``:fail:`` for a disabled
                                         user/alias, an alias loop or a hostile local part
+``vacation LOCAL DOMAIN``               0 + ``address=A repeat=T subject=B64 text=B64`` when the
+                                        active user's vacation is in effect now (dates, the
+                                        setting ``vacation_interval``; :mod:`mailrouter.rules`)
+``sieve LOCAL DOMAIN``                  0 + ``sieve=B64`` (the filter, ``# Sieve filter`` first)
+                                        and the address data line, when the active user has a
+                                        script that passes :mod:`mailrouter.rules`; 1 otherwise
 ``quota LOCAL DOMAIN SIZE``             0 + ``toobig ADDRESS...`` when the message (SIZE octets)
                                         is larger than the whole quota of a mailbox LOCAL@DOMAIN
                                         reaches (directly or through aliases), else ``full

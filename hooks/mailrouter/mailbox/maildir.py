@@ -14,6 +14,13 @@ quota code skip a stat (and :mod:`mailrouter.mailbox.usage` too).
 
 All file operations go through directory descriptors opened with
 ``O_NOFOLLOW``, so a symlinked ``tmp``/``new`` is refused, not followed.
+
+Folders (Sieve ``fileinto``) are Maildir++ subfolders, what Dovecot and
+Courier read: ``<Maildir>/.<name>`` with its own ``tmp``/``new``/``cur`` and
+an empty ``maildirfolder`` file; hierarchy levels are joined with ``.``
+(``.Lists.exim``).  :func:`open_folder` takes the directory name
+(``mailrouter.rules.folder_directory`` makes it from a folder name) and
+refuses anything that is not one plain ``.name`` entry of the Maildir.
 """
 
 from __future__ import annotations
@@ -56,6 +63,41 @@ def open_dir(name: str, dir_fd: int, *, create: bool, mode: int = 0o700) -> int:
     except FileExistsError:
         pass  # made concurrently: open it below
     return os.open(name, flags, dir_fd=dir_fd)
+
+
+FOLDER_MARKER = "maildirfolder"
+
+
+def is_folder_directory(name: str) -> bool:
+    """A Maildir++ folder entry: ``.name``, one path component, never ``.``/``..``-like."""
+    return (
+        len(name) > 1
+        and name.startswith(".")
+        and not name.startswith("..")
+        and "/" not in name
+        and "\x00" not in name
+        and ".." not in name
+        and not name.endswith(".")
+    )
+
+
+def open_folder(maildir_fd: int, name: str) -> int:
+    """Open (create) the Maildir++ folder ``name`` (``.Junk``) of the Maildir open as
+    ``maildir_fd``, with its ``maildirfolder`` marker; never follows a symlink."""
+    if not is_folder_directory(name):
+        raise MaildirError(f"not a Maildir++ folder name: {name[:80]!r}")
+    try:
+        fd = open_dir(name, maildir_fd, create=True)
+    except OSError as exc:
+        raise MaildirError(f"folder {name[:80]!r}: {exc.strerror}") from exc
+    try:
+        marker = os.open(FOLDER_MARKER, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=fd)
+        os.close(marker)
+    except OSError as exc:
+        os.close(fd)
+        raise MaildirError(f"folder {name[:80]!r}: {FOLDER_MARKER}: {exc.strerror}") from exc
+    return fd
 
 
 def write_all(fd: int, data: bytes) -> None:

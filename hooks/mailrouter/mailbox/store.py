@@ -68,7 +68,8 @@ _OPEN_MAILBOX = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_N
 _IDENTITY_RETRIES = 3
 
 
-def deliver(spool_config: SpoolConfig, target: AddressData, message: bytes, *, from_line: bytes) -> str:
+def deliver(spool_config: SpoolConfig, target: AddressData, message: bytes, *, from_line: bytes,
+            folder: str | None = None) -> str:
     """Append ``message`` to ``target``'s mailbox; return the outcome text ("delivered N bytes ...").
 
     ``message`` is the message as received, without any ``From `` line.
@@ -76,6 +77,10 @@ def deliver(spool_config: SpoolConfig, target: AddressData, message: bytes, *, f
     ``mbox.from_line(sender)`` for a front end that has the envelope,
     ``mbox.split_from_line(data)[0]`` for Exim's pipe input.  It must be well
     formed even for Maildir, which does not store it.
+    ``folder`` is a Maildir++ folder directory (``.Junk``, from
+    ``mailrouter.rules.folder_directory``) to store into instead of the
+    Maildir itself (Sieve ``fileinto``); an mbox has none (TemporaryFailure).
+    The quota counts the whole Maildir, folders included.
     """
     template = spool.check_mailbox_path(spool_config, target.mailbox, target.format)
     spool.check_ids(target.uid, target.gid, spool_config)
@@ -87,9 +92,11 @@ def deliver(spool_config: SpoolConfig, target: AddressData, message: bytes, *, f
         raise TemporaryFailure("the From_ line is not 'From <sender> <date>'")
     if os.geteuid() != target.uid:
         raise TemporaryFailure(f"running as uid {os.geteuid()}, address data says {target.uid}")
+    if folder is not None and target.format != "maildir":
+        raise TemporaryFailure("folders exist only in a Maildir")
     try:
         if target.format == "maildir":
-            return _deliver_maildir(template, target, message, quota)
+            return _deliver_maildir(template, target, message, quota, folder)
         return _deliver_mbox(spool_config, template, target, from_line, message, quota)
     except OSError as exc:
         raise TemporaryFailure(f"mailbox I/O error: {exc.strerror or exc}") from exc
@@ -230,7 +237,8 @@ def _append_locked(fd: int, old: os.stat_result, entry: bytes, quota: int, dotlo
     return f"delivered {len(data)} bytes"
 
 
-def _deliver_maildir(template: str, target: AddressData, message: bytes, quota: int) -> str:
+def _deliver_maildir(template: str, target: AddressData, message: bytes, quota: int,
+                     folder: str | None) -> str:
     if quota and len(message) > quota:
         raise TooBigForQuota(f"message of {len(message)} bytes exceeds the whole quota of {quota}")
     parent_fd, name = _open_parent(template, target.mailbox)
@@ -251,7 +259,14 @@ def _deliver_maildir(template: str, target: AddressData, message: bytes, quota: 
                 # No lock in maildir: the quota is approximate under concurrency.
                 if used + len(message) > quota:
                     raise OverQuota(f"maildir full for a message of {len(message)} bytes")
-            stored = maildir.deliver(box_fd, message)
+            if folder is None:
+                stored = maildir.deliver(box_fd, message)
+            else:
+                folder_fd = maildir.open_folder(box_fd, folder)
+                try:
+                    stored = f"{folder}/{maildir.deliver(folder_fd, message)}"
+                finally:
+                    os.close(folder_fd)
         finally:
             os.close(box_fd)
     finally:

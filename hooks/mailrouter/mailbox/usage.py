@@ -8,8 +8,9 @@ delivery, or the other way round.  The rule:
 * **Maildir**: the sum over the entries of ``new/`` and ``cur/`` that are
   regular files (``tmp/`` is work in progress and not counted), in the Maildir
   itself and in each of its Maildir++ folders (``.Sent/``, ``.Trash/``, ...: the
-  folders Dovecot makes when an IMAP client files or deletes mail, so moving
-  mail to a folder does not free quota); an entry's size is the ``,S=<bytes>``
+  folders Dovecot makes when an IMAP client files or deletes mail, and what Sieve
+  ``fileinto`` fills: a folder is part of the mailbox, not a way around its
+  quota); an entry's size is the ``,S=<bytes>``
   field of its name when it has one (maildir++, written by us and by Dovecot;
   it spares a ``stat`` per message), else its ``lstat`` size.  Dovecot's own
   files (``dovecot-uidlist``, ``dovecot.index*``, ``maildirsize``) are not mail
@@ -34,7 +35,7 @@ import os
 import re
 import stat
 
-from mailrouter.mailbox.maildir import open_dir
+from mailrouter.mailbox.maildir import is_folder_directory, open_dir
 
 COUNTED_SUBDIRS = ("new", "cur")
 # ",S=<digits>" closing the base name (before ":2,flags"), possibly followed by ",W=..." etc.
@@ -53,10 +54,11 @@ def entry_size(name: str) -> int | None:
 
 
 def maildir_usage(maildir_fd: int) -> int:
-    """Bytes in the Maildir open as ``maildir_fd`` (see the module docstring).
+    """Bytes in the Maildir open as ``maildir_fd`` and its folders (see the module docstring).
 
     Raises ``OSError`` when ``new``/``cur`` cannot be read (a symlink among them:
-    ``ELOOP``/``ENOTDIR``); a missing one counts as empty.
+    ``ELOOP``/``ENOTDIR``); a missing one counts as empty.  A symlinked folder
+    is not counted (and never delivered to: ``maildir.open_folder``).
     """
     total = _folder_usage(maildir_fd)
     with os.scandir(maildir_fd) as entries:
@@ -78,9 +80,9 @@ def maildir_usage(maildir_fd: int) -> int:
 
 
 def _is_folder(entry: os.DirEntry[str]) -> bool:
-    """A Maildir++ folder: ``.Name``, a real directory (never a symlink)."""
-    name = entry.name
-    return name.startswith(".") and name not in (".", "..") and entry.is_dir(follow_symlinks=False)
+    """A Maildir++ folder (:func:`~mailrouter.mailbox.maildir.is_folder_directory`), a real
+    directory (never a symlink)."""
+    return is_folder_directory(entry.name) and entry.is_dir(follow_symlinks=False)
 
 
 def _folder_usage(maildir_fd: int) -> int:

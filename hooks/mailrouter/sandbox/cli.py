@@ -25,13 +25,15 @@ up
     all on free loopback ports, with a throwaway CA.  Demo data: example.com and
     example.org, a global admin, a postmaster (domain admin) and two users per
     domain, an alias with two targets and a catch-all in example.org, one
-    outbound rate limit (dave@example.org: 100 / 1h); random passwords, stored
-    hashed.  Prints ONE JSON object on stdout, nothing else:
+    outbound rate limit (dave@example.org: 100 / 1h), a vacation reply
+    (dave@example.org) and a Sieve filter (carol@example.org); random
+    passwords, stored hashed.  Prints ONE JSON object on stdout, nothing else:
 
       {"dir", "ldap_uri", "base_dn", "admin_dn", "admin_password", "smtp_port",
        "submission_port", "smtps_port", "pop3_port", "pop3s_port", "ca_cert",
        "spool_dir", "exim", "accounts": [{"address", "dn", "password", "role"}],
        "aliases": {"alias@domain": [targets]}, "catchall": {"domain": [targets]},
+       "mail_rules": {"vacation": [addresses], "sieve": [addresses]},
        "web_url", "config", "exim_config", "tls_host", "audit_base",
        "rate_limits": {"address": "COUNT / PERIOD"}, "lmtp_socket", "imap_port",
        "imaps_port", "webmail_url"}
@@ -120,6 +122,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from mailrouter import rules
 from mailrouter.admin.audit import AUDIT_BASE
 from mailrouter.sandbox import demo, tls
 from mailrouter.sandbox.configs import write_config
@@ -261,7 +264,7 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     os.chown(spool, 0, mail.pw_gid)
     spool.chmod(0o2775)
 
-    data = demo.build(mbox_template=f"{spool}/{{local}}@{{domain}}")
+    data = demo.build(mbox_template=f"{spool}/{{local}}@{{domain}}", with_rules=True)
     log("starting slapd")
     slapd = Slapd(directory / "ldap", ldif=[data.ldif], root=root, seed_passwords=data.seed_passwords)
     slapd.start()
@@ -327,6 +330,8 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
         "aliases": data.aliases,
         "catchall": data.catchall,
         "rate_limits": data.rate_limits,
+        "mail_rules": {"vacation": [a for a, r in demo.RULES.items() if rules.VACATION_ACTIVE in r],
+                       "sieve": [a for a, r in demo.RULES.items() if rules.SIEVE_SCRIPT in r]},
         "config": str(config),
         "tls_host": TLS_HOST,
         "audit_base": AUDIT_BASE,

@@ -5,6 +5,11 @@ admin) and two users per domain, an alias with two targets and a catch-all in
 example.org, and one outbound rate limit: dave@example.org may send to 100
 recipients per hour (``mailRateLimit``).  Passwords are random per call and
 stored hashed, like any other.
+With ``rules`` (the sandbox; not the tests' data set, whose deliveries must not
+change): one example of each mail rule (issue 16) -- dave@example.org is on
+vacation (:data:`VACATION`) and carol@example.org has a Sieve filter
+(:data:`SIEVE_SCRIPT`: ``[junk]`` in the subject is discarded, ``[for dave]``
+redirected to dave, everything else kept).
 """
 
 from __future__ import annotations
@@ -12,8 +17,26 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from mailrouter import entries, passwords
+from mailrouter import entries, passwords, rules
 from mailrouter.directory import password_stamp
+
+VACATION = {
+    rules.VACATION_ACTIVE: "TRUE",
+    rules.VACATION_SUBJECT: "Out of office",
+    rules.VACATION_TEXT: "Dave is away this week and reads his mail on Monday.\n",
+}
+SIEVE_SCRIPT = """# carol's filter: the sandbox's example (mbox mailboxes: keep, discard, redirect)
+if header :contains "subject" "[junk]" {
+  discard;
+  stop;
+}
+if header :contains "subject" "[for dave]" {
+  redirect "dave@example.org";
+  stop;
+}
+keep;
+"""
+RULES = {"dave@example.org": VACATION, "carol@example.org": {rules.SIEVE_SCRIPT: SIEVE_SCRIPT}}
 
 GLOBAL_ADMIN_DN_TEMPLATE = "uid=admin,{base}"
 SERVICE_DN_TEMPLATE = "uid=mailrouter,{base}"
@@ -61,6 +84,7 @@ def build(
     storage_gid: int = 8,
     scheme: str = "argon2",
     quota: str = "10M",
+    with_rules: bool = False,
 ) -> DemoDirectory:
     """Build the demo directory; see the module docstring for what it holds."""
     accounts: list[Account] = []
@@ -86,6 +110,9 @@ def build(
         limit = rate_limits.get(f"{local}@{domain}")
         if limit is not None:
             entry.attributes["mailRateLimit"] = [limit]
+        if with_rules:
+            seeded = RULES.get(f"{local}@{domain}", {})
+            entry.attributes.update({name: [value] for name, value in seeded.items()})
         objects.append(entry)
         accounts.append(Account(entry.dn, password, role, f"{local}@{domain}"))
 

@@ -97,6 +97,7 @@ class Exim:
         self.log_directory = self.workdir / "log"
         self.pid_file = self.workdir / "exim-daemon.pid"
         self.wrapper = self.workdir / "exim.conf"
+        self.vacation_directory = self.spool_directory / "mailrouter-vacation"
         self.macros: dict[str, str] = {
             "MAILROUTER_SPOOL_DIRECTORY": str(self.spool_directory),
             "MAILROUTER_LOG_FILE_PATH": str(self.log_directory / "%slog"),
@@ -129,7 +130,9 @@ class Exim:
             os.chown(path, 0, 0)
             path.chmod(0o644)
         exim_user = pwd.getpwnam(EXIM_USER)
-        for directory in (self.spool_directory, self.log_directory):
+        # The vacation replies' once files (MAILROUTER_VACATION_DIRECTORY's default):
+        # Exim's autoreply does not create the directory.
+        for directory in (self.spool_directory, self.log_directory, self.vacation_directory):
             directory.mkdir(parents=True, exist_ok=True)
             os.chown(directory, exim_user.pw_uid, exim_user.pw_gid)
             directory.chmod(0o750)

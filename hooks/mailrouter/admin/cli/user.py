@@ -1,12 +1,16 @@
-"""``mailrouter-admin user add|remove|list|show|passwd|quota|ratelimit|format|enable|disable|name|rename``."""
+"""``mailrouter-admin user add|remove|list|show|passwd|quota|ratelimit|format|enable|disable|name|rename|
+vacation|sieve``."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
-from mailrouter.admin import ratelimits, users
+from mailrouter.admin import ratelimits, rules, users
 from mailrouter.admin.cli.base import QUOTA_HELP, Cli, group, leaf, page_options
 from mailrouter.admin.cli.output import pairs
+from mailrouter.errors import AdminError
 from mailrouter.exitcodes import EX_OK
 from mailrouter.mailbox.addressdata import FORMATS
 
@@ -70,6 +74,46 @@ def rename(cli: Cli) -> int:
     return cli.output.done(users.rename_user(cli.session(), cli.args.address, cli.args.new_address))
 
 
+def _text_file(path: str, field: str) -> str:
+    """A text argument read from FILE (``-``: standard input), as UTF-8."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdminError(f"cannot read {path}: {exc}", field=field) from None
+
+
+def vacation(cli: Cli) -> int:
+    args = cli.args
+    session = cli.session()
+    if args.action == "show":
+        info = rules.vacation_show(session, args.address)
+        cli.output.emit(info, lambda: pairs(info))
+        return EX_OK
+    if args.action == "off":
+        return cli.output.done(rules.vacation_off(session, args.address))
+    if args.text_file is None and args.text is None:
+        raise AdminError("vacation set needs --text or --text-file", field="text")
+    text = _text_file(args.text_file, "text") if args.text_file is not None else args.text
+    return cli.output.done(rules.vacation_set(session, args.address, text, subject=args.subject,
+                                              start=args.start, end=args.end))
+
+
+def sieve(cli: Cli) -> int:
+    args = cli.args
+    session = cli.session()
+    if args.action == "show":
+        info = rules.sieve_show(session, args.address)
+        cli.output.emit(info, info["script"] or f"# {info['address']} has no Sieve script")
+        return EX_OK
+    if args.action == "remove":
+        return cli.output.done(rules.sieve_remove(session, args.address))
+    if args.file is None:
+        raise AdminError("sieve set needs the script's FILE (- for standard input)", field="script")
+    return cli.output.done(rules.sieve_set(session, args.address, _text_file(args.file, "script")))
+
+
 def register(top: Any) -> None:
     g = group(top, "user", "mailbox users")
     p = leaf(g, "add", add, "add a user")
@@ -110,6 +154,22 @@ def register(top: Any) -> None:
     p = leaf(g, "name", name, "set a user's full name (cn)")
     p.add_argument("address", help=ADDRESS_HELP)
     p.add_argument("name", help="the full name; empty resets it to the address")
+    p = leaf(g, "vacation", vacation,
+             "the out-of-office reply: show, set (and switch on), off (the text is kept)")
+    p.add_argument("action", choices=["show", "set", "off"],
+                   help="show it, set it (with --text or --text-file; switches it on), or switch it off")
+    p.add_argument("address", help=ADDRESS_HELP)
+    p.add_argument("--text", metavar="TEXT", help="set: the reply's text")
+    p.add_argument("--text-file", metavar="FILE", help="set: the reply's text from FILE (- = stdin)")
+    p.add_argument("--subject", metavar="TEXT", help="set: the reply's subject (default: Out of office)")
+    p.add_argument("--start", metavar="DATE", help="set: first day, YYYY-MM-DD[THH:MM] UTC ('' clears)")
+    p.add_argument("--end", metavar="DATE", help="set: last day, YYYY-MM-DD[THH:MM] UTC ('' clears)")
+    p = leaf(g, "sieve", sieve,
+             "the Sieve filter: show, set FILE (checked by our rules and Exim's parser), remove")
+    p.add_argument("action", choices=["show", "set", "remove"],
+                   help="show the script, set it from FILE (checked first), or remove it")
+    p.add_argument("address", help=ADDRESS_HELP)
+    p.add_argument("file", nargs="?", metavar="FILE", help="set: the script (- = stdin)")
     p = leaf(g, "rename", rename,
              "rename a user within the domain (entry, admin rights, alias targets, mailbox)")
     p.add_argument("address", help="the current address")

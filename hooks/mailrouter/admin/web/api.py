@@ -22,7 +22,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from mailrouter.admin import aliases, audit, catchall, domains, ratelimits, settings, users
+from mailrouter.admin import aliases, audit, catchall, domains, ratelimits, rules, settings, users
 from mailrouter.admin.normalise import normalise_format, normalise_quota
 from mailrouter.admin.web import auth
 from mailrouter.admin.web.views.home import change_own_password
@@ -197,6 +197,52 @@ def patch_user(domain: str, local: str) -> Any:
 def delete_user(domain: str, local: str) -> Any:
     auth.current()
     users.remove_user(auth.ldap(), f"{local}@{domain}")
+    return _no_content()
+
+
+# -- a user's mail rules (issue 16; the user themself and the domain's admins) -------------
+@blueprint.get("/domains/<domain>/users/<local>/vacation")
+def get_vacation(domain: str, local: str) -> Any:
+    auth.current()
+    return jsonify(rules.vacation_show(auth.ldap(), f"{local}@{domain}"))
+
+
+@blueprint.put("/domains/<domain>/users/<local>/vacation")
+def put_vacation(domain: str, local: str) -> Any:
+    auth.current()
+    body = _body({"text": str}, {"subject": str, "start": str, "end": str})
+    result = rules.vacation_set(auth.ldap(), f"{local}@{domain}", body["text"], subject=body.get("subject"),
+                                start=body.get("start"), end=body.get("end"))
+    result.pop("ok", None)
+    result.pop("message", None)
+    return jsonify(result)
+
+
+@blueprint.delete("/domains/<domain>/users/<local>/vacation")
+def delete_vacation(domain: str, local: str) -> Any:
+    auth.current()
+    rules.vacation_off(auth.ldap(), f"{local}@{domain}")
+    return _no_content()
+
+
+@blueprint.get("/domains/<domain>/users/<local>/sieve")
+def get_sieve(domain: str, local: str) -> Any:
+    auth.current()
+    return jsonify(rules.sieve_show(auth.ldap(), f"{local}@{domain}"))
+
+
+@blueprint.put("/domains/<domain>/users/<local>/sieve")
+def put_sieve(domain: str, local: str) -> Any:
+    auth.current()
+    body = _body({"script": str}, {})
+    rules.sieve_set(auth.ldap(), f"{local}@{domain}", body["script"])
+    return jsonify(rules.sieve_show(auth.ldap(), f"{local}@{domain}"))
+
+
+@blueprint.delete("/domains/<domain>/users/<local>/sieve")
+def delete_sieve(domain: str, local: str) -> Any:
+    auth.current()
+    rules.sieve_remove(auth.ldap(), f"{local}@{domain}")
     return _no_content()
 
 

@@ -92,3 +92,15 @@ def lines(text: str | None) -> list[str]:
         if line.strip():
             items.append(line.strip())
     return items
+
+
+class VacationForm(FlaskForm):  # type: ignore[misc]
+    subject = StringField("Subject (default: Out of office)", validators=[Optional(), Length(max=200)])
+    text = TextAreaField("Reply text", validators=[DataRequired(), Length(max=8000)])
+    start = StringField("First day (YYYY-MM-DD, UTC; empty: now)", validators=[Optional(), Length(max=30)])
+    end = StringField("Last day (YYYY-MM-DD, UTC; empty: until switched off)",
+                      validators=[Optional(), Length(max=30)])
+
+
+class SieveForm(FlaskForm):  # type: ignore[misc]
+    script = TextAreaField("Sieve script", validators=[DataRequired(), Length(max=32768)])

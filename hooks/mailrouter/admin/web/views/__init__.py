@@ -63,4 +63,13 @@ def done(message: str, endpoint: str, **values: Any) -> Any:
 
 
 # Route modules register themselves on the blueprint.
-from mailrouter.admin.web.views import admins, aliases, audit, domains, home, settings, users  # noqa: E402,F401
+from mailrouter.admin.web.views import (  # noqa: E402,F401
+    admins,
+    aliases,
+    audit,
+    domains,
+    home,
+    rules,
+    settings,
+    users,
+)

@@ -40,7 +40,7 @@ def me() -> Any:
     if person.address is not None:
         user = users.show_user(auth.ldap(), person.address)
         info.update(name=user.get("name"), quota=user["quota"], percent=percent_used(user["quota"]),
-                    rate_limit=ratelimits.describe(user))
+                    rate_limit=ratelimits.describe(user), address=person.address)
     return render_template("me.html", person=person, info=info, form=OwnPasswordForm())
 
 
