@@ -34,6 +34,14 @@ been applied: it is never sent to another server but raises
 :class:`~mailrouter.errors.WriteOutcomeUnknown` (temporary; the message says
 the outcome is unknown).  Only a failure *before* the write was sent (connect
 or bind) moves on to the next URI.
+
+Reads and writes go to different lists when the directory is replicated
+(``mailrouter.config``): :class:`Directory` reads from ``uris`` (a node's local
+replica first); :class:`Session` -- every write -- and
+:meth:`Directory.check_password` use ``writers`` (the providers).  A write
+answered with a referral (a read-only replica's ``updateref``) raises
+:class:`~mailrouter.errors.ReadOnlyReplica`: nothing was written there, and it
+is not followed to the server it names.
 """
 
 from __future__ import annotations
@@ -56,12 +64,14 @@ from mailrouter.errors import (
     BindRefused,
     DirectoryUnavailable,
     LdapRefused,
+    ReadOnlyReplica,
     WriteOutcomeUnknown,
 )
 
 RESULT_SUCCESS = 0
 RESULT_COMPARE_FALSE = 5
 RESULT_COMPARE_TRUE = 6
+RESULT_REFERRAL = 10
 RESULT_NO_SUCH_ATTRIBUTE = 16
 RESULT_NO_SUCH_OBJECT = 32
 RESULT_INVALID_CREDENTIALS = 49
@@ -336,6 +346,9 @@ class Directory:
             receive_timeout=self._receive_timeout,
             raise_exceptions=False,
             read_only=self._read_only,
+            # A referral is an answer (ReadOnlyReplica), never a server to send
+            # our credentials and the write to: ldap3 would follow it by default.
+            auto_referrals=False,
         )
         if not connection.bind():
             code = connection.result.get("result")
@@ -373,6 +386,7 @@ class Directory:
             except DirectoryUnavailable as exc:
                 problems.append(str(exc))
                 continue
+            self._connected_uri = uri  # for the messages of this first operation
             try:
                 result = operation(connection)
             except (LDAPException, OSError) as exc:
@@ -392,6 +406,11 @@ class Directory:
             f"{write}: sent to {uri}, no answer ({type(exc).__name__}): the outcome is unknown,"
             " check before trying again (not retried on another server)"
         )
+
+    @property
+    def connected_uri(self) -> str:
+        """The URI of the open connection (``""`` before the first operation)."""
+        return self._connected_uri
 
     def close(self) -> None:
         if self._connection is not None:
@@ -551,7 +570,8 @@ class Directory:
         if not password:
             return False
         problems = []
-        for uri in self._config.uris:
+        # The writers: a bind updates ppolicy's failure count (config.py).
+        for uri in self._config.writers:
             try:
                 connection = Connection(
                     self._server(uri),
@@ -559,6 +579,7 @@ class Directory:
                     password=password_octets(password),
                     receive_timeout=self._receive_timeout,
                     raise_exceptions=False,
+                    auto_referrals=False,
                 )
                 ok = connection.bind()
             except (LDAPException, OSError) as exc:
@@ -603,7 +624,7 @@ class Session:
             raise LdapRefused(49, "bind", dn, "empty password")
         self._directory = Directory(
             LdapConfig(
-                uris=config.uris,
+                uris=config.writers,  # every write, and the reads around it, at a provider
                 base_dn=config.base_dn,
                 bind_dn=dn,
                 bind_password=password,
@@ -634,6 +655,9 @@ class Session:
         if code == RESULT_SUCCESS:
             return
         detail = str(connection.result.get("message") or "")
+        if code == RESULT_REFERRAL:
+            referrals = [str(url) for url in connection.result.get("referrals") or []]
+            raise ReadOnlyReplica(operation, dn, self._directory.connected_uri, referrals)
         if isinstance(code, int) and code in REFUSAL_CODES:
             raise LdapRefused(code, operation, dn, detail)
         raise DirectoryUnavailable(f"{operation} {dn}: rc {code} {detail}")
