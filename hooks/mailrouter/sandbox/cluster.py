@@ -69,8 +69,13 @@ def start_directory(
     seed_passwords: dict[str, str],
     nodes: int,
     replicator_password: str,
+    cn_config: bool = False,
 ) -> ReplicatedDirectory:
-    """Start the provider pair and ``nodes`` replicas; on failure stop what started."""
+    """Start the provider pair and ``nodes`` replicas; on failure stop what started.
+
+    ``cn_config``: the second provider and the even-numbered replicas run from
+    cn=config (converted from their rendered slapd.conf), the others from
+    slapd.conf -- one cluster proves both forms work together."""
     cluster = ReplicatedDirectory(replicator_password=replicator_password)
     ports = [free_port(PROVIDER_HOST), free_port(PROVIDER_HOST)]
     while ports[1] == ports[0]:
@@ -86,13 +91,14 @@ def start_directory(
         first.configure()
         dump = first.dump()
         second = Slapd(
-            workdir / "provider2", root=root, host=PROVIDER_HOST, preload=dump,
+            workdir / "provider2", root=root, host=PROVIDER_HOST, preload=dump, cn_config=cn_config,
             replication=Replication("provider", (uris[0],), replicator_password, server_id=2),
         )
         cluster.providers.append(second)
         for index in range(1, nodes + 1):
             cluster.replicas.append(Slapd(
                 workdir / f"replica{index}", root=root, host=node_address(index), preload=dump,
+                cn_config=cn_config and index % 2 == 0,
                 replication=Replication("consumer", tuple(uris), replicator_password),
             ))
         first.start(ports[0])

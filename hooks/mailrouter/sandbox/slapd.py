@@ -163,11 +163,15 @@ class Slapd:
         host: str = "127.0.0.1",
         replication: Replication | None = None,
         preload: str | None = None,
+        cn_config: bool = False,
     ) -> None:
         """``host``: the loopback address to listen on; ``replication``: this
         server's part in a replicated directory; ``preload``: an LDIF dump (slapcat
         of the first provider) loaded as it is instead of the seed + ``ldif``, so
-        that every replica starts with the same entryUUIDs and CSNs."""
+        that every replica starts with the same entryUUIDs and CSNs; ``cn_config``:
+        run from the cn=config directory ``slaptest`` converts the rendered
+        slapd.conf into (the deployment path of ldap/slapd.conf's header)."""
+        self.cn_config = cn_config
         self.host = host
         self.replication = replication
         self.preload = preload
@@ -219,6 +223,16 @@ class Slapd:
             slapadd += ["-w"] + (["-S", str(server_id)] if server_id else [])
             data = self.preload if self.preload is not None else data
         self._run(slapadd, "slapadd", stdin=data.encode("utf-8"))
+        if self.replication is not None and self.replication.role == "provider":
+            # The log's top entry (accesslog would make it at the first write): a database
+            # slaptest can open read-only, to convert the configuration below.
+            log_top = "dn: cn=deltalog\nobjectClass: auditContainer\ncn: deltalog\n"
+            self._run([SLAPADD, "-w", "-f", str(self.conf_path), "-b", "cn=deltalog"], "slapadd (deltalog)",
+                      stdin=log_top.encode("utf-8"))
+        if self.cn_config:
+            (self.workdir / "slapd.d").mkdir(exist_ok=True)
+            self._run([SLAPTEST, "-f", str(self.conf_path), "-F", str(self.workdir / "slapd.d")],
+                      "slaptest (convert to cn=config)")
         if self.run_as:
             subprocess.run(["chown", "-R", self.run_as, str(self.workdir)], check=True)
 
@@ -231,7 +245,8 @@ class Slapd:
         return self
 
     def _launch(self, what: str) -> None:
-        argv = [SLAPD, "-d", "0", "-f", str(self.conf_path), "-h", self.uri]
+        source = ["-F", str(self.workdir / "slapd.d")] if self.cn_config else ["-f", str(self.conf_path)]
+        argv = [SLAPD, "-d", "0", *source, "-h", self.uri]
         if self.run_as:
             argv += ["-u", self.run_as]
         with self.log_path.open("ab") as log:
