@@ -97,6 +97,8 @@ USER_ATTRIBUTES = (
     "mailPasswordScheme",
     "pwdChangedTime",
     "pwdAccountLockedTime",
+    # The home node in a cluster (README "More than one machine"); absent: any node.
+    "mailHost",
 )
 
 # mailPasswordScheme = "<scheme label> <pwdChangedTime of the write>" (mailrouter.passwords
@@ -118,6 +120,7 @@ class User:
     active: bool
     password_scheme: str | None = None  # label of the stored hash; None = unknown (see password_stamp)
     locked: bool = False  # ppolicy's pwdAccountLockedTime is set (the lock may have run out)
+    home: str | None = None  # mailHost as stored: the cluster node that stores the mailbox
 
     @property
     def address(self) -> str:
@@ -515,6 +518,7 @@ class Directory:
             active=_is_active(attributes) and self.domain_active(domain),
             password_scheme=stamped_label(attributes),
             locked=bool(first(attributes, "pwdAccountLockedTime")),
+            home=first(attributes, "mailHost"),
         )
 
     def alias(self, name: str, domain: str) -> Alias | None:

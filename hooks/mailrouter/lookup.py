@@ -87,6 +87,10 @@ def _user(directory: Directory, config: Config, args: list[str]) -> Answer:
     return routing.address_data(user, config.spool) if user is not None else None
 
 
+def _home(directory: Directory, _config: Config, args: list[str]) -> Answer:
+    return routing.home_node(directory, args[0], args[1])
+
+
 def _catchall(directory: Directory, _config: Config, args: list[str]) -> Answer:
     return routing.catchall_answer(directory, args[0], args[1])
 
@@ -135,6 +139,7 @@ KINDS: dict[str, Kind] = {
     "alias": Kind(2, _alias, _bad_address),
     "user": Kind(2, _user, _bad_address),
     "catchall": Kind(2, _catchall, _bad_catchall_key),
+    "home": Kind(2, _home, _bad_address),
     "quota": Kind(3, _quota, _bad_address),
     "relay-host": Kind(1, _relay_host, _bad_ip),
     "blacklisted-host": Kind(1, _blacklisted_host, _bad_ip),

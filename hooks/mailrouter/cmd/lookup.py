@@ -22,6 +22,11 @@ answered "no" without a query).  The predicates -- ``relay-host``,
 ``catchall LOCAL DOMAIN``               0 + redirect data once aliases and users declined:
                                         the catch-all's targets, or ``:fail:`` for a disabled
                                         user/alias, an alias loop or a hostile local part
+``home LOCAL DOMAIN``                   0 + the home node (``mailHost``, lower case) of an *active*
+                                        user; 1 when the user has none (every node delivers) or
+                                        is not an active user; 75 for a mailHost that is not a
+                                        host name.  Asked by the cluster router (README "More
+                                        than one machine") only
 ``quota LOCAL DOMAIN SIZE``             0 + ``toobig ADDRESS...`` when the message (SIZE octets)
                                         is larger than the whole quota of a mailbox LOCAL@DOMAIN
                                         reaches (directly or through aliases), else ``full
