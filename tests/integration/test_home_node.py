@@ -211,3 +211,19 @@ def test_only_global_admins_choose_a_home_node(cluster: Cluster) -> None:
     admin = data.account("global-admin")
     with Session(service_config(slapd, data), admin.dn, admin.password) as session:
         session.modify(dn, {"mailHost": ("replace", ["node2"])})
+
+
+def test_mail_for_a_stopped_home_node_waits_on_the_other_and_arrives_when_it_returns(
+        cluster: Cluster) -> None:
+    node1, node2 = cluster.nodes["node1"], cluster.nodes["node2"]
+    node2.exim.stop_daemon()
+    try:
+        send(node1, "on2@example.com", "while-2-was-down")  # accepted: no callout to a node that is down
+        time.sleep(3)  # queue runs on node 1 try (and defer) meanwhile
+        assert node1.exim.queue_count() == 1
+        assert "while-2-was-down" not in (node2.mailbox("on2").read_text() if node2.mailbox("on2").exists()
+                                          else "")
+    finally:
+        node2.exim.start_daemon(node2.exim.ports, queue_interval="1s", host=node2.address)
+    wait_for(node2.mailbox("on2"), "while-2-was-down", timeout=30)
+    assert "<= <>" not in node1.exim.main_log()  # nothing bounced
