@@ -15,8 +15,9 @@ front door, 127.0.0.(i+1) for node i, 127.0.0.10 as the front door's source):
   submission, SMTPS (PROXY protocol into Exim), POP3 and POP3S (to perdition).
 
 The demo users get homes: alice@example.com and carol@example.org live on node 1,
-bob@example.com and dave@example.org on node 2 (on node 1 too when N = 1 --
-never), the postmasters have none (every node delivers to them).
+bob@example.com and dave@example.org on node 2 (when there is one: the
+benchmark also runs a single node), the postmasters have none (every node
+delivers to them).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ PERDITION_POP3 = "/usr/sbin/perdition.pop3"
 PERDITION_POP3S = "/usr/sbin/perdition.pop3s"
 FRONT = "127.0.0.1"
 PROXY_SOURCE = "127.0.0.10"  # HAProxy connects to the nodes from here; Exim's hosts_proxy
-MIN_NODES, MAX_NODES = 2, 3
+MIN_NODES, MAX_NODES = 1, 3  # the CLI offers 2 and 3; bench_cluster.py also runs 1
 HOMES = {  # demo user -> node index (1-based)
     "alice@example.com": 1, "carol@example.org": 1, "bob@example.com": 2, "dave@example.org": 2,
 }
@@ -180,7 +181,8 @@ def bring_up_cluster(directory: Path, sandbox: Sandbox, nodes: int,
 
     # Demo data (mailbox paths are per node, from each node's own template).
     data = demo.build(mbox_template="/var/mail/{local}@{domain}")
-    homes = {data.account(address).dn: addresses[node - 1] for address, node in HOMES.items()}
+    homes = {data.account(address).dn: addresses[node - 1]
+             for address, node in HOMES.items() if node <= nodes}
     replicator_password = demo.new_password()
     log(f"starting the directory: 2 providers, {nodes} replicas")
     ldap_dir = directory / "ldap"
@@ -306,7 +308,7 @@ def bring_up_cluster(directory: Path, sandbox: Sandbox, nodes: int,
         if account.role == "service":
             continue
         entry = account.as_json()
-        if account.address in HOMES:
+        if account.address in HOMES and HOMES[account.address] <= nodes:
             entry["home"] = names[HOMES[account.address] - 1]
         accounts.append(entry)
     return {
