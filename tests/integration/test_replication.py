@@ -23,7 +23,7 @@ import pytest
 from conftest import BIN, ROOT, VENV_ENV, hook_config, needs_root, own_copy, service_config
 from dataset import Dataset
 from mailrouter import auth
-from mailrouter.config import Config, LdapConfig, load
+from mailrouter.config import AuthConfig, Config, LdapConfig, load
 from mailrouter.directory import Directory, Session
 from mailrouter.errors import LdapRefused, ReadOnlyReplica
 from mailrouter.sandbox import cluster, demo
@@ -212,6 +212,25 @@ def test_password_checks_go_to_a_provider_so_lockout_counts(directory: cluster.R
     assert (read(provider, data, user.dn, "pwdFailureTime") or {}).get("pwdFailureTime")
     wait_until(lambda: bool((read(replica, data, user.dn, "pwdFailureTime") or {}).get("pwdFailureTime")),
                "pwdFailureTime on the replica")
+
+
+def test_the_rehash_on_login_writes_to_a_provider(directory: cluster.ReplicatedDirectory,
+                                                  data: Dataset) -> None:
+    """A node reads from its replica; the rehash after a login is a write: it goes to a provider."""
+    replica, provider = directory.replicas[0], directory.providers[1]
+    user = data.account("dave@example.org")  # stored as {ARGON2}: an ssha config rehashes it
+    ldap = LdapConfig(uris=(replica.uri,), write_uris=(provider.uri,), base_dn=BASE,
+                      bind_dn=data.account("service").dn, bind_password=data.account("service").password)
+    result = auth.authenticate(Config(ldap=ldap, auth=AuthConfig(password_scheme="ssha")),
+                               "dave@example.org", user.password)
+    assert result.verdict is auth.Verdict.OK and "rehashed" in result.reason, result.reason
+    for server in everywhere(directory):
+        wait_until(partial(label_is, server, data, user.dn, "{SSHA}"), f"the new label on {server.uri}")
+
+
+def label_is(server: Slapd, data: demo.DemoDirectory, dn: str, prefix: str) -> bool:
+    labels = (read(server, data, dn, "mailPasswordScheme") or {}).get("mailPasswordScheme", [])
+    return any(value.startswith(prefix) for value in labels)
 
 
 def test_the_replicator_reads_what_replication_needs_and_writes_nothing(
