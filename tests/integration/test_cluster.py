@@ -184,3 +184,36 @@ def test_a_nodes_replica_stopped_its_hooks_fail_over_and_nothing_bounces(hub: di
         assert sandbox("ldap", "start", "--dir", hub["dir"], "--server", "replica1").returncode == 0
     log = (Path(first["exim_config"]).parent / "log" / "mainlog").read_text(errors="replace")
     assert "<= <>" not in log and " ** " not in log  # no bounce, no failed address
+
+
+def test_exim_behind_the_front_door_sees_the_clients_own_address(hub: dict[str, Any]) -> None:
+    """PROXY protocol: host_accept_relay (127.0.0.1 in the seed) judges the client, not HAProxy."""
+    answers = {}
+    for client in ("127.0.0.1", "127.0.0.5"):
+        with smtplib.SMTP("127.0.0.1", hub["smtp_port"], timeout=30, source_address=(client, 0)) as smtp:
+            smtp.ehlo()
+            smtp.mail("sender@remote.example")
+            answers[client] = smtp.rcpt("someone@elsewhere.example")[0]
+    assert answers == {"127.0.0.1": 250, "127.0.0.5": 550}
+    logs = "".join((Path(n["exim_config"]).parent / "log" / "mainlog").read_text(errors="replace")
+                   for n in hub["nodes"])
+    assert "[127.0.0.5] F=<sender@remote.example> rejected RCPT <someone@elsewhere.example>" in logs
+
+
+def test_plain_pop3_through_the_front_door_reaches_the_home_node(hub: dict[str, Any]) -> None:
+    subject = f"pop3-{uuid.uuid4().hex[:8]}"
+    second = node(hub, "node2")
+    with smtplib.SMTP(second["address"], second["smtp_port"], timeout=30) as client:
+        client.sendmail("sender@remote.example", ["alice@example.com"], f"Subject: {subject}\n\nhi\n")
+
+    def arrived() -> bool:
+        pop = poplib.POP3("127.0.0.1", hub["pop3_port"], timeout=30)
+        try:
+            pop.user("alice@example.com")
+            pop.pass_(account(hub, "alice@example.com")["password"])
+            return any(subject.encode() in line for n in range(1, len(pop.list()[1]) + 1)
+                       for line in pop.top(n, 0)[1])
+        finally:
+            pop.quit()
+
+    wait_until(arrived, "alice (home node 1) reads over plain POP3 what node 2 received")
