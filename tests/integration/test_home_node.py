@@ -32,7 +32,7 @@ from mailrouter.sandbox.exim import EXIM_USER, Exim, make_readable_dir
 from mailrouter.sandbox.slapd import Slapd, free_port
 from mailrouter.sandbox.tls import make_certificates
 
-pytestmark = needs_root
+pytestmark = [needs_root, pytest.mark.slow]  # two Exims, TLS between them, queue runs
 
 NODES = {"node1": "127.0.0.2", "node2": "127.0.0.3"}
 # Users and their mailHost (None: no home, any node delivers).
