@@ -5,6 +5,7 @@ The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
 
     [ldap]
     uris = ["ldap://ldap1.example.net/", "ldap://ldap2.example.net/"]  # tried in order
+    write_uris = ["ldap://ldap1.example.net/"]  # writes and password checks (default: uris)
     base_dn = "o=top"
     bind_dn = "cn=mailrouter,o=top"            # the read-only service account
     bind_password_file = "/etc/mailrouter/ldap.secret"   # never on a command line
@@ -42,6 +43,17 @@ The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
     login_failures_per_account = 5              # refused logins per account per window ...
     login_failures_per_client = 20              # ... and per client address, then 429
     login_window = 900                          # seconds
+
+Reads and writes (more than one machine, ``ldap/replication/``): ``uris`` is
+where lookups *read*, in order -- on a mail node its own read-only replica
+first, then the providers.  ``write_uris`` is where every *write* goes (the
+admin CLI, the web, ``mailrouter-passwd``, the rehash on login) and every
+*password check*: a bind updates ppolicy's failure count and lockout, which a
+read-only replica cannot record -- checked there, a guesser would never be
+locked out.  Without ``write_uris`` both are ``uris`` (one server, or a
+failover list of equals: unchanged).  A write that reaches a replica anyway is
+refused with its referral (:class:`~mailrouter.errors.ReadOnlyReplica`), never
+applied there nor retried elsewhere.
 
 Why no globals: every executable calls :func:`load` once and hands the result
 down, so tests can run several configurations in one process.
@@ -87,6 +99,13 @@ class LdapConfig:
     bind_password_file: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     operation_timeout: float = DEFAULT_OPERATION_TIMEOUT
+    # Empty: writes and password checks go to ``uris`` (see the module docstring).
+    write_uris: tuple[str, ...] = ()
+
+    @property
+    def writers(self) -> tuple[str, ...]:
+        """Where writes and password checks (binds) go: ``write_uris``, else ``uris``."""
+        return self.write_uris or self.uris
 
     def service_password(self) -> str | None:
         if self.bind_password is not None:
@@ -212,6 +231,9 @@ def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None)
     uris = _typed(ldap, "uris", list, None)
     if not uris or not all(isinstance(u, str) and u for u in uris):
         raise ConfigError("ldap.uris must be a non-empty list of LDAP URIs")
+    write_uris = _typed(ldap, "write_uris", list, [])
+    if not all(isinstance(u, str) and u for u in write_uris):
+        raise ConfigError("ldap.write_uris must be a list of LDAP URIs (the providers)")
     password_file = _typed(ldap, "bind_password_file", str, None)
     bind_dn = _typed(ldap, "bind_dn", str, None)
     if bind_dn and not password_file:
@@ -224,6 +246,7 @@ def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None)
         raise ConfigError("LDAP timeouts must be between 0 and 20 seconds (Exim gives up at 60)")
     ldap_config = LdapConfig(
         uris=tuple(uris),
+        write_uris=tuple(write_uris),
         base_dn=_typed(ldap, "base_dn", str, "o=top"),
         bind_dn=bind_dn,
         bind_password_file=str(base / password_file) if password_file else None,

@@ -34,6 +34,14 @@ been applied: it is never sent to another server but raises
 :class:`~mailrouter.errors.WriteOutcomeUnknown` (temporary; the message says
 the outcome is unknown).  Only a failure *before* the write was sent (connect
 or bind) moves on to the next URI.
+
+Reads and writes go to different lists when the directory is replicated
+(``mailrouter.config``): :class:`Directory` reads from ``uris`` (a node's local
+replica first); :class:`Session` -- every write -- and
+:meth:`Directory.check_password` use ``writers`` (the providers).  A write
+answered with a referral (a read-only replica's ``updateref``) raises
+:class:`~mailrouter.errors.ReadOnlyReplica`: nothing was written there, and it
+is not followed to the server it names.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from mailrouter.errors import (
     BindRefused,
     DirectoryUnavailable,
     LdapRefused,
+    ReadOnlyReplica,
     WriteOutcomeUnknown,
 )
 
@@ -63,6 +72,7 @@ RESULT_SUCCESS = 0
 RESULT_SIZE_LIMIT = 4
 RESULT_COMPARE_FALSE = 5
 RESULT_COMPARE_TRUE = 6
+RESULT_REFERRAL = 10
 RESULT_NO_SUCH_ATTRIBUTE = 16
 RESULT_NO_SUCH_OBJECT = 32
 RESULT_INVALID_CREDENTIALS = 49
@@ -89,6 +99,8 @@ USER_ATTRIBUTES = (
     "mailPasswordScheme",
     "pwdChangedTime",
     "pwdAccountLockedTime",
+    # The home node in a cluster (README "More than one machine"); absent: any node.
+    "mailHost",
 )
 
 # mailPasswordScheme = "<scheme label> <pwdChangedTime of the write>" (mailrouter.passwords
@@ -116,6 +128,7 @@ class User:
     # First values of the attributes a caller asked for besides these (``user(extra=...)``),
     # each name present, None when unset: read in the same request.
     extra: dict[str, str | None] = field(default_factory=dict, compare=False)
+    home: str | None = None  # mailHost as stored: the cluster node that stores the mailbox
 
     @property
     def address(self) -> str:
@@ -344,6 +357,9 @@ class Directory:
             receive_timeout=self._receive_timeout,
             raise_exceptions=False,
             read_only=self._read_only,
+            # A referral is an answer (ReadOnlyReplica), never a server to send
+            # our credentials and the write to: ldap3 would follow it by default.
+            auto_referrals=False,
         )
         if not connection.bind():
             code = connection.result.get("result")
@@ -381,6 +397,7 @@ class Directory:
             except DirectoryUnavailable as exc:
                 problems.append(str(exc))
                 continue
+            self._connected_uri = uri  # for the messages of this first operation
             try:
                 result = operation(connection)
             except (LDAPException, OSError) as exc:
@@ -400,6 +417,11 @@ class Directory:
             f"{write}: sent to {uri}, no answer ({type(exc).__name__}): the outcome is unknown,"
             " check before trying again (not retried on another server)"
         )
+
+    @property
+    def connected_uri(self) -> str:
+        """The URI of the open connection (``""`` before the first operation)."""
+        return self._connected_uri
 
     def close(self) -> None:
         if self._connection is not None:
@@ -508,6 +530,7 @@ class Directory:
             locked=bool(first(attributes, "pwdAccountLockedTime")),
             mailbox_format=first(attributes, "mailMessageFormat"),
             extra={name: first(attributes, name) for name in extra},
+            home=first(attributes, "mailHost"),
         )
 
     def alias(self, name: str, domain: str) -> Alias | None:
@@ -582,7 +605,8 @@ class Directory:
         if not password:
             return False
         problems = []
-        for uri in self._config.uris:
+        # The writers: a bind updates ppolicy's failure count (config.py).
+        for uri in self._config.writers:
             try:
                 connection = Connection(
                     self._server(uri),
@@ -590,6 +614,7 @@ class Directory:
                     password=password_octets(password),
                     receive_timeout=self._receive_timeout,
                     raise_exceptions=False,
+                    auto_referrals=False,
                 )
                 ok = connection.bind()
             except (LDAPException, OSError) as exc:
@@ -634,7 +659,7 @@ class Session:
             raise LdapRefused(49, "bind", dn, "empty password")
         self._directory = Directory(
             LdapConfig(
-                uris=config.uris,
+                uris=config.writers,  # every write, and the reads around it, at a provider
                 base_dn=config.base_dn,
                 bind_dn=dn,
                 bind_password=password,
@@ -665,6 +690,9 @@ class Session:
         if code == RESULT_SUCCESS:
             return
         detail = str(connection.result.get("message") or "")
+        if code == RESULT_REFERRAL:
+            referrals = [str(url) for url in connection.result.get("referrals") or []]
+            raise ReadOnlyReplica(operation, dn, self._directory.connected_uri, referrals)
         if isinstance(code, int) and code in REFUSAL_CODES:
             raise LdapRefused(code, operation, dn, detail)
         raise DirectoryUnavailable(f"{operation} {dn}: rc {code} {detail}")

@@ -44,6 +44,19 @@ class BindRefused(ConfigError):
     treats this one the same, and a caller that must tell it apart can."""
 
 
+class ReadOnlyReplica(ConfigError):
+    """A write reached a read-only replica, which answered with a referral to its
+    providers (slapd's ``updateref``): nothing was written.  A configuration error
+    -- ``ldap.write_uris`` must name the providers -- and never retried elsewhere."""
+
+    def __init__(self, operation: str, dn: str, uri: str, referrals: list[str]) -> None:
+        where = ", ".join(referrals) or "its providers"
+        super().__init__(
+            f"{operation} {dn}: {uri} is a read-only replica (it refers writes to {where});"
+            " nothing was written: put the providers in ldap.write_uris"
+        )
+
+
 class LockTimeout(TemporaryFailure):
     """The mailbox stayed locked by another process until our deadline."""
 

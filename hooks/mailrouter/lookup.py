@@ -121,6 +121,10 @@ def _sieve(directory: Directory, config: Config, args: list[str]) -> Answer:
     return rules.sieve_answer(script, format_address_data(target))
 
 
+def _home(directory: Directory, _config: Config, args: list[str]) -> Answer:
+    return routing.home_node(directory, args[0], args[1])
+
+
 def _catchall(directory: Directory, _config: Config, args: list[str]) -> Answer:
     return routing.catchall_answer(directory, args[0], args[1])
 
@@ -175,6 +179,7 @@ KINDS: dict[str, Kind] = {
     "catchall": Kind(2, _catchall, _bad_catchall_key),
     "vacation": Kind(2, _vacation, _bad_address),
     "sieve": Kind(2, _sieve, _bad_address),
+    "home": Kind(2, _home, _bad_address),
     "quota": Kind(3, _quota, _bad_address),
     "relay-host": Kind(1, _relay_host, _bad_ip),
     "blacklisted-host": Kind(1, _blacklisted_host, _bad_ip),

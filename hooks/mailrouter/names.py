@@ -129,6 +129,15 @@ def is_domain(value: str) -> bool:
     return True
 
 
+NODE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def is_node_name(value: str) -> bool:
+    """True for a cluster node's name (``mailHost``): a lower-case host name, one label
+    or more -- what Exim's ``${extract}`` can use as a key and never mistakes for syntax."""
+    return len(value) <= 253 and NODE_NAME.fullmatch(value) is not None
+
+
 def is_target_local_part(value: str) -> bool:
     """True if ``value`` may be the local part of an alias target (1..64 octets)."""
     return (

@@ -120,6 +120,20 @@ def active_user(directory: Directory, local: str, domain: str, extra: Sequence[s
     return user if user is not None and user.active else None
 
 
+def home_node(directory: Directory, local: str, domain: str) -> str | None:
+    """The cluster node that stores active user ``local@domain``'s mailbox (its
+    ``mailHost``, lower case), or None: no such active user, or no home (every node
+    delivers).  A value that is not a host name raises :class:`ConfigError`
+    (temporary: the mail waits for an admin, it is never routed on a guess)."""
+    user = active_user(directory, local, domain)
+    if user is None or user.home is None:
+        return None
+    home = user.home.strip().lower()
+    if not names.is_node_name(home):
+        raise ConfigError(f"{user.dn}: mailHost {user.home[:80]!r} is not a node name")
+    return home
+
+
 def catchall_answer(directory: Directory, local: str, domain: str) -> str | None:
     """Redirect data when the aliases and users routers declined ``local@domain``.
 

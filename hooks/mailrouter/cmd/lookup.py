@@ -28,6 +28,11 @@ answered "no" without a query).  The predicates -- ``relay-host``,
 ``sieve LOCAL DOMAIN``                  0 + ``sieve=B64`` (the filter, ``# Sieve filter`` first)
                                         and the address data line, when the active user has a
                                         script that passes :mod:`mailrouter.rules`; 1 otherwise
+``home LOCAL DOMAIN``                   0 + the home node (``mailHost``, lower case) of an *active*
+                                        user; 1 when the user has none (every node delivers) or
+                                        is not an active user; 75 for a mailHost that is not a
+                                        host name.  Asked by the cluster router (README "More
+                                        than one machine") only
 ``quota LOCAL DOMAIN SIZE``             0 + ``toobig ADDRESS...`` when the message (SIZE octets)
                                         is larger than the whole quota of a mailbox LOCAL@DOMAIN
                                         reaches (directly or through aliases), else ``full

@@ -1,12 +1,12 @@
 """mailrouter-sandbox -- the whole hub on loopback, in one directory, as root.
 
 SYNOPSIS
-    mailrouter-sandbox --root CHECKOUT up [--dir DIR]
+    mailrouter-sandbox --root CHECKOUT up [--dir DIR] [--nodes N]
     mailrouter-sandbox env --dir DIR
     mailrouter-sandbox status --dir DIR
     mailrouter-sandbox down --dir DIR [--keep]
     mailrouter-sandbox --root CHECKOUT demo [--dir DIR]
-    mailrouter-sandbox ldap stop|start --dir DIR
+    mailrouter-sandbox ldap stop|start --dir DIR [--server NAME]
 
 --root CHECKOUT
     The mailrouter checkout whose ldap/, exim/ and popa3d/ files the daemons
@@ -64,6 +64,21 @@ up
     "exim" is a shell command line that runs exim with the sandbox config
     (append arguments such as -bt ADDRESS or -qf).  Daemons keep running after
     `up` exits; DIR/sandbox.json remembers them.
+up --nodes N
+    N = 2 or 3: the cluster of README "More than one machine" on loopback
+    addresses only (mailrouter.sandbox.nodes): two LDAP providers
+    (multi-provider, delta-syncrepl) on 127.0.0.1 and, per node on 127.0.0.(i+1),
+    a read-only replica, authd, lookupd, Exim in cluster mode, popa3d and
+    perdition; HAProxy on 127.0.0.1 is the front door.  The JSON keeps every key
+    above, for the front door ("smtp_port" ... "pop3s_port" are HAProxy's;
+    "ldap_uri" is the first provider; "config", "exim", "spool_dir" are node 1's)
+    and adds "nodes": [{"name", "address", "mail_host", "replica_uri",
+    "smtp_port", "submission_port", "smtps_port", "pop3_port", "pop3s_port",
+    "perdition_pop3_port", "perdition_pop3s_port", "config", "spool_dir",
+    "exim", "exim_config"}], "ldap_servers" {NAME: URI} (provider1, provider2,
+    replica1...), "ldap_write_uris" and "replicator_password".  Demo users with
+    a home ("home" in "accounts"): alice and carol on node1, bob and dave on
+    node2.
 env
     Prints shell exports that point every bin/ tool at the sandbox in DIR:
     ``eval "$(mailrouter-sandbox env --dir DIR)"`` sets MAILROUTER_CONFIG (the
@@ -77,11 +92,12 @@ down
     time recorded at `up`, so a recycled PID is never signalled) and removes DIR
     unless --keep.  The host is left as it was: nothing in /etc changes and no
     system service is started or stopped, ever.
-ldap stop|start
+ldap stop|start [--server NAME]
     Stops slapd, or starts it again on the same port with the same data, to
     watch the hub defer (451 at SMTP time, queued deliveries) and recover by
     itself: Exim's queue runner (every 2 s here, retry every 5 s) delivers
-    what waited, with no `exim -qf`.
+    what waited, with no `exim -qf`.  In a cluster, --server names one slapd
+    of "ldap_servers" (provider1, provider2, replica1, ...; default provider1).
 demo
     `up`, then sends a message with STARTTLS + AUTH on the submission port and
     fetches it over POP3S, printing what happened and how to connect; the
@@ -435,7 +451,8 @@ def start_services(
     }
 
 
-def up(directory: Path | None, root: Path, log: Callable[[str], None]) -> tuple[int, dict[str, Any] | None]:
+def up(directory: Path | None, root: Path, log: Callable[[str], None],
+       nodes: int = 0) -> tuple[int, dict[str, Any] | None]:
     if os.geteuid() != 0:
         log("mailrouter-sandbox: run as root (slapd, Exim and popa3d need it)")
         return 1, None
@@ -448,7 +465,12 @@ def up(directory: Path | None, root: Path, log: Callable[[str], None]) -> tuple[
     sandbox = Sandbox(target, root)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        info = bring_up(target, sandbox, log)
+        if nodes:
+            from mailrouter.sandbox.nodes import bring_up_cluster  # only for a cluster
+
+            info = bring_up_cluster(target, sandbox, nodes, log)
+        else:
+            info = bring_up(target, sandbox, log)
         sandbox.info = info
         sandbox.save()
         return 0, info
@@ -478,9 +500,28 @@ def status(directory: Path) -> dict[str, Any]:
     }
 
 
-def ldap(directory: Path, action: str) -> None:
-    """Stop slapd, or start it again exactly as `up` did (same port, same data)."""
+def ldap(directory: Path, action: str, server: str | None = None) -> None:
+    """Stop slapd, or start it again exactly as `up` did (same port, same data).
+
+    In a cluster (``up --nodes``) ``server`` names one of ``ldap_servers``."""
     sandbox = Sandbox.load(directory)
+    servers = sandbox.info.get("ldap_servers")
+    if servers is not None:
+        from mailrouter.sandbox import nodes  # a cluster: one of its slapds
+
+        name = server or "provider1"
+        if name not in servers:
+            raise ValueError(f"no LDAP server {name!r}; the sandbox has {', '.join(servers)}")
+        current = next(s for s in sandbox.started if s.name == f"slapd-{name}")
+        if action == "stop":
+            stop_group(current)
+        elif not is_running(current):
+            pid = nodes.restart_slapd(directory, sandbox.root, name, servers[name])
+            sandbox.started[sandbox.started.index(current)] = Started.of(f"slapd-{name}", pid)
+            sandbox.save()
+        return
+    if server is not None:
+        raise ValueError("--server names a slapd of a cluster (up --nodes); this sandbox has one")
     current = next(s for s in sandbox.started if s.name == "slapd")
     if action == "stop":
         stop_group(current)
@@ -612,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--keep", action="store_true", help="keep DIR (logs, mailboxes)")
         if name == "ldap":
             command.add_argument("action", choices=("stop", "start"), help="stop or start slapd")
+            command.add_argument("--server", help="in a cluster: which slapd (provider1, provider2, "
+                                 "replica1, ...; default provider1)")
+        if name == "up":
+            command.add_argument("--nodes", type=int, choices=(2, 3),
+                                 help="a cluster of N mail nodes behind a front door (README "
+                                 "\"More than one machine\")")
     return parser
 
 
@@ -631,14 +678,19 @@ def main(argv: list[str]) -> int:
         elif args.command == "env":
             sys.stdout.write(env(args.dir.resolve()))
         elif args.command == "ldap":
-            ldap(args.dir, args.action)
+            try:
+                ldap(args.dir, args.action, args.server)
+            except ValueError as exc:
+                log(f"mailrouter-sandbox: {exc}")
+                return 1
         else:
             down(args.dir, args.keep)
         return 0
 
     if args.root is None or not (args.root / "ldap" / "slapd.conf").is_file():
         parser.error(f"{args.command} needs --root CHECKOUT: the directory holding ldap/slapd.conf")
-    code, info = up(args.dir.resolve() if args.dir else None, args.root.resolve(), log)
+    code, info = up(args.dir.resolve() if args.dir else None, args.root.resolve(), log,
+                    getattr(args, "nodes", None) or 0)
     if code != 0 or info is None:
         return code
     if args.command == "up":

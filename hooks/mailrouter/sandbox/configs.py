@@ -58,6 +58,7 @@ def write_config(
     path: Path,
     *,
     uris: Sequence[str],
+    write_uris: Sequence[str] | None = None,
     base_dn: str | None = None,
     bind_dn: str | None = None,
     password: str | None = None,
@@ -90,6 +91,7 @@ def write_config(
         secret = write_private(secret_path(path), password + "\n", group, mode=secret_mode)
     lines = _table("ldap", {
         "uris": list(uris),
+        "write_uris": list(write_uris) if write_uris else None,
         "base_dn": base_dn,
         "bind_dn": bind_dn,
         "bind_password_file": str(secret) if secret else None,

@@ -231,9 +231,11 @@ class Exim:
 
     # -- the daemon ---------------------------------------------------------
     def start_daemon(
-        self, ports: Sequence[int] | None = None, queue_interval: str | None = None
+        self, ports: Sequence[int] | None = None, queue_interval: str | None = None,
+        host: str = "127.0.0.1",
     ) -> list[int]:
-        """``exim -bd`` on ``ports`` (default: one free port), on 127.0.0.1 only.
+        """``exim -bd`` on ``ports`` (default: one free port), on ``host`` only
+        (a loopback address: 127.0.0.1, or a cluster node's 127.0.0.x).
 
         ``queue_interval`` (an Exim time such as ``"2s"`` or ``"5m"``) makes the
         daemon also start a queue runner that often (``-qINTERVAL``), as a
@@ -242,8 +244,8 @@ class Exim:
         """
         self.prepare()
         self.stop_daemon()
-        self.ports = list(ports) if ports else [free_port()]
-        listen = " : ".join(f"127.0.0.1.{port}" for port in self.ports)
+        self.ports = list(ports) if ports else [free_port(host)]
+        listen = " : ".join(f"{host}.{port}" for port in self.ports)
         with contextlib.suppress(FileNotFoundError):
             self.pid_file.unlink()
         queue = [f"-q{queue_interval}"] if queue_interval else []
@@ -260,7 +262,7 @@ class Exim:
                     raise DaemonError("exim daemon wrote no PID file: " + self.main_log()) from exc
                 time.sleep(0.02)
         for port in self.ports:
-            if not wait_for_port(port, START_TIMEOUT):
+            if not wait_for_port(port, START_TIMEOUT, host=host):
                 self.stop_daemon()
                 raise DaemonError(f"exim daemon not listening on {port}: " + self.main_log())
         return self.ports

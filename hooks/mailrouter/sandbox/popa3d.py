@@ -69,10 +69,10 @@ def render_nsswitch(host: str, passwd_line: str) -> str:
     return "\n".join([passwd_line, *lines]) + "\n"
 
 
-def render_stunnel_conf(template: str, port: int, cert: Path, pid_file: Path) -> str:
+def render_stunnel_conf(template: str, port: int, cert: Path, pid_file: Path, host: str = "127.0.0.1") -> str:
     """The shipped stunnel config with only ``accept``, ``cert`` and ``pid`` re-pointed."""
     replacements = {
-        "accept": f"accept = 127.0.0.1:{port}",
+        "accept": f"accept = {host}:{port}",
         "cert": f"cert = {cert}",
         "pid": f"pid = {pid_file}",
     }
@@ -104,14 +104,17 @@ class Popa3d:
         userdb_source: Path | None = None,
         certificates: Certificates | None = None,
         spool: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
-        """``root``: the checkout holding popa3d/.  ``userdb_source``: copy the
+        """``host``: the loopback address POP3 listens on (a cluster node's 127.0.0.x).
+        ``root``: the checkout holding popa3d/.  ``userdb_source``: copy the
         user records from there instead of writing them from LDAP (e.g. to run
         with an LDAP that is down at login time).  ``certificates``: the POP3S
         material (default: a throwaway CA and server certificate for
         localhost/127.0.0.1 in ``workdir/tls``).  ``spool``: the directory
         popa3d sees as /var/mail (default ``workdir/mail``; give the directory
         the delivery side writes to)."""
+        self.host = host
         self.workdir = Path(workdir)
         self.config_path = str(config_path)
         self.root = root
@@ -206,7 +209,7 @@ class Popa3d:
         ) + 'exec "$@"\n'
         return [UNSHARE, "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", *argv]
 
-    def _spawn(self, argv: list[str], port: int) -> None:
+    def _spawn(self, argv: list[str], port: int, host: str = "127.0.0.1") -> None:
         with self.log_path.open("ab") as log:
             process = subprocess.Popen(
                 self.namespace_command(argv),
@@ -217,7 +220,7 @@ class Popa3d:
                 start_new_session=True,
             )
         self._processes.append(process)
-        if not wait_for_port(port, START_TIMEOUT, process):
+        if not wait_for_port(port, START_TIMEOUT, process, host):
             self.stop()
             raise DaemonError("popa3d front end did not start: " + self.log())
 
@@ -227,18 +230,19 @@ class Popa3d:
             self.configure()
         try:
             if self.plain:
-                self.port = free_port()
+                self.port = self.port or free_port(self.host)  # preset: the cluster's common port
                 self._spawn(
                     [
                         SOCAT,
-                        f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork",
+                        f"TCP-LISTEN:{self.port},bind={self.host},reuseaddr,fork",
                         f"EXEC:{POPA3D}",
                     ],
                     self.port,
+                    self.host,
                 )
             if self.tls:
                 assert self.certificates is not None
-                self.tls_port = free_port()
+                self.tls_port = self.tls_port or free_port(self.host)
                 conf = self.workdir / "stunnel-pop3s.conf"
                 conf.write_text(
                     render_stunnel_conf(
@@ -246,10 +250,11 @@ class Popa3d:
                         self.tls_port,
                         self.certificates.combined,
                         self.workdir / "stunnel.pid",
+                        self.host,
                     ),
                     encoding="utf-8",
                 )
-                self._spawn([STUNNEL, str(conf)], self.tls_port)
+                self._spawn([STUNNEL, str(conf)], self.tls_port, self.host)
         except BaseException:
             self.stop()
             raise

@@ -9,11 +9,13 @@ not.  Nothing here touches /etc or starts a system service.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mailrouter.errors import DaemonError
@@ -24,20 +26,22 @@ SLAPADD = "/usr/sbin/slapadd"
 START_TIMEOUT = 10.0
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A loopback TCP port nobody listens on right now (bind port 0, ask the kernel)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> bool:
+def wait_for_port(
+    port: int, timeout: float, process: subprocess.Popen[bytes] | None = None, host: str = "127.0.0.1"
+) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             return False
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return True
         except OSError:
             time.sleep(0.02)
@@ -67,6 +71,67 @@ def render_slapd_conf(template: str, root: Path, workdir: Path) -> str:
             line = replacements[key]
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Replication:
+    """This slapd's part in a replicated directory (``ldap/replication/``).
+
+    ``role`` "provider" (one of the multi-provider pair: ``server_id`` 1 or 2,
+    ``peers`` = the other provider's URI) or "consumer" (a node's read-only
+    replica: ``peers`` = both providers' URIs, pulled from the first, writes
+    referred to all).  ``password``: uid=replicator's, written into the fragments.
+    """
+
+    role: str
+    peers: tuple[str, ...]
+    password: str
+    server_id: int = 0
+
+
+def _fragment(root: Path, name: str, values: dict[str, str], workdir: Path) -> str:
+    text = (root / "ldap" / "replication" / name).read_text(encoding="utf-8")
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    left = re.search(r"@[A-Z_]+@", text)
+    if left:
+        raise DaemonError(f"{name}: placeholder {left.group(0)} left unfilled")
+    lines = []
+    for line in text.splitlines():
+        if line.rstrip().endswith("# PATH"):
+            directive = line.split(None, 1)[0]
+            if directive != "directory":
+                raise DaemonError(f"{name}: unexpected PATH line {line!r}")
+            line = f"directory\t{workdir / 'deltalog'}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def render_replication(config: str, root: Path, workdir: Path, replication: Replication) -> str:
+    """``config`` (a rendered slapd.conf) with the ``ldap/replication/`` fragments of
+    ``replication.role`` spliced in where each fragment's header says: the global
+    part and the replication log before the first database, the mail database's
+    part at the end of that database (before ``database config``)."""
+    values = {"REPLICATOR_PASSWORD": replication.password}
+    if replication.role == "provider":
+        (peer,) = replication.peers
+        values |= {"SERVER_ID": str(replication.server_id), "PEER_URI": peer.rstrip("/")}
+        before = _fragment(root, "provider-global.conf", values, workdir)
+        before += _fragment(root, "deltalog.conf", values, workdir)
+        inside = _fragment(root, "provider.conf", values, workdir)
+    elif replication.role == "consumer":
+        first, second = replication.peers
+        values |= {"PROVIDER_A_URI": first.rstrip("/"), "PROVIDER_B_URI": second.rstrip("/")}
+        before = ""
+        inside = _fragment(root, "consumer.conf", values, workdir)
+    else:
+        raise DaemonError(f"unknown replication role {replication.role!r}")
+    head, sep, tail = config.partition("\ndatabase")
+    config = head + "\n" + before + sep + tail
+    head, sep, tail = config.partition("\ndatabase\tconfig")
+    if not sep:
+        raise DaemonError("slapd.conf: no 'database config' line to put the replication part before")
+    return head + "\n" + inside + sep + tail
 
 
 def with_passwords(ldif: str, hashes: dict[str, str]) -> str:
@@ -99,7 +164,21 @@ class Slapd:
         extra_config: str = "",
         run_as: str | None = None,
         seed_passwords: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        replication: Replication | None = None,
+        preload: str | None = None,
+        cn_config: bool = False,
     ) -> None:
+        """``host``: the loopback address to listen on; ``replication``: this
+        server's part in a replicated directory; ``preload``: an LDIF dump (slapcat
+        of the first provider) loaded as it is instead of the seed + ``ldif``, so
+        that every replica starts with the same entryUUIDs and CSNs; ``cn_config``:
+        run from the cn=config directory ``slaptest`` converts the rendered
+        slapd.conf into (the deployment path of ldap/slapd.conf's header)."""
+        self.cn_config = cn_config
+        self.host = host
+        self.replication = replication
+        self.preload = preload
         self.workdir = Path(workdir)
         self.root = root
         self.ldif = list(ldif)
@@ -113,7 +192,7 @@ class Slapd:
 
     @property
     def uri(self) -> str:
-        return f"ldap://127.0.0.1:{self.port}/"
+        return f"ldap://{self.host}:{self.port}/"
 
     def _run(self, argv: list[str], what: str, stdin: bytes | None = None) -> None:
         done = subprocess.run(argv, input=stdin, capture_output=True, check=False)
@@ -130,6 +209,9 @@ class Slapd:
         for line in config.splitlines():  # every database's directory (mail, audit log, ...)
             if line.startswith("directory"):
                 Path(line.split(None, 1)[1]).mkdir(parents=True, exist_ok=True)
+        if self.replication is not None:
+            (self.workdir / "deltalog").mkdir(exist_ok=True)
+            config = render_replication(config, self.root, self.workdir, self.replication)
         if self.extra_config:
             # Global directives must precede the first "database"; insert them there.
             head, sep, tail = config.partition("\ndatabase")
@@ -140,24 +222,42 @@ class Slapd:
             (self.root / "ldap" / "seed.ldif").read_text(encoding="utf-8"), self.seed_passwords
         )
         data = "\n\n".join([seed, *self.ldif]) + "\n"
-        self._run([SLAPADD, "-q", "-f", str(self.conf_path)], "slapadd", stdin=data.encode("utf-8"))
+        slapadd = [SLAPADD, "-q", "-f", str(self.conf_path), "-b", "o=top"]
+        if self.replication is not None:
+            # -w: store the contextCSN, so replicas start in step (a sync cookie to continue from).
+            server_id = self.replication.server_id
+            slapadd += ["-w"] + (["-S", str(server_id)] if server_id else [])
+            data = self.preload if self.preload is not None else data
+        self._run(slapadd, "slapadd", stdin=data.encode("utf-8"))
+        if self.replication is not None and self.replication.role == "provider":
+            # The log's top entry (accesslog would make it at the first write): a database
+            # slaptest can open read-only, to convert the configuration below.
+            log_top = "dn: cn=deltalog\nobjectClass: auditContainer\ncn: deltalog\n"
+            self._run([SLAPADD, "-w", "-f", str(self.conf_path), "-b", "cn=deltalog"], "slapadd (deltalog)",
+                      stdin=log_top.encode("utf-8"))
+        if self.cn_config:
+            (self.workdir / "slapd.d").mkdir(exist_ok=True)
+            self._run([SLAPTEST, "-f", str(self.conf_path), "-F", str(self.workdir / "slapd.d")],
+                      "slaptest (convert to cn=config)")
         if self.run_as:
             subprocess.run(["chown", "-R", self.run_as, str(self.workdir)], check=True)
 
-    def start(self) -> Slapd:
+    def start(self, port: int = 0) -> Slapd:
+        """Configure (once) and start on ``port`` (default: a free one)."""
+        self.port = port or free_port(self.host)
         if not self.conf_path.exists():
             self.configure()
-        self.port = free_port()
         self._launch("start")
         return self
 
     def _launch(self, what: str) -> None:
-        argv = [SLAPD, "-d", "0", "-f", str(self.conf_path), "-h", self.uri]
+        source = ["-F", str(self.workdir / "slapd.d")] if self.cn_config else ["-f", str(self.conf_path)]
+        argv = [SLAPD, "-d", "0", *source, "-h", self.uri]
         if self.run_as:
             argv += ["-u", self.run_as]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
-        if not wait_for_port(self.port, START_TIMEOUT, self.process):
+        if not wait_for_port(self.port, START_TIMEOUT, self.process, self.host):
             self.stop()
             raise DaemonError(f"slapd did not {what}: " + self.log_path.read_text("utf-8", "replace"))
 
@@ -172,6 +272,16 @@ class Slapd:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def dump(self) -> str:
+        """The mail database as LDIF (slapcat: with entryUUIDs and CSNs), to preload replicas."""
+        done = subprocess.run(
+            ["/usr/sbin/slapcat", "-f", str(self.conf_path), "-b", "o=top", "-o", "ldif_wrap=no"],
+            capture_output=True, check=False,
+        )
+        if done.returncode != 0:
+            raise DaemonError("slapcat failed: " + done.stderr.decode("utf-8", "replace"))
+        return done.stdout.decode("utf-8")
 
     def restart(self) -> None:
         """Stop and start again on the same port (clients keep their URI)."""

@@ -21,6 +21,7 @@ from mailrouter.errors import (
     InvalidName,
     LdapRefused,
     NotLoggedIn,
+    ReadOnlyReplica,
     TemporaryFailure,
     Throttled,
 )
@@ -47,6 +48,9 @@ def status_of(exc: BaseException) -> tuple[int, str, dict[str, str]]:
         return LDAP_REFUSAL_STATUS.get(exc.code, 403), f"refused by the directory: {exc}", {}
     if isinstance(exc, InvalidName):
         return 422, str(exc), {}
+    if isinstance(exc, ReadOnlyReplica):
+        # A misconfiguration (ldap.write_uris names a replica): nothing was written.
+        return 503, "the change reached a read-only replica and was not made (see the server log)", {}
     if isinstance(exc, (DirectoryUnavailable, TemporaryFailure)):
         return 503, "the directory is unavailable; try again later", {}
     if isinstance(exc, NotLoggedIn):
@@ -68,6 +72,8 @@ def respond(exc: BaseException) -> Any:
     status, message, fields = status_of(exc)
     if status >= 500 and not isinstance(exc, (DirectoryUnavailable, TemporaryFailure)):
         log.exception("unexpected error on %s %s", request.method, request.path)
+    if isinstance(exc, ReadOnlyReplica):
+        log.error("%s %s: %s", request.method, request.path, exc)  # which server, where to write instead
     headers: dict[str, str] = {}
     if status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
