@@ -91,6 +91,9 @@ class AuthResult:
     verdict: Verdict
     user: User | None = None  # set only for Verdict.OK
     reason: str = ""  # for the caller's own log; never shown to a client
+    # A refused *canonical* login whose user LDAP says is gone or disabled (the
+    # PAM helper then removes its user record); never shown to a client.
+    gone: bool = False
 
     @property
     def ok(self) -> bool:
@@ -135,13 +138,13 @@ def password_problem(password: str) -> str:
     return ""
 
 
-def _refused(reason: str, password: str, *, spend: bool) -> AuthResult:
+def _refused(reason: str, password: str, *, spend: bool, gone: bool = False) -> AuthResult:
     if spend:
         # Cost what a failed user bind costs slapd, so that this refusal cannot
         # be told apart from a wrong password by its timing.  At most
         # MAX_PASSWORD_BYTES are hashed: an over-long password must not cost more.
         passwords.dummy_work(password[:MAX_PASSWORD_BYTES] or "x")
-    return AuthResult(Verdict.REFUSED, None, reason)
+    return AuthResult(Verdict.REFUSED, None, reason, gone=gone)
 
 
 def authenticate(
@@ -152,9 +155,11 @@ def authenticate(
 ) -> AuthResult:
     """Check ``login``/``password`` against LDAP; see the module docstring."""
     problem = ""
+    canonical = True
     try:
         local, domain = canonical_login(login)
     except InvalidName as exc:
+        canonical = False
         # Still go through the same LDAP round trip as a real unknown user (the
         # service bind and one base read cost what they cost in this deployment),
         # so that a malformed login is not the fast way to learn nothing exists.
@@ -164,17 +169,18 @@ def authenticate(
     try:
         with directory_factory(config.ldap) as directory:
             user = directory.user(local, domain)
+            gone = canonical and (user is None or not user.active)
             if problem:
-                return _refused(problem, password, spend=True)
+                return _refused(problem, password, spend=True, gone=gone)
             if user is None:
-                return _refused("unknown user", password, spend=True)
+                return _refused("unknown user", password, spend=True, gone=gone)
             # The DN is rebuilt from the canonical name, not taken from the entry.
             dn = directory.user_dn(local, domain)
             if not directory.check_password(dn, password):
                 # A locked account's bind is refused without a hash check: spend it here.
-                return _refused("wrong password", password, spend=user.locked)
+                return _refused("wrong password", password, spend=user.locked, gone=gone)
             if not user.active:
-                return _refused("account disabled", password, spend=False)
+                return _refused("account disabled", password, spend=False, gone=gone)
             return AuthResult(Verdict.OK, user, "ok" + rehash_after_login(config, user, password))
     except TemporaryFailure as exc:
         return AuthResult(Verdict.TEMPORARY, None, f"temporary: {exc}")

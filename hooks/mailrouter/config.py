@@ -10,6 +10,9 @@ The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
     bind_password_file = "/etc/mailrouter/ldap.secret"   # never on a command line
     connect_timeout = 3.0                       # seconds, per URI
     operation_timeout = 5.0                     # seconds, per LDAP operation
+    connection_max_requests = 1000              # lookupd/authd workers keep one service
+    connection_max_age = 300.0                  #   connection each, replaced after this many
+    connection_max_idle = 20.0                  #   requests, seconds open, or seconds unused
 
     [spool]
     format = "mbox"                             # or "maildir"
@@ -64,6 +67,14 @@ DEFAULT_CONFIG_PATH = "/etc/mailrouter/mailrouter.toml"
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_OPERATION_TIMEOUT = 5.0
 
+# The persistent service connection of a lookupd/authd worker (directory.PersistentDirectory).
+# Age: a connection failed over to a later URI goes back to the first within this time, and a
+# rotated service secret is used within it.  Idle: below the shipped slapd's idletimeout (30 s,
+# ldap/slapd.conf), so slapd never closes a connection we are about to use.
+DEFAULT_CONNECTION_MAX_REQUESTS = 1000
+DEFAULT_CONNECTION_MAX_AGE = 300.0
+DEFAULT_CONNECTION_MAX_IDLE = 20.0
+
 # The default is the file stock popa3d opens for the login "local@domain".
 DEFAULT_MBOX_TEMPLATE = "/var/mail/{local}@{domain}"
 DEFAULT_MAILDIR_TEMPLATE = "/var/mail/{domain}/{local}/Maildir"
@@ -86,6 +97,9 @@ class LdapConfig:
     bind_password_file: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     operation_timeout: float = DEFAULT_OPERATION_TIMEOUT
+    connection_max_requests: int = DEFAULT_CONNECTION_MAX_REQUESTS
+    connection_max_age: float = DEFAULT_CONNECTION_MAX_AGE
+    connection_max_idle: float = DEFAULT_CONNECTION_MAX_IDLE
 
     def service_password(self) -> str | None:
         if self.bind_password is not None:
@@ -207,6 +221,11 @@ def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None)
     )
     if not (0 < connect_timeout <= 20 and 0 < operation_timeout <= 20):
         raise ConfigError("LDAP timeouts must be between 0 and 20 seconds (Exim gives up at 60)")
+    max_requests = int(_typed(ldap, "connection_max_requests", int, DEFAULT_CONNECTION_MAX_REQUESTS))
+    max_age = float(_typed(ldap, "connection_max_age", (int, float), DEFAULT_CONNECTION_MAX_AGE))
+    max_idle = float(_typed(ldap, "connection_max_idle", (int, float), DEFAULT_CONNECTION_MAX_IDLE))
+    if max_requests < 1 or max_age <= 0 or max_idle <= 0:
+        raise ConfigError("ldap.connection_max_requests, _max_age and _max_idle must be positive")
     ldap_config = LdapConfig(
         uris=tuple(uris),
         base_dn=_typed(ldap, "base_dn", str, "o=top"),
@@ -214,6 +233,9 @@ def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None)
         bind_password_file=str(base / password_file) if password_file else None,
         connect_timeout=connect_timeout,
         operation_timeout=operation_timeout,
+        connection_max_requests=max_requests,
+        connection_max_age=max_age,
+        connection_max_idle=max_idle,
     )
 
     spool = _section(data, "spool")

@@ -28,12 +28,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
 from mailrouter import names
-from mailrouter.config import Config
-from mailrouter.directory import User
 from mailrouter.errors import InvalidName, TemporaryFailure
 from mailrouter.mailbox.spool import storage_ids
+
+if TYPE_CHECKING:
+    from mailrouter.config import Config
+    from mailrouter.directory import User
+
+# Only the standard library, names and errors at import time: the lean PAM path
+# (mailrouter-pam-auth --authd-socket) writes records with no TOML parser and no
+# ldap3 loaded (tests/integration/test_pam_authd.py checks sys.modules).
 
 NOLOGIN_SHELL = "/usr/sbin/nologin"
 USERDB_SERVICE = "io.mailrouter"

@@ -63,6 +63,9 @@ def write_config(
     password: str | None = None,
     connect_timeout: float | None = 2.0,
     operation_timeout: float | None = 2.0,
+    connection_max_requests: int | None = None,
+    connection_max_age: float | None = None,
+    connection_max_idle: float | None = None,
     spool_format: str | None = None,
     mbox_template: str | None = None,
     maildir_template: str | None = None,
@@ -95,6 +98,9 @@ def write_config(
         "bind_password_file": str(secret) if secret else None,
         "connect_timeout": connect_timeout,
         "operation_timeout": operation_timeout,
+        "connection_max_requests": connection_max_requests,
+        "connection_max_age": connection_max_age,
+        "connection_max_idle": connection_max_idle,
     })
     lines += _table("spool", {
         "format": spool_format,
