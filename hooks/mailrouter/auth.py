@@ -138,12 +138,15 @@ def password_problem(password: str) -> str:
     return ""
 
 
-def _refused(reason: str, password: str, *, spend: bool, gone: bool = False) -> AuthResult:
+def _refused(
+    reason: str, password: str, *, spend: bool, cost: passwords.Argon2Cost, gone: bool = False
+) -> AuthResult:
     if spend:
         # Cost what a failed user bind costs slapd, so that this refusal cannot
         # be told apart from a wrong password by its timing.  At most
         # MAX_PASSWORD_BYTES are hashed: an over-long password must not cost more.
-        passwords.dummy_work(password[:MAX_PASSWORD_BYTES] or "x")
+        # ``cost`` is the configured one: what slapd spends on this deployment's hashes.
+        passwords.dummy_work(password[:MAX_PASSWORD_BYTES] or "x", cost)
     return AuthResult(Verdict.REFUSED, None, reason, gone=gone)
 
 
@@ -166,21 +169,22 @@ def authenticate(
         local, domain = PROBE_LOCAL, PROBE_DOMAIN
         problem = f"non-canonical login: {exc}"
     problem = problem or password_problem(password)
+    cost = passwords.configured_cost(config.auth)
     try:
         with directory_factory(config.ldap) as directory:
             user = directory.user(local, domain)
             gone = canonical and (user is None or not user.active)
             if problem:
-                return _refused(problem, password, spend=True, gone=gone)
+                return _refused(problem, password, spend=True, cost=cost, gone=gone)
             if user is None:
-                return _refused("unknown user", password, spend=True, gone=gone)
+                return _refused("unknown user", password, spend=True, cost=cost, gone=gone)
             # The DN is rebuilt from the canonical name, not taken from the entry.
             dn = directory.user_dn(local, domain)
             if not directory.check_password(dn, password):
                 # A locked account's bind is refused without a hash check: spend it here.
-                return _refused("wrong password", password, spend=user.locked, gone=gone)
+                return _refused("wrong password", password, spend=user.locked, cost=cost, gone=gone)
             if not user.active:
-                return _refused("account disabled", password, spend=False, gone=gone)
+                return _refused("account disabled", password, spend=False, cost=cost, gone=gone)
             return AuthResult(Verdict.OK, user, "ok" + rehash_after_login(config, user, password))
     except TemporaryFailure as exc:
         return AuthResult(Verdict.TEMPORARY, None, f"temporary: {exc}")
@@ -202,11 +206,12 @@ def rehash_after_login(config: Config, user: User, password: str) -> str:
     old hash and the verdict alone; the next login tries again.
     """
     scheme = config.auth.password_scheme
-    target = passwords.scheme_label(scheme)
+    cost = passwords.configured_cost(config.auth)
+    target = passwords.scheme_label(scheme, cost)
     if user.password_scheme == target:
         return ""
     try:
-        new_hash = passwords.hash_password(password, scheme)
+        new_hash = passwords.hash_password(password, scheme, cost)
         with Session(config.ldap, user.dn, password) as session:
             session.modify(user.dn, {"userPassword": (MODIFY_REPLACE, [new_hash])})
             session.stamp_password_scheme(user.dn, target)

@@ -29,6 +29,10 @@ The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
     sender_ownership = true                     # authenticated senders must own MAIL FROM
     password_scheme = "argon2"                  # argon2 | sha512_crypt | ssha: what our tools
                                                 #   write and what every login rehashes to
+    argon2_memory_kib = 65536                   # Argon2 cost of every {ARGON2} hash (default:
+    argon2_time = 3                             #   RFC 9106's second option, passwords.ARGON2_*);
+    argon2_parallelism = 4                      #   slapd.conf's "moduleload argon2" must match:
+                                                #   python3 -m mailrouter.passwords --config FILE
     auth_socket = "/run/mailrouter/auth.sock"
 
     [web]                                       # mailrouter-web (admin and self-service pages, API)
@@ -129,6 +133,10 @@ class AuthConfig:
     sender_ownership: bool = True
     password_scheme: str = "argon2"
     auth_socket: str = "/run/mailrouter/auth.sock"
+    # None: mailrouter.passwords' defaults (one place; passwords.configured_cost).
+    argon2_memory_kib: int | None = None
+    argon2_time: int | None = None
+    argon2_parallelism: int | None = None
 
 
 @dataclass(frozen=True)
@@ -269,10 +277,19 @@ def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None)
     scheme = _typed(auth, "password_scheme", str, "argon2")
     if scheme not in ("argon2", "sha512_crypt", "ssha"):
         raise ConfigError("auth.password_scheme must be argon2, sha512_crypt or ssha")
+    argon2_cost = {key: _typed(auth, key, int, None)
+                   for key in ("argon2_memory_kib", "argon2_time", "argon2_parallelism")}
+    if any(value is not None and value < 1 for value in argon2_cost.values()):
+        raise ConfigError("auth.argon2_memory_kib, argon2_time and argon2_parallelism must be positive")
+    lanes = argon2_cost["argon2_parallelism"]
+    memory = argon2_cost["argon2_memory_kib"]
+    if memory is not None and memory < 8 * (lanes or 4):
+        raise ConfigError("auth.argon2_memory_kib must be at least 8 KiB per lane (RFC 9106)")
     auth_config = AuthConfig(
         sender_ownership=_typed(auth, "sender_ownership", bool, True),
         password_scheme=scheme,
         auth_socket=_typed(auth, "auth_socket", str, "/run/mailrouter/auth.sock"),
+        **argon2_cost,
     )
     return Config(ldap=ldap_config, spool=spool_config, auth=auth_config, web=_web(data, base), path=path)
 

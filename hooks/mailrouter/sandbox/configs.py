@@ -77,6 +77,9 @@ def write_config(
     sender_ownership: bool | None = None,
     password_scheme: str | None = None,
     auth_socket: str | None = None,
+    argon2_memory_kib: int | None = None,
+    argon2_time: int | None = None,
+    argon2_parallelism: int | None = None,
     web: dict[str, TomlValue] | None = None,
     group: str = EXIM_USER,
     secret_mode: int = 0o640,
@@ -116,6 +119,9 @@ def write_config(
         "sender_ownership": sender_ownership,
         "password_scheme": password_scheme,
         "auth_socket": auth_socket,
+        "argon2_memory_kib": argon2_memory_kib,
+        "argon2_time": argon2_time,
+        "argon2_parallelism": argon2_parallelism,
     })
     lines += _table("web", dict(web or {}))
     return write_private(path, "\n".join(lines), group, mode=0o644)
