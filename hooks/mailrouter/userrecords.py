@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import TYPE_CHECKING
 
 from mailrouter import names
@@ -78,6 +77,8 @@ def _path(target_dir: str, login: str) -> str:
 def write(target_dir: str, login: str, data: Record) -> None:
     """Replace ``DIR/LOGIN.user`` atomically with ``data``."""
     final = _path(target_dir, login)
+    import tempfile  # here: the lean PAM path starts faster without it (and rarely writes)
+
     encoded = (json.dumps(data, sort_keys=True) + "\n").encode("utf-8")
     fd, tmp_path = tempfile.mkstemp(prefix=".mailrouter.", dir=target_dir)
     try:
