@@ -599,7 +599,6 @@ class Directory:
         raise DirectoryUnavailable("no LDAP server answered the bind: " + "; ".join(problems))
 
 
-
 class PersistentDirectory(Directory):
     """A :class:`Directory` whose service connection outlives a request.
 
