@@ -67,10 +67,10 @@ def slapd(workdir: Path, dataset: Dataset) -> Iterator[Slapd]:
         server.stop()
 
 
-def lookupd(workdir: Path, dataset: Dataset, uris: list[str], **settings: float) -> Lookupd:
+def lookupd(workdir: Path, dataset: Dataset, uris: list[str], workers: int = 1, **settings: float) -> Lookupd:
     spool = make_readable_dir(workdir / "mail")
     config = hook_config(workdir / "mailrouter.toml", dataset, uris, spool, **settings)
-    return Lookupd(config, workdir / "lookup.sock", "--workers", "1")
+    return Lookupd(config, workdir / "lookup.sock", "--workers", str(workers))
 
 
 def user_reply(server: Lookupd) -> bytes:
@@ -88,6 +88,19 @@ def test_worker_keeps_one_connection_across_requests(workdir: Path, slapd: Slapd
         for _ in range(5):
             user_reply(server)
             assert settled(slapd.port) == first
+    finally:
+        server.stop()
+
+
+def test_one_lookup_at_a_time_stays_on_one_warm_worker(workdir: Path, slapd: Slapd, dataset: Dataset) -> None:
+    """The idle worker that finished last takes the next request (sockserver's LIFO):
+    serial lookups keep one process and one connection warm instead of going round
+    all workers (each of which would then hold a connection of its own)."""
+    server = lookupd(workdir, dataset, [slapd.uri], workers=4)
+    try:
+        for _ in range(8):
+            user_reply(server)
+        assert len(settled(slapd.port)) == 1
     finally:
         server.stop()
 
