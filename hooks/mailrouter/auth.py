@@ -19,10 +19,12 @@ The rules, and why:
   an empty-password simple bind *succeeds* as anonymous.
 * **One answer for every refusal.**  Unknown user, wrong password, disabled
   account, non-canonical login and empty password all give :attr:`Verdict.REFUSED`,
-  and about the same time: every request makes the same LDAP round trip (service
-  bind + one base read; a non-canonical login is looked up as a name in
-  ``.invalid``), and when no user bind follows, the core spends
-  ``passwords.dummy_work`` (the cost of slapd verifying an ``{ARGON2}`` hash)
+  and about the same time: every request makes the same LDAP round trip (one
+  base read as the service account -- on a fresh bind, or on authd's persistent
+  connection, alike for every login; a non-canonical login is looked up as a
+  name in ``.invalid``), and when no user bind follows, the core spends
+  ``passwords.dummy_work`` (the cost of slapd verifying an ``{ARGON2}`` hash of
+  the configured cost)
   instead.  ``bench/bench_auth.py`` measures it.
 * **Any octets are a password.**  Control characters (``\\n``, ``\\x01``,
   U+2028...), a bidi mix, 5 000 bytes, NUL, octets that are not UTF-8: either

@@ -27,7 +27,9 @@ as one line of JSON (``mailrouter.userrecords.record``; bare ``OK`` when the
 user may have none), which the helper writes before popa3d calls
 ``getpwnam``; ``NO GONE`` is a refused canonical login whose user LDAP says is
 gone or disabled (the helper removes its record).  The helper runs as root
-and shows nothing to the POP3 client, so these details never reach one.
+and shows nothing to the POP3 client, so these details never reach one; the
+other peers allowed to ask (Debian-exim) learn no more than
+mailrouter-lookupd's ``user`` lookup already tells them.
 
 ``OK`` authenticated; ``NO`` refused: unknown user, wrong or empty password,
 disabled account, non-canonical login, and any login or password octets at all
