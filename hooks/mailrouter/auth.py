@@ -19,10 +19,12 @@ The rules, and why:
   an empty-password simple bind *succeeds* as anonymous.
 * **One answer for every refusal.**  Unknown user, wrong password, disabled
   account, non-canonical login and empty password all give :attr:`Verdict.REFUSED`,
-  and about the same time: every request makes the same LDAP round trip (service
-  bind + one base read; a non-canonical login is looked up as a name in
-  ``.invalid``), and when no user bind follows, the core spends
-  ``passwords.dummy_work`` (the cost of slapd verifying an ``{ARGON2}`` hash)
+  and about the same time: every request makes the same LDAP round trip (one
+  base read as the service account -- on a fresh bind, or on authd's persistent
+  connection, alike for every login; a non-canonical login is looked up as a
+  name in ``.invalid``), and when no user bind follows, the core spends
+  ``passwords.dummy_work`` (the cost of slapd verifying an ``{ARGON2}`` hash of
+  the configured cost)
   instead.  ``bench/bench_auth.py`` measures it.
 * **Any octets are a password.**  Control characters (``\\n``, ``\\x01``,
   U+2028...), a bidi mix, 5 000 bytes, NUL, octets that are not UTF-8: either
@@ -91,6 +93,9 @@ class AuthResult:
     verdict: Verdict
     user: User | None = None  # set only for Verdict.OK
     reason: str = ""  # for the caller's own log; never shown to a client
+    # A refused *canonical* login whose user LDAP says is gone or disabled (the
+    # PAM helper then removes its user record); never shown to a client.
+    gone: bool = False
 
     @property
     def ok(self) -> bool:
@@ -135,13 +140,16 @@ def password_problem(password: str) -> str:
     return ""
 
 
-def _refused(reason: str, password: str, *, spend: bool) -> AuthResult:
+def _refused(
+    reason: str, password: str, *, spend: bool, cost: passwords.Argon2Cost, gone: bool = False
+) -> AuthResult:
     if spend:
         # Cost what a failed user bind costs slapd, so that this refusal cannot
         # be told apart from a wrong password by its timing.  At most
         # MAX_PASSWORD_BYTES are hashed: an over-long password must not cost more.
-        passwords.dummy_work(password[:MAX_PASSWORD_BYTES] or "x")
-    return AuthResult(Verdict.REFUSED, None, reason)
+        # ``cost`` is the configured one: what slapd spends on this deployment's hashes.
+        passwords.dummy_work(password[:MAX_PASSWORD_BYTES] or "x", cost)
+    return AuthResult(Verdict.REFUSED, None, reason, gone=gone)
 
 
 def authenticate(
@@ -152,29 +160,33 @@ def authenticate(
 ) -> AuthResult:
     """Check ``login``/``password`` against LDAP; see the module docstring."""
     problem = ""
+    canonical = True
     try:
         local, domain = canonical_login(login)
     except InvalidName as exc:
+        canonical = False
         # Still go through the same LDAP round trip as a real unknown user (the
         # service bind and one base read cost what they cost in this deployment),
         # so that a malformed login is not the fast way to learn nothing exists.
         local, domain = PROBE_LOCAL, PROBE_DOMAIN
         problem = f"non-canonical login: {exc}"
     problem = problem or password_problem(password)
+    cost = passwords.configured_cost(config.auth)
     try:
         with directory_factory(config.ldap) as directory:
             user = directory.user(local, domain)
+            gone = canonical and (user is None or not user.active)
             if problem:
-                return _refused(problem, password, spend=True)
+                return _refused(problem, password, spend=True, cost=cost, gone=gone)
             if user is None:
-                return _refused("unknown user", password, spend=True)
+                return _refused("unknown user", password, spend=True, cost=cost, gone=gone)
             # The DN is rebuilt from the canonical name, not taken from the entry.
             dn = directory.user_dn(local, domain)
             if not directory.check_password(dn, password):
                 # A locked account's bind is refused without a hash check: spend it here.
-                return _refused("wrong password", password, spend=user.locked)
+                return _refused("wrong password", password, spend=user.locked, cost=cost, gone=gone)
             if not user.active:
-                return _refused("account disabled", password, spend=False)
+                return _refused("account disabled", password, spend=False, cost=cost, gone=gone)
             return AuthResult(Verdict.OK, user, "ok" + rehash_after_login(config, user, password))
     except TemporaryFailure as exc:
         return AuthResult(Verdict.TEMPORARY, None, f"temporary: {exc}")
@@ -196,11 +208,12 @@ def rehash_after_login(config: Config, user: User, password: str) -> str:
     old hash and the verdict alone; the next login tries again.
     """
     scheme = config.auth.password_scheme
-    target = passwords.scheme_label(scheme)
+    cost = passwords.configured_cost(config.auth)
+    target = passwords.scheme_label(scheme, cost)
     if user.password_scheme == target:
         return ""
     try:
-        new_hash = passwords.hash_password(password, scheme)
+        new_hash = passwords.hash_password(password, scheme, cost)
         with Session(config.ldap, user.dn, password) as session:
             session.modify(user.dn, {"userPassword": (MODIFY_REPLACE, [new_hash])})
             session.stamp_password_scheme(user.dn, target)

@@ -11,6 +11,9 @@ The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
     bind_password_file = "/etc/mailrouter/ldap.secret"   # never on a command line
     connect_timeout = 3.0                       # seconds, per URI
     operation_timeout = 5.0                     # seconds, per LDAP operation
+    connection_max_requests = 1000              # lookupd/authd workers keep one service
+    connection_max_age = 300.0                  #   connection each, replaced after this many
+    connection_max_idle = 20.0                  #   requests, seconds open, or seconds unused
 
     [spool]
     format = "mbox"                             # or "maildir": the hub's default; a user's
@@ -28,6 +31,10 @@ The file (default ``/etc/mailrouter/mailrouter.toml``, every executable takes
     sender_ownership = true                     # authenticated senders must own MAIL FROM
     password_scheme = "argon2"                  # argon2 | sha512_crypt | ssha: what our tools
                                                 #   write and what every login rehashes to
+    argon2_memory_kib = 65536                   # Argon2 cost of every {ARGON2} hash (default:
+    argon2_time = 3                             #   RFC 9106's second option, passwords.ARGON2_*);
+    argon2_parallelism = 4                      #   slapd.conf's "moduleload argon2" must match:
+                                                #   python3 -m mailrouter.passwords --config FILE
     auth_socket = "/run/mailrouter/auth.sock"
 
     [web]                                       # mailrouter-web (admin and self-service pages, API)
@@ -77,6 +84,14 @@ DEFAULT_CONFIG_PATH = "/etc/mailrouter/mailrouter.toml"
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_OPERATION_TIMEOUT = 5.0
 
+# The persistent service connection of a lookupd/authd worker (directory.PersistentDirectory).
+# Age: a connection failed over to a later URI goes back to the first within this time, and a
+# rotated service secret is used within it.  Idle: below the shipped slapd's idletimeout (30 s,
+# ldap/slapd.conf), so slapd never closes a connection we are about to use.
+DEFAULT_CONNECTION_MAX_REQUESTS = 1000
+DEFAULT_CONNECTION_MAX_AGE = 300.0
+DEFAULT_CONNECTION_MAX_IDLE = 20.0
+
 # The default is the file stock popa3d opens for the login "local@domain".
 DEFAULT_MBOX_TEMPLATE = "/var/mail/{local}@{domain}"
 DEFAULT_MAILDIR_TEMPLATE = "/var/mail/{domain}/{local}/Maildir"
@@ -106,6 +121,9 @@ class LdapConfig:
     def writers(self) -> tuple[str, ...]:
         """Where writes and password checks (binds) go: ``write_uris``, else ``uris``."""
         return self.write_uris or self.uris
+    connection_max_requests: int = DEFAULT_CONNECTION_MAX_REQUESTS
+    connection_max_age: float = DEFAULT_CONNECTION_MAX_AGE
+    connection_max_idle: float = DEFAULT_CONNECTION_MAX_IDLE
 
     def service_password(self) -> str | None:
         if self.bind_password is not None:
@@ -140,6 +158,10 @@ class AuthConfig:
     sender_ownership: bool = True
     password_scheme: str = "argon2"
     auth_socket: str = "/run/mailrouter/auth.sock"
+    # None: mailrouter.passwords' defaults (one place; passwords.configured_cost).
+    argon2_memory_kib: int | None = None
+    argon2_time: int | None = None
+    argon2_parallelism: int | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +266,11 @@ def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None)
     )
     if not (0 < connect_timeout <= 20 and 0 < operation_timeout <= 20):
         raise ConfigError("LDAP timeouts must be between 0 and 20 seconds (Exim gives up at 60)")
+    max_requests = int(_typed(ldap, "connection_max_requests", int, DEFAULT_CONNECTION_MAX_REQUESTS))
+    max_age = float(_typed(ldap, "connection_max_age", (int, float), DEFAULT_CONNECTION_MAX_AGE))
+    max_idle = float(_typed(ldap, "connection_max_idle", (int, float), DEFAULT_CONNECTION_MAX_IDLE))
+    if max_requests < 1 or max_age <= 0 or max_idle <= 0:
+        raise ConfigError("ldap.connection_max_requests, _max_age and _max_idle must be positive")
     ldap_config = LdapConfig(
         uris=tuple(uris),
         write_uris=tuple(write_uris),
@@ -252,6 +279,9 @@ def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None)
         bind_password_file=str(base / password_file) if password_file else None,
         connect_timeout=connect_timeout,
         operation_timeout=operation_timeout,
+        connection_max_requests=max_requests,
+        connection_max_age=max_age,
+        connection_max_idle=max_idle,
     )
 
     spool = _section(data, "spool")
@@ -285,10 +315,19 @@ def parse(data: dict[str, Any], base: Path = Path("/"), path: str | None = None)
     scheme = _typed(auth, "password_scheme", str, "argon2")
     if scheme not in ("argon2", "sha512_crypt", "ssha"):
         raise ConfigError("auth.password_scheme must be argon2, sha512_crypt or ssha")
+    argon2_cost = {key: _typed(auth, key, int, None)
+                   for key in ("argon2_memory_kib", "argon2_time", "argon2_parallelism")}
+    if any(value is not None and value < 1 for value in argon2_cost.values()):
+        raise ConfigError("auth.argon2_memory_kib, argon2_time and argon2_parallelism must be positive")
+    lanes = argon2_cost["argon2_parallelism"]
+    memory = argon2_cost["argon2_memory_kib"]
+    if memory is not None and memory < 8 * (lanes or 4):
+        raise ConfigError("auth.argon2_memory_kib must be at least 8 KiB per lane (RFC 9106)")
     auth_config = AuthConfig(
         sender_ownership=_typed(auth, "sender_ownership", bool, True),
         password_scheme=scheme,
         auth_socket=_typed(auth, "auth_socket", str, "/run/mailrouter/auth.sock"),
+        **argon2_cost,
     )
     return Config(ldap=ldap_config, spool=spool_config, auth=auth_config, web=_web(data, base), path=path)
 

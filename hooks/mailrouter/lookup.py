@@ -189,14 +189,21 @@ KINDS: dict[str, Kind] = {
 }
 
 
-def answer(config: Config, kind: str, args: list[str]) -> Answer:
-    """Run one lookup; raises TemporaryFailure (incl. DirectoryUnavailable) on trouble."""
+def answer(
+    config: Config, kind: str, args: list[str], directory: Directory | None = None
+) -> Answer:
+    """Run one lookup; raises TemporaryFailure (incl. DirectoryUnavailable) on trouble.
+
+    ``directory``: a worker's :class:`~mailrouter.directory.PersistentDirectory`
+    (lookupd); ``None`` for a fresh connection and bind (the ``${run}`` hook)."""
     spec = KINDS[kind]
     if len(args) != spec.arity:
         raise TemporaryFailure(f"{kind} takes {spec.arity} arguments")
     if any(len(a) > MAX_ARGUMENT for a in args) or spec.impossible(args):
         return None  # cannot name anything we store; no need to ask LDAP
-    from mailrouter.directory import Directory  # loads ldap3: only when LDAP is needed
+    if directory is None:
+        from mailrouter.directory import Directory  # loads ldap3: only when LDAP is needed
 
-    with Directory(config.ldap) as directory:
+        directory = Directory(config.ldap)
+    with directory:
         return spec.handler(directory, config, args)

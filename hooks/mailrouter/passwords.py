@@ -6,8 +6,11 @@ shipped slapd.conf), ``{CRYPT}`` with SHA-512 crypt, or ``{SSHA}``.  Cleartext
 is never written.  Nothing here talks to LDAP.
 
 **One strength for every path.**  :data:`ARGON2_MEMORY_KIB`, :data:`ARGON2_TIME`
-and :data:`ARGON2_PARALLELISM` are the project's Argon2 parameters, the one
-setting behind every ``{ARGON2}`` hash, whoever writes it:
+and :data:`ARGON2_PARALLELISM` are the project's default Argon2 parameters
+(:data:`ARGON2`); the configuration may set others (``[auth] argon2_memory_kib``,
+``argon2_time``, ``argon2_parallelism``; :func:`configured_cost` fills what it
+leaves out from these defaults, the one place they are spelled).  That one
+:class:`Argon2Cost` is behind every ``{ARGON2}`` hash, whoever writes it:
 
 * our own writers (``user add``, ``mailrouter-passwd``, the rehash on login)
   hash here, with passlib;
@@ -15,8 +18,19 @@ setting behind every ``{ARGON2}`` hash, whoever writes it:
   API, ``ldappasswd``) and every cleartext add or replace (ppolicy's
   ``ppolicy_hash_cleartext``) with its argon2 module, which ``ldap/slapd.conf``
   loads as ``moduleload argon2 m=... t=... p=...`` -- exactly
-  :func:`slapd_moduleload` (``tests/test_passwords.py`` holds the two together,
-  also in the cn=config form).
+  :func:`slapd_moduleload` (``tests/test_passwords.py`` holds the shipped file
+  and the defaults together, also in the cn=config form).  slapd reads these
+  parameters once, when it loads the module: a configuration that sets other
+  costs must ship the matching line, which
+  ``python3 -m mailrouter.passwords --config FILE`` prints (then restart slapd);
+* the unknown-user dummy work (:func:`dummy_work`) hashes with the same cost,
+  so a refusal without a user bind costs what slapd's check of a real hash costs.
+
+RFC 9106 (section 4) recommends two settings: the FIRST, :data:`RFC9106_FIRST`
+(2 GiB of memory, 1 pass, 4 lanes) where that much memory per check is
+affordable, and the SECOND, :data:`RFC9106_SECOND` (64 MiB, 3 passes, 4 lanes)
+for memory-constrained hosts -- the default here: a mail hub checks many
+passwords at once (authd runs 4 per CPU), and 2 GiB each is out of reach.
 
 The one difference left is the Argon2 *type*: Debian 12's slapd module (2.5)
 always writes ``argon2i`` (it verifies ``argon2i`` and ``argon2id``), passlib
@@ -34,18 +48,26 @@ is rehashed (``mailrouter.auth.rehash_after_login``).
 
 from __future__ import annotations
 
+import argparse
 import base64
+import functools
 import hashlib
 import os
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from passlib.hash import argon2, sha512_crypt
 
 from mailrouter.errors import ConfigError
 
+if TYPE_CHECKING:
+    from mailrouter.config import AuthConfig
+
 SCHEMES = ("argon2", "sha512_crypt", "ssha")
 SSHA_SALT_BYTES = 8
 
-# The project's Argon2 strength (RFC 9106, section 4, second recommended
+# The project's default Argon2 strength (RFC 9106, section 4, second recommended
 # option): 64 MiB, 3 passes, 4 lanes.  slapd verifies such a hash in ~100 ms on
 # a 2 vCPU machine (README, Performance).  Change them here AND in the
 # "moduleload argon2" line of ldap/slapd.conf; a test fails until both agree.
@@ -55,12 +77,38 @@ ARGON2_PARALLELISM = 4
 SHA512_CRYPT_ROUNDS = 100_000
 
 # What slapd's ``password-hash`` (ldap/slapd.conf) makes of a Password Modify
-# or a cleartext write: {ARGON2} with the parameters above.
+# or a cleartext write: {ARGON2} with the parameters of its moduleload line.
 SLAPD_SCHEME = "argon2"
 
-_ARGON2 = argon2.using(
-    type="ID", memory_cost=ARGON2_MEMORY_KIB, rounds=ARGON2_TIME, parallelism=ARGON2_PARALLELISM
-)
+
+@dataclass(frozen=True)
+class Argon2Cost:
+    """Argon2's memory (KiB), passes and lanes: what a hash costs to check."""
+
+    memory_kib: int
+    time: int
+    parallelism: int
+
+
+ARGON2 = Argon2Cost(ARGON2_MEMORY_KIB, ARGON2_TIME, ARGON2_PARALLELISM)
+RFC9106_FIRST = Argon2Cost(2 * 1024 * 1024, 1, 4)
+RFC9106_SECOND = Argon2Cost(64 * 1024, 3, 4)
+
+
+def configured_cost(auth: AuthConfig) -> Argon2Cost:
+    """The Argon2 cost of a configuration: its ``argon2_*`` settings, the defaults for the rest."""
+    return Argon2Cost(
+        ARGON2_MEMORY_KIB if auth.argon2_memory_kib is None else auth.argon2_memory_kib,
+        ARGON2_TIME if auth.argon2_time is None else auth.argon2_time,
+        ARGON2_PARALLELISM if auth.argon2_parallelism is None else auth.argon2_parallelism,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _argon2(cost: Argon2Cost) -> Any:
+    return argon2.using(
+        type="ID", memory_cost=cost.memory_kib, rounds=cost.time, parallelism=cost.parallelism
+    )
 
 
 def _known(scheme: str) -> None:
@@ -68,14 +116,14 @@ def _known(scheme: str) -> None:
         raise ConfigError(f"unknown password scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
 
 
-def hash_password(password: str, scheme: str = "argon2") -> str:
-    """Return the ``userPassword`` value for ``password`` under ``scheme``."""
+def hash_password(password: str, scheme: str = "argon2", cost: Argon2Cost = ARGON2) -> str:
+    """Return the ``userPassword`` value for ``password`` under ``scheme`` (``cost``: Argon2's)."""
     if not password:
         raise ValueError("refusing to hash an empty password")
     _known(scheme)
     if scheme == "argon2":
         # argon2id; slapd's {ARGON2} verifies the PHC string passlib produces.
-        return "{ARGON2}" + str(_ARGON2.hash(password))
+        return "{ARGON2}" + str(_argon2(cost).hash(password))
     if scheme == "sha512_crypt":
         return "{CRYPT}" + str(sha512_crypt.using(rounds=SHA512_CRYPT_ROUNDS).hash(password))
     salt = os.urandom(SSHA_SALT_BYTES)
@@ -83,23 +131,50 @@ def hash_password(password: str, scheme: str = "argon2") -> str:
     return "{SSHA}" + base64.b64encode(digest + salt).decode("ascii")
 
 
-def scheme_label(scheme: str) -> str:
+def scheme_label(scheme: str, cost: Argon2Cost = ARGON2) -> str:
     """The label of what :func:`hash_password` (or slapd, for :data:`SLAPD_SCHEME`)
     stores under ``scheme``: the scheme and its cost, never a salt or a digest."""
     _known(scheme)
     if scheme == "argon2":
-        return f"{{ARGON2}}m={ARGON2_MEMORY_KIB},t={ARGON2_TIME},p={ARGON2_PARALLELISM}"
+        return f"{{ARGON2}}m={cost.memory_kib},t={cost.time},p={cost.parallelism}"
     if scheme == "sha512_crypt":
         return f"{{CRYPT}}$6$rounds={SHA512_CRYPT_ROUNDS}"
     return "{SSHA}"
 
 
-def slapd_moduleload() -> str:
+def configured_hash(password: str, auth: AuthConfig) -> str:
+    """:func:`hash_password` with a configuration's scheme and Argon2 cost (what our writers store)."""
+    return hash_password(password, auth.password_scheme, configured_cost(auth))
+
+
+def configured_label(auth: AuthConfig) -> str:
+    """:func:`scheme_label` of what :func:`configured_hash` stores."""
+    return scheme_label(auth.password_scheme, configured_cost(auth))
+
+
+def slapd_moduleload(cost: Argon2Cost = ARGON2) -> str:
     """The arguments of ``moduleload`` in ldap/slapd.conf (``olcModuleLoad`` in cn=config)."""
-    return f"argon2 m={ARGON2_MEMORY_KIB} t={ARGON2_TIME} p={ARGON2_PARALLELISM}"
+    return f"argon2 m={cost.memory_kib} t={cost.time} p={cost.parallelism}"
 
 
-def dummy_work(password: str) -> None:
-    """Spend about the time slapd spends verifying an {ARGON2} hash, for unknown
-    users, so that "no such user" and "wrong password" take about as long."""
-    _ARGON2.hash(password or "x")
+def dummy_work(password: str, cost: Argon2Cost = ARGON2) -> str:
+    """Spend about the time slapd spends verifying an {ARGON2} hash of ``cost``, for
+    unknown users, so that "no such user" and "wrong password" take about as long.
+    Returns the throw-away hash (its parameters show the cost spent)."""
+    return str(_argon2(cost).hash(password or "x"))
+
+
+def main(argv: list[str]) -> int:
+    """``python3 -m mailrouter.passwords [--config FILE]``: the slapd.conf line for that config."""
+    from mailrouter.config import load
+
+    parser = argparse.ArgumentParser(prog="python3 -m mailrouter.passwords",
+                                     description="print slapd's argon2 moduleload line for a configuration")
+    parser.add_argument("--config", default=None)
+    args = parser.parse_args(argv)
+    print("moduleload\t" + slapd_moduleload(configured_cost(load(args.config).auth)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

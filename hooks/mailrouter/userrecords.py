@@ -27,13 +27,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+from typing import TYPE_CHECKING
 
 from mailrouter import names
-from mailrouter.config import Config
-from mailrouter.directory import User
 from mailrouter.errors import InvalidName, TemporaryFailure
 from mailrouter.mailbox.spool import storage_ids
+
+if TYPE_CHECKING:
+    from mailrouter.config import Config
+    from mailrouter.directory import User
+
+# Only the standard library, names and errors at import time: the lean PAM path
+# (mailrouter-pam-auth --authd-socket) writes records with no TOML parser and no
+# ldap3 loaded (tests/integration/test_pam_authd.py checks sys.modules).
 
 NOLOGIN_SHELL = "/usr/sbin/nologin"
 USERDB_SERVICE = "io.mailrouter"
@@ -71,6 +77,8 @@ def _path(target_dir: str, login: str) -> str:
 def write(target_dir: str, login: str, data: Record) -> None:
     """Replace ``DIR/LOGIN.user`` atomically with ``data``."""
     final = _path(target_dir, login)
+    import tempfile  # here: the lean PAM path starts faster without it (and rarely writes)
+
     encoded = (json.dumps(data, sort_keys=True) + "\n").encode("utf-8")
     fd, tmp_path = tempfile.mkstemp(prefix=".mailrouter.", dir=target_dir)
     try:

@@ -160,7 +160,7 @@ def test_unknown_user_costs_a_hash_wrong_password_does_not(
     """No timing assert: the dummy hash must run exactly when slapd verifies none."""
     calls: list[str] = []
     real = passwords.dummy_work
-    monkeypatch.setattr(passwords, "dummy_work", lambda p: (calls.append("x"), real(p))[1])
+    monkeypatch.setattr(passwords, "dummy_work", lambda p, c: (calls.append("x"), real(p, c))[1])
     password = alice(dataset).password
     auth.authenticate(conf, "nobody@example.com", password)
     assert len(calls) == 1
@@ -224,7 +224,7 @@ def test_hostile_passwords_are_wrong_passwords(
     the unknown user's cost is paid (the dummy hash) -- for both logins alike."""
     calls: list[str] = []
     real = passwords.dummy_work
-    monkeypatch.setattr(passwords, "dummy_work", lambda p: (calls.append("x"), real(p))[1])
+    monkeypatch.setattr(passwords, "dummy_work", lambda p, c: (calls.append("x"), real(p, c))[1])
     password = HOSTILE_PASSWORDS[case]
     known = auth.authenticate_raw(conf, b"alice@example.com", password)
     known_hashes = len(calls)

@@ -522,7 +522,7 @@ def test_a_locked_refusal_costs_a_hash(hub: Hub, monkeypatch: pytest.MonkeyPatch
     login, password = f"lock-core@{DOMAIN}", hub.passwords["lock-core"]
     calls: list[str] = []
     real = passwords.dummy_work
-    monkeypatch.setattr(passwords, "dummy_work", lambda p: (calls.append(p), real(p))[1])
+    monkeypatch.setattr(passwords, "dummy_work", lambda p, c: (calls.append(p), real(p, c))[1])
     for _ in range(LOCKOUT_FAILURES):
         assert not auth.authenticate(conf, login, password + "x").ok
     assert calls == []  # wrong passwords: slapd hashed them

@@ -58,6 +58,11 @@ format = "maildir"
         "[ldap]\nuris = ['ldap://a/']\n[spool]\nstorage_user = 'root'\n",
         "[ldap]\nuris = ['ldap://a/']\n[spool]\nstorage_user = 'no-such-user-here'\n",
         "not toml at all [",
+        "[ldap]\nuris = ['ldap://a/']\nconnection_max_requests = 0\n",
+        "[ldap]\nuris = ['ldap://a/']\nconnection_max_age = -1\n",
+        "[ldap]\nuris = ['ldap://a/']\n[auth]\nargon2_time = 0\n",
+        "[ldap]\nuris = ['ldap://a/']\n[auth]\nargon2_memory_kib = '64M'\n",
+        "[ldap]\nuris = ['ldap://a/']\n[auth]\nargon2_memory_kib = 16\nargon2_parallelism = 4\n",
     ],
 )
 def test_config_errors_are_config_errors(tmp_path: Path, text: str) -> None:
@@ -193,3 +198,24 @@ def test_install_check_names_every_difference(tmp_path: Path) -> None:
 )
 def test_envelope_address_is_the_form_exim_routes(raw: str, expected: tuple[str, str] | None) -> None:
     assert names.envelope_address(raw) == expected
+
+
+def test_connection_and_argon2_settings(tmp_path: Path) -> None:
+    defaults = config.load(write_config(tmp_path, "[ldap]\nuris = ['ldap://a/']\n"))
+    assert (defaults.ldap.connection_max_requests, defaults.ldap.connection_max_age,
+            defaults.ldap.connection_max_idle) == (1000, 300.0, 20.0)
+    from mailrouter import passwords
+
+    # Left out: passwords.ARGON2_*, RFC 9106's second recommended option.
+    assert passwords.configured_cost(defaults.auth) == passwords.ARGON2 == passwords.RFC9106_SECOND
+    text = ("[ldap]\nuris = ['ldap://a/']\nconnection_max_requests = 5\nconnection_max_age = 2\n"
+            "[auth]\nargon2_memory_kib = 8192\nargon2_time = 2\n")
+    loaded = config.load(write_config(tmp_path, text))
+    assert (loaded.ldap.connection_max_requests, loaded.ldap.connection_max_age) == (5, 2.0)
+    cost = passwords.configured_cost(loaded.auth)
+    assert cost == passwords.Argon2Cost(8192, 2, passwords.ARGON2_PARALLELISM)
+    assert passwords.configured_label(loaded.auth) == "{ARGON2}m=8192,t=2,p=4"
+    assert passwords.slapd_moduleload(cost) == "argon2 m=8192 t=2 p=4"
+    assert "$m=8192,t=2,p=4$" in passwords.configured_hash("pw", loaded.auth)
+    # The dummy work of an unknown user costs what the configured hashes cost.
+    assert "$m=8192,t=2,p=4$" in passwords.dummy_work("pw", cost)

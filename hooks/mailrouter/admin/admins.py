@@ -113,7 +113,7 @@ def grant_global_admin(
         uid = member.split(",", 1)[0].partition("=")[2]
         if person_dn(uid, s.base_dn).lower() != member.lower():
             raise AdminError(f"cannot create {member}: a new account is uid=NAME,{s.base_dn}", field="name")
-        password_hash = passwords.hash_password(password, s.config.auth.password_scheme)
+        password_hash = passwords.configured_hash(password, s.config.auth)
         entry = entries.person_entry(uid, s.base_dn, password_hash)
         s.add(entry, f"add accounts under {s.base_dn}", f"account {entry.dn}")
     elif s.read(member, "top", ["1.1"]) is None:

@@ -221,7 +221,9 @@ class AdminSession:
         (``passwords.SLAPD_SCHEME``); other accounts carry no label."""
         session = self._session
         self._do(lambda: session.password_modify(dn, password, old_password), action, subject, missing)
-        self.stamp_password_scheme(dn, passwords.scheme_label(passwords.SLAPD_SCHEME))
+        # slapd hashed with its moduleload cost, which the configured one must equal.
+        cost = passwords.configured_cost(self._config.auth)
+        self.stamp_password_scheme(dn, passwords.scheme_label(passwords.SLAPD_SCHEME, cost))
 
     def stamp_password_scheme(self, dn: str, label: str) -> bool:
         """Record ``label`` as the scheme of the hash just written to ``dn`` (see

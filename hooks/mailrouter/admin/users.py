@@ -66,7 +66,7 @@ def user_entry(
         raise AdminError(f"invalid address {local}@{domain}: {exc}", field="address") from None
     if password == "":
         raise AdminError("empty password refused", field="password")
-    password_hash = passwords.hash_password(password, s.config.auth.password_scheme) if password else None
+    password_hash = passwords.configured_hash(password, s.config.auth) if password else None
     return entries.user_entry(
         local, domain, s.base_dn,
         password_hash=password_hash,
@@ -143,7 +143,7 @@ def add_user(
                        mailbox_format=format_value)
     s.add(entry, f"add users in {s.domain_dn(domain)}", f"user {local}@{domain}", f"no such domain {domain}")
     if password:
-        s.stamp_password_scheme(entry.dn, passwords.scheme_label(s.config.auth.password_scheme))
+        s.stamp_password_scheme(entry.dn, passwords.configured_label(s.config.auth))
     if admin:
         admins.add_to_domain_group(s, entry.dn, domain)
     s.commit()
@@ -267,12 +267,12 @@ def set_password(s: AdminSession, address: str, password: str) -> dict[str, Any]
     local, domain = normalise_address(address)
     if not password:
         raise AdminError("empty password refused", field="password")
-    password_hash = passwords.hash_password(password, s.config.auth.password_scheme)
+    password_hash = passwords.configured_hash(password, s.config.auth)
     dn = s.user_dn(local, domain)
     s.modify(dn, {"userPassword": (MODIFY_REPLACE, [password_hash])}, None,
              f"change the password of {local}@{domain}", f"user {local}@{domain}",
              f"no such user {local}@{domain}")
-    s.stamp_password_scheme(dn, passwords.scheme_label(s.config.auth.password_scheme))
+    s.stamp_password_scheme(dn, passwords.configured_label(s.config.auth))
     return {"ok": True, "message": f"changed the password of {local}@{domain}",
             "address": f"{local}@{domain}"}
 

@@ -3,8 +3,8 @@
 Usage::
 
     mailrouter-authd [--config CONF] [--socket PATH] [--group GROUP] [--allow-user USER]...
-                     [--max-children N] [--request-timeout SECONDS] [--read-timeout SECONDS]
-                     [--max-connections N]
+                     [--workers N] [--max-requests N] [--max-children N]
+                     [--request-timeout SECONDS] [--read-timeout SECONDS] [--max-connections N]
 
 Why a socket: ``${run{prog $auth2 $auth3}}`` would put the password on a
 command line, readable by every local user in ``ps`` and ``/proc/PID/cmdline``.
@@ -16,6 +16,21 @@ Protocol (one request per connection; the Exim side is in exim/mailrouter.conf):
     request:  AUTH <base64 login> <base64 password>\\n      (at most 65536 bytes)
     reply:    OK\\n | NO\\n | TEMP\\n                         then the server closes
 
+The PAM helper's request (``mailrouter-pam-auth --authd-socket``, popa3d's
+logins; never sent by Exim)::
+
+    request:  PAM <base64 login> <base64 password>\n
+    reply:    OK <user record>\n | OK\n | NO\n | NO GONE\n | TEMP\n
+
+Same check, same verdicts; ``OK`` carries the login's nss-systemd user record
+as one line of JSON (``mailrouter.userrecords.record``; bare ``OK`` when the
+user may have none), which the helper writes before popa3d calls
+``getpwnam``; ``NO GONE`` is a refused canonical login whose user LDAP says is
+gone or disabled (the helper removes its record).  The helper runs as root
+and shows nothing to the POP3 client, so these details never reach one; the
+other peers allowed to ask (Debian-exim) learn no more than
+mailrouter-lookupd's ``user`` lookup already tells them.
+
 ``OK`` authenticated; ``NO`` refused: unknown user, wrong or empty password,
 disabled account, non-canonical login, and any login or password octets at all
 (control characters, non-UTF-8, NUL, over-long) -- one answer on purpose, see
@@ -26,18 +41,25 @@ that takes longer than ``--request-timeout`` is killed and answered ``TEMP``.
 The replies are fixed tokens because Exim echoes an unexpected
 ``${readsocket}`` result to the SMTP client.
 
-Process model (``mailrouter.cmd.sockserver``, fork per request): the parent
+Process model (``mailrouter.cmd.sockserver``, pre-forked): the parent
 imports everything once and owns every connection: it accepts, checks the
 peer, and reads each request line without ever waiting on a client, so idle or
-slow clients starve nothing.  For each *complete* request it forks one child,
-which does the whole check (its own LDAP connection and bind,
-``mailrouter.auth``), hands the token back to the parent and exits.  A slow
-LDAP therefore blocks only that child, and no state survives a request.  At
-most ``--max-children`` checks run at once (default 4 per CPU: a check is
-mostly a password hash, CPU-bound, and more at once only makes each slower);
-further complete requests wait in order, and one whose client gave up meanwhile
-is dropped unasked.  Each child is killed after ``--request-timeout`` seconds
-(default 30; Exim's own readsocket timeout, 5 s, is shorter).  At most
+slow clients starve nothing.  Each *complete* request goes to one of
+``--workers`` worker processes (default ``--max-children``, 4 per CPU: a
+check is mostly a password hash, CPU-bound, and more at once only makes each
+slower), which does
+the whole check (``mailrouter.auth``) and hands the token back.  Each worker
+keeps one service-account LDAP connection for the user lookups
+(``directory.PersistentDirectory``: replaced after ``ldap.connection_max_*``,
+a read on a broken one retried once on a fresh one); the user's own bind
+always goes over a separate short connection, so the service connection never
+carries a user's identity.  A worker is replaced after ``--max-requests``
+(default 1000) checks, after any exception, and when a check runs longer than
+``--request-timeout`` seconds (default 30; Exim's own readsocket timeout, 5 s,
+is shorter): a slow LDAP blocks only that worker.  Further complete requests
+wait in order, and one whose client gave up meanwhile is dropped unasked.
+``--workers 0`` forks one child per request instead (at most
+``--max-children``), each with its own connection and bind.  At most
 ``--max-connections`` (default 512) connections are open; beyond that the
 oldest one still without a request line is dropped, and new ones wait in the
 socket's backlog.
@@ -67,11 +89,13 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import json
 import os
 
-from mailrouter import auth
+from mailrouter import auth, userrecords
 from mailrouter.cmd import sockserver
 from mailrouter.config import Config, load
+from mailrouter.directory import Directory, PersistentDirectory
 from mailrouter.errors import BadRequest, TemporaryFailure
 from mailrouter.exitcodes import EX_OK, EX_TEMPFAIL
 
@@ -93,39 +117,54 @@ TOKENS = {
 }
 
 
-def parse_request(line: bytes) -> tuple[bytes, bytes]:
-    """``(login, password)`` from ``AUTH <b64> <b64>`` (newline already stripped).
+VERBS = (b"AUTH", b"PAM")  # Exim's SMTP AUTH; mailrouter-pam-auth --authd-socket
+
+
+def parse_request(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """``(verb, login, password)`` from ``AUTH|PAM <b64> <b64>`` (newline already stripped).
 
     An empty field is allowed (Exim's ``${base64:}`` of an empty string is
     empty): an empty login or password is a refusal, not a protocol error.
     """
     parts = line.split(b" ")
-    if len(parts) != 3 or parts[0] != b"AUTH":
-        raise BadRequest("expected AUTH <base64 login> <base64 password>")
+    if len(parts) != 3 or parts[0] not in VERBS:
+        raise BadRequest("expected AUTH|PAM <base64 login> <base64 password>")
     try:
         login = base64.b64decode(parts[1], validate=True)
         password = base64.b64decode(parts[2], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequest("bad base64") from exc
-    return login, password
+    return parts[0], login, password
 
 
-def answer(config: Config, line: bytes) -> tuple[auth.Verdict, str, bytes]:
-    """Verdict, log reason and the login as received, for one request line."""
+def pam_reply(config: Config, result: auth.AuthResult) -> bytes:
+    """The ``PAM`` verb's reply: the token, plus the user record or ``GONE`` (see the manual)."""
+    if result.verdict is auth.Verdict.OK and result.user is not None:
+        record = userrecords.record(config, result.user)
+        if record is None:
+            return b"OK\n"
+        return b"OK " + json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
+    if result.verdict is auth.Verdict.REFUSED and result.gone:
+        return b"NO GONE\n"
+    return TOKENS[result.verdict]
+
+
+def handle(config: Config, line: bytes, directory: Directory | None = None) -> bytes:
+    """The reply to one request line, in a worker (``sockserver.serve``); logs the verdict.
+
+    ``directory``: the worker's persistent service connection (``None``: a fresh one)."""
+    login = b""
     try:
-        login, password = parse_request(line)
+        verb, login, password = parse_request(line)
     except BadRequest as exc:
-        return auth.Verdict.TEMPORARY, f"bad request: {exc}", b""
-    result = auth.authenticate_raw(config, login, password)
-    return result.verdict, result.reason, login
-
-
-def handle(config: Config, line: bytes) -> bytes:
-    """The reply to one request line, in its own child (``sockserver.serve``); logs the verdict."""
-    verdict, reason, login = answer(config, line)
+        result = auth.AuthResult(auth.Verdict.TEMPORARY, None, f"bad request: {exc}")
+        verb = b""
+    else:
+        factory = (lambda _ldap: directory) if directory is not None else Directory
+        result = auth.authenticate_raw(config, login, password, factory)
     shown = login[:320].decode("utf-8", "backslashreplace").encode("unicode_escape").decode("ascii")
-    sockserver.log(f"authd: {shown} {verdict.value} {reason}")
-    return TOKENS[verdict]
+    sockserver.log(f"authd: {shown} {result.verdict.value} {result.reason}")
+    return pam_reply(config, result) if verb == b"PAM" else TOKENS[result.verdict]
 
 
 def main(argv: list[str]) -> int:
@@ -133,14 +172,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", default=None)
     parser.add_argument("--socket", default=None, help="default: auth.auth_socket")
     sockserver.add_server_arguments(parser, max_children=DEFAULT_MAX_CHILDREN)
+    # Default: as many workers as --max-children allowed checks at once before.
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--max-requests", type=int, default=sockserver.DEFAULT_MAX_REQUESTS)
     args = parser.parse_args(argv)
+    workers = args.max_children if args.workers is None else args.workers
     try:
         config = load(args.config)
         server = sockserver.listening_socket(args.socket or config.auth.auth_socket, args.group)
     except (TemporaryFailure, OSError) as exc:
         sockserver.log(f"authd: cannot start: {exc}")
         return EX_TEMPFAIL
-    # Fork per connection (workers=0): each request gets a fresh child with its
-    # own LDAP connection and binds; a frozen LDAP blocks only that child.
-    sockserver.run("authd", server, lambda line: handle(config, line), args, max_request=MAX_REQUEST)
+    # Not connected yet: each worker inherits it unopened and opens its own.
+    persistent = PersistentDirectory(config.ldap) if workers > 0 else None
+    sockserver.run(
+        "authd",
+        server,
+        lambda line: handle(config, line, persistent),
+        args,
+        max_request=MAX_REQUEST,
+        workers=workers,
+        max_requests=args.max_requests,
+    )
     return EX_OK

@@ -16,8 +16,9 @@ DESCRIPTION
     LMTP carries only the envelope.  What the pipe path gets from
     ``$address_data`` -- mailbox path, format, quota, ids -- is looked up here at
     RCPT time through the very decision the ``user`` lookup makes
-    (:func:`mailrouter.routing.delivery_target`, one LDAP connection per
-    session), so both front ends always agree on where and as whom mail is stored.
+    (:func:`mailrouter.routing.delivery_target`, on the worker's one service
+    connection, kept across sessions as lookupd's is:
+    :class:`mailrouter.directory.PersistentDirectory`, ``ldap.connection_max_*``), so both front ends always agree on where and as whom mail is stored.
 
 PROTOCOL
     RFC 2033 on a Unix socket: greeting ``220``; ``LHLO`` (PIPELINING,
@@ -132,14 +133,13 @@ from mailrouter.mailbox import mbox, spool, store
 from mailrouter.mailbox.addressdata import AddressData
 
 if TYPE_CHECKING:
-    from mailrouter.directory import Directory
+    from mailrouter.directory import PersistentDirectory
 
 DEFAULT_WORKERS = 8
 DEFAULT_COMMAND_TIMEOUT = 300.0
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 MAX_LINE = 4096  # a command line (RFC 5321 says 512; be lenient, never unbounded)
 MAX_RECIPIENTS = 1000
-CONNECTION_MAX_AGE = 60.0  # seconds a worker keeps one LDAP connection
 MAX_ERRORS = 10  # bad commands in one session before we hang up
 RECV = 1 << 20
 _END_OF_DATA = b"\r\n.\r\n"
@@ -317,44 +317,10 @@ class Recipient:
 Deliver = Callable[[AddressData, bytes, bytes], str]
 
 
-class WorkerDirectory:
-    """A worker's LDAP connection (service account, reads only), reused across sessions.
-
-    Opened on first use (in the worker, never in the parent), replaced after
-    ``max_age`` seconds and after any failed lookup.  A read that meets a
-    broken connection is retried once on a fresh one, failing over across
-    ``ldap.uris`` (:class:`mailrouter.directory.Directory`).
-    """
-
-    def __init__(self, config: Config, max_age: float = CONNECTION_MAX_AGE) -> None:
-        self.config = config
-        self.max_age = max_age
-        self.directory: Directory | None = None
-        self.since = 0.0
-
-    def get(self) -> Directory:
-        now = time.monotonic()
-        if self.directory is not None and now - self.since > self.max_age:
-            self.reset()
-        if self.directory is None:
-            from mailrouter.directory import Directory  # noqa: PLC0415 - imported by main() already
-
-            self.directory, self.since = Directory(self.config.ldap), now
-        return self.directory
-
-    def reset(self) -> None:
-        if self.directory is not None:
-            try:
-                self.directory.close()
-            except Exception:  # noqa: BLE001, S110 - closing must never fail a session
-                pass
-            self.directory = None
-
-
 class Session:
     """One LMTP conversation (RFC 2033), in a worker."""
 
-    def __init__(self, config: Config, deliver: Deliver, lookups: WorkerDirectory, *, host: str,
+    def __init__(self, config: Config, deliver: Deliver, lookups: PersistentDirectory, *, host: str,
                  max_message: int) -> None:
         self.config = config
         self.deliver = deliver
@@ -447,9 +413,11 @@ class Session:
         if key is None:
             return Reply.NO_USER.format(rcpt=one_line(address, 200))
         try:
-            target = routing.delivery_target(self.lookups.get(), self.config.spool, *key)
+            # The worker's connection is reused across sessions; one that
+            # failed is closed on the way out of the block, never reused.
+            with self.lookups as directory:
+                target = routing.delivery_target(directory, self.config.spool, *key)
         except Exception as exc:  # noqa: BLE001 - every trouble is this recipient's 4xx
-            self.lookups.reset()  # a connection that failed is not reused
             return failure_reply(exc)
         if target is None:
             return Reply.NO_USER.format(rcpt=one_line(address, 200))
@@ -618,7 +586,9 @@ def main(argv: list[str]) -> int:
         sockserver.log(f"lmtpd: cannot start: {exc}")
         return EX_TEMPFAIL
     host = one_line(socket.gethostname(), 100) or "localhost"
-    lookups = WorkerDirectory(config)
+    from mailrouter.directory import PersistentDirectory  # noqa: PLC0415 - imported above already
+
+    lookups = PersistentDirectory(config.ldap)
 
     def session(sock: socket.socket) -> None:
         conversation = Session(config, deliver, lookups, host=host, max_message=args.max_message)

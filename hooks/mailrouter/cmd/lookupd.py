@@ -47,14 +47,21 @@ writes the reply.  So idle or slow clients never hold a worker: they cost a
 descriptor in the parent until their ``--read-timeout``, and at most
 ``--max-connections`` (default 512) are open (beyond that the oldest one still
 without a request is dropped; further connections wait in the socket's
-backlog).  Each request opens its own LDAP connection and binds as the service
-account (a bind per request: no connection or failover state outlives a
-request).  A worker is replaced after ``--max-requests`` (default 1000)
-requests, after any exception, and when a request takes longer than
+backlog).  Each worker keeps one LDAP connection bound as the service account
+(``directory.PersistentDirectory``): replaced after
+``ldap.connection_max_requests`` requests, ``connection_max_age`` seconds or
+``connection_max_idle`` seconds unused, and after any request that ended in an
+error; opened on the first URI of the list that answers (so after a failover
+the first URI is tried again when it is replaced); a lookup that fails on a
+reused connection (slapd restarted) is asked once more on a fresh one, so
+the first request after a restart is answered, not ``TEMP``.  A worker is
+replaced after ``--max-requests`` (default 1000) requests, after any
+exception, and when a request takes longer than
 ``--request-timeout`` seconds (default 30; it is killed, the client gets
 ``TEMP``).  ``--workers 0`` forks one child per request instead (at most
 ``--max-children``, default 32): more isolation, but a fork and a cold process
-per lookup (~5-10 ms instead of ~1-2 ms).  The number of workers bounds the
+and a fresh LDAP connection and bind per lookup (~5-10 ms instead of ~1 ms).
+The number of workers bounds the
 lookups in progress: when LDAP hangs, further requests wait in the parent's
 queue (one whose client gave up is dropped unasked) and Exim's
 ``${readsocket}`` timeout turns that into a deferral.  The configuration is
@@ -86,6 +93,7 @@ import argparse
 import base64
 import binascii
 import sys
+from typing import TYPE_CHECKING
 
 from mailrouter import config as config_module
 from mailrouter import lookup
@@ -93,6 +101,9 @@ from mailrouter.cmd import sockserver
 from mailrouter.config import Config
 from mailrouter.errors import BadRequest, MailrouterError
 from mailrouter.exitcodes import EX_OK, EX_TEMPFAIL
+
+if TYPE_CHECKING:
+    from mailrouter.directory import Directory
 
 MAX_REQUEST = 4096
 DEFAULT_WORKERS = 8
@@ -118,11 +129,13 @@ def parse_request(line: bytes) -> tuple[str, list[str]]:
     return kind, args
 
 
-def reply(config: Config, line: bytes) -> tuple[bytes, str]:
-    """The reply to one request line, and why when it is TEMP (for the log)."""
+def reply(config: Config, line: bytes, directory: Directory | None = None) -> tuple[bytes, str]:
+    """The reply to one request line, and why when it is TEMP (for the log).
+
+    ``directory``: the worker's persistent service connection (``None``: a fresh one)."""
     try:
         kind, args = parse_request(line)
-        result = lookup.answer(config, kind, args)
+        result = lookup.answer(config, kind, args, directory)
     except BadRequest as exc:
         return TEMP, str(exc)
     except MailrouterError as exc:
@@ -134,10 +147,10 @@ def reply(config: Config, line: bytes) -> tuple[bytes, str]:
     return b"OK " + one_line.encode("utf-8", "surrogateescape") + b"\n", ""
 
 
-def handle(config: Config, line: bytes) -> bytes:
+def handle(config: Config, line: bytes, directory: Directory | None = None) -> bytes:
     """The reply to one request line, in a worker (``sockserver.serve``); logs a TEMP's reason."""
     try:
-        answer, why = reply(config, line)
+        answer, why = reply(config, line, directory)
     except Exception as exc:  # noqa: BLE001 - any surprise is a TEMP, never silence
         answer, why = TEMP, f"unexpected {type(exc).__name__}"
     if answer == TEMP:
@@ -158,16 +171,18 @@ def main(argv: list[str]) -> int:
         config = config_module.load(args.config)
         # Imported here, once, in the parent: each forked child then pays
         # neither the ldap3 import nor the module set-up.
-        import mailrouter.directory  # noqa: F401
+        from mailrouter.directory import PersistentDirectory
 
         server = sockserver.listening_socket(args.socket, args.group)
     except (MailrouterError, OSError, ImportError) as exc:
         sockserver.log(f"lookupd: cannot start: {exc}")
         return EX_TEMPFAIL
+    # Not connected yet: each pre-forked worker inherits it unopened and opens its own.
+    persistent = PersistentDirectory(config.ldap) if args.workers > 0 else None
     sockserver.run(
         "lookupd",
         server,
-        lambda line: handle(config, line),
+        lambda line: handle(config, line, persistent),
         args,
         workers=args.workers,
         max_requests=args.max_requests,

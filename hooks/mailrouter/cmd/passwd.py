@@ -101,13 +101,13 @@ def change_password(config: Config, login: str, old: str, new: str) -> int:
     except InvalidName:
         return EX_REFUSED
     check_new_password(new, old)
-    new_hash = passwords.hash_password(new, config.auth.password_scheme)
+    new_hash = passwords.configured_hash(new, config.auth)
     dn = user_dn(local, domain, config.ldap.base_dn)
     try:
         # Bound as the user: only the ACL's "by self =wx" lets this through.
         with Session(config.ldap, dn, old) as session:
             session.modify(dn, {"userPassword": (MODIFY_REPLACE, [new_hash])})
-            _stamp(session, dn, passwords.scheme_label(config.auth.password_scheme))
+            _stamp(session, dn, passwords.configured_label(config.auth))
     except LdapRefused:  # 49: wrong old password or unknown user; 50: not allowed
         return EX_REFUSED
     except WriteOutcomeUnknown:

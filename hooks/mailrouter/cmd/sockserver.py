@@ -31,9 +31,10 @@ parent, never a worker; workers only ever work.  The workers, one of two ways:
   and a cold child per request (about 5-10 ms with ldap3 loaded).
 * ``workers=N`` (pre-forked): N children forked at start take requests one
   at a time from the parent, ``max_requests`` in all, then exit and are
-  replaced.  Handlers must keep no state between requests (lookupd opens and
-  binds a fresh LDAP connection per request).  Per request: no fork, a warm
-  process.
+  replaced.  Handlers keep no answer state between requests; what they may
+  keep is a connection (lookupd's and authd's persistent service connection,
+  ``directory.PersistentDirectory``), which a replaced worker takes with it.
+  Per request: no fork, a warm process.
 
 Limits, all enforced by the parent:
 
@@ -511,7 +512,10 @@ class _Server:
             if self.prefork:
                 if not self.idle:
                     return
-                worker = self.idle.popleft()
+                # Last in, first out: the worker that just finished is the one whose
+                # memory and LDAP connection are warm (one lookup at a time then runs
+                # on one process, not round-robin over all: 1.4 vs 2.0 ms per lookup).
+                worker = self.idle.pop()
                 try:
                     worker.channel.send(_REQUEST + client.line)
                 except OSError:

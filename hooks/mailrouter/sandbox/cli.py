@@ -434,8 +434,10 @@ def start_services(
     assert exim.daemon_pid is not None
     sandbox.record("exim", exim.daemon_pid)
 
-    log("starting popa3d (POP3 via socat, POP3S via stunnel)")
-    popa3d = Popa3d(directory, str(config), root=root, bin_dir=bin_dir, certificates=certificates)
+    log("starting popa3d (POP3 via socat, POP3S via stunnel; PAM asks mailrouter-authd)")
+    # The lean PAM path (popa3d/pam.d-popa3d-authd): the authd above answers the logins.
+    popa3d = Popa3d(directory, str(config), root=root, bin_dir=bin_dir, certificates=certificates,
+                    authd_socket=str(socket_path))
     popa3d.start()
     for index, pid in enumerate(popa3d.pids()):
         sandbox.record(f"popa3d-front-{index}", pid)

@@ -64,6 +64,9 @@ def write_config(
     password: str | None = None,
     connect_timeout: float | None = 2.0,
     operation_timeout: float | None = 2.0,
+    connection_max_requests: int | None = None,
+    connection_max_age: float | None = None,
+    connection_max_idle: float | None = None,
     spool_format: str | None = None,
     mbox_template: str | None = None,
     maildir_template: str | None = None,
@@ -75,6 +78,9 @@ def write_config(
     sender_ownership: bool | None = None,
     password_scheme: str | None = None,
     auth_socket: str | None = None,
+    argon2_memory_kib: int | None = None,
+    argon2_time: int | None = None,
+    argon2_parallelism: int | None = None,
     web: dict[str, TomlValue] | None = None,
     group: str = EXIM_USER,
     secret_mode: int = 0o640,
@@ -97,6 +103,9 @@ def write_config(
         "bind_password_file": str(secret) if secret else None,
         "connect_timeout": connect_timeout,
         "operation_timeout": operation_timeout,
+        "connection_max_requests": connection_max_requests,
+        "connection_max_age": connection_max_age,
+        "connection_max_idle": connection_max_idle,
     })
     lines += _table("spool", {
         "format": spool_format,
@@ -112,6 +121,9 @@ def write_config(
         "sender_ownership": sender_ownership,
         "password_scheme": password_scheme,
         "auth_socket": auth_socket,
+        "argon2_memory_kib": argon2_memory_kib,
+        "argon2_time": argon2_time,
+        "argon2_parallelism": argon2_parallelism,
     })
     lines += _table("web", dict(web or {}))
     return write_private(path, "\n".join(lines), group, mode=0o644)

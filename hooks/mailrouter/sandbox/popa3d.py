@@ -46,19 +46,26 @@ CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SHIPPED_BIN = "/opt/mailrouter/venv/bin"
 SHIPPED_CONFIG = "/etc/mailrouter/mailrouter.toml"
 SHIPPED_USERDB = "/etc/userdb"
+SHIPPED_AUTHD_SOCKET = "/run/mailrouter/auth.sock"
+PAM_FILE = "pam.d-popa3d"  # the full path (the helper asks LDAP itself)
+PAM_FILE_AUTHD = "pam.d-popa3d-authd"  # the lean path (the helper asks mailrouter-authd)
 NAMESPACE_USERDB = "/run/userdb"  # what the namespace shows of Popa3d.userdb
 START_TIMEOUT = 10.0
 MAIL_GID = 8  # Debian's "mail" group owns /var/mail
 
 
-def render_pam_file(template: str, bin_dir: str, config_path: str) -> str:
-    """The shipped PAM file with only the venv bin dir, the config path and the
-    user-record directory re-pointed (the host's /etc/userdb is never written)."""
-    if any(shipped not in template for shipped in (SHIPPED_BIN, SHIPPED_CONFIG, SHIPPED_USERDB)):
-        raise DaemonError("popa3d/pam.d-popa3d no longer names the shipped bin dir, config and userdb")
+def render_pam_file(template: str, bin_dir: str, config_path: str, authd_socket: str | None = None) -> str:
+    """A shipped PAM file with only the venv bin dir, the config path (or, for
+    the lean file, authd's socket) and the user-record directory re-pointed
+    (the host's /etc/userdb is never written)."""
+    target, value = (SHIPPED_CONFIG, config_path)
+    if authd_socket is not None:
+        target, value = SHIPPED_AUTHD_SOCKET, authd_socket
+    if any(shipped not in template for shipped in (SHIPPED_BIN, target, SHIPPED_USERDB)):
+        raise DaemonError(f"the PAM file no longer names the shipped bin dir, {target} and userdb")
     return (
         template.replace(SHIPPED_BIN, bin_dir.rstrip("/"))
-        .replace(SHIPPED_CONFIG, config_path)
+        .replace(target, value)
         .replace(SHIPPED_USERDB, NAMESPACE_USERDB)
     )
 
@@ -105,6 +112,7 @@ class Popa3d:
         certificates: Certificates | None = None,
         spool: Path | None = None,
         host: str = "127.0.0.1",
+        authd_socket: str | None = None,
     ) -> None:
         """``host``: the loopback address POP3 listens on (a cluster node's 127.0.0.x).
         ``root``: the checkout holding popa3d/.  ``userdb_source``: copy the
@@ -113,7 +121,9 @@ class Popa3d:
         material (default: a throwaway CA and server certificate for
         localhost/127.0.0.1 in ``workdir/tls``).  ``spool``: the directory
         popa3d sees as /var/mail (default ``workdir/mail``; give the directory
-        the delivery side writes to)."""
+        the delivery side writes to).  ``authd_socket``: use the lean
+        ``popa3d/pam.d-popa3d-authd`` asking the mailrouter-authd there (a
+        path outside /run, which the namespace replaces)."""
         self.host = host
         self.workdir = Path(workdir)
         self.config_path = str(config_path)
@@ -132,6 +142,7 @@ class Popa3d:
         self.own_spool = spool is None
         self.spool = spool or self.workdir / "mail"
         self.log_path = self.workdir / "popa3d-testbed.log"
+        self.authd_socket = authd_socket
         self._processes: list[subprocess.Popen[bytes]] = []
 
     # -- set-up -----------------------------------------------------------
@@ -141,10 +152,12 @@ class Popa3d:
         if self.pam_dir.exists():
             shutil.rmtree(self.pam_dir)
         shutil.copytree("/etc/pam.d", self.pam_dir, symlinks=True)
+        pam_file = PAM_FILE if self.authd_socket is None else PAM_FILE_AUTHD
         pam_text = render_pam_file(
-            (popa3d_dir / "pam.d-popa3d").read_text(encoding="utf-8"),
+            (popa3d_dir / pam_file).read_text(encoding="utf-8"),
             self.bin_dir,
             self.config_path,
+            self.authd_socket,
         )
         (self.pam_dir / "popa3d").write_text(pam_text, encoding="utf-8")
         passwd_line = next(
