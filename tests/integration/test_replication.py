@@ -358,7 +358,7 @@ def test_the_audit_log_records_each_write_once_on_the_provider_that_took_it(
         return members == [actor.lower()]
 
     for server in everywhere(directory):
-        wait_until(partial(no_stale_member, server), f"the removed member gone from the group on {server.uri}")
+        wait_until(partial(no_stale_member, server), f"no stale member on {server.uri}")
         wait_until(partial(Directory(on(server, data)).check_password, user.dn, user.password),
                    f"the new password on {server.uri}")
     # The hashes every server stores now (the secret values that must stay out of any log).
