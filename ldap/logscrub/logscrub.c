@@ -23,6 +23,14 @@
  * replays reqMod): put such a log in a database of its own, without this
  * overlay.
  *
+ * One record per write, on the server that took it: a change that reached
+ * this server by replication (syncrepl applies it as the database's rootdn on
+ * its own connection, numbered below SLAPD_SYNC_SYNCCONN_OFFSET) was recorded
+ * with its real actor by the server a client sent it to.  accesslog cannot
+ * leave such changes out (the replication log must keep them), so this
+ * overlay drops their records from the audit log: on a provider pair each
+ * provider's log holds the writes it took, a read-only replica's stays empty.
+ *
  * Configuration (slapd.conf), inside the log database's section:
  *     moduleload  /usr/local/lib/ldap/logscrub.so
  *     overlay     logscrub
@@ -121,6 +129,14 @@ logscrub_add( Operation *op, SlapReply *rs )
 
 	if ( op->ora_e == NULL )
 		return SLAP_CB_CONTINUE;
+	if ( op->o_connid != 0 && SLAPD_SYNC_IS_SYNCCONN( op->o_connid ) ) {
+		/* replicated in: not stored; release the CSN accesslog queued for it,
+		 * as the backend would have */
+		slap_graduate_commit_csn( op );
+		rs->sr_err = LDAP_SUCCESS;
+		send_ldap_result( op, rs );
+		return rs->sr_err;
+	}
 	for ( a = op->ora_e->e_attrs; a; a = a->a_next ) {
 		if ( a->a_desc == ad_reqMod || a->a_desc == ad_reqOld ) {
 			/* accesslog shares one array for values and normalized values */

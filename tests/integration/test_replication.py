@@ -12,6 +12,7 @@ Timings are measured in bench/bench_cluster.py, never asserted here.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -295,3 +296,93 @@ def test_one_provider_down_writes_go_to_the_other_and_the_pair_converges(
     wait_until(partial(same, first, second), "the providers' entries and CSNs equal")
     for replica in directory.replicas:
         wait_until(partial(same, replica, first), f"{replica.uri} equal to the providers")
+
+
+def audit_log(server: Slapd) -> list[tuple[str, dict[str, list[bytes]]]]:
+    """``server``'s audit log (cn=accesslog) as slapd stored it, read offline (slapcat),
+    every value decoded (base64 too)."""
+    done = subprocess.run(["/usr/sbin/slapcat", "-f", str(server.conf_path), "-b", "cn=accesslog",
+                           "-o", "ldif_wrap=no"], capture_output=True, timeout=60, check=True)
+    records = []
+    for block in done.stdout.decode("utf-8", "replace").split("\n\n"):
+        attributes: dict[str, list[bytes]] = {}
+        dn = ""
+        for line in block.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.partition(":")
+            raw = base64.b64decode(value[2:]) if value.startswith(":") else value[1:].lstrip().encode()
+            if name == "dn":
+                dn = raw.decode()
+            else:
+                attributes.setdefault(name.lower(), []).append(raw)
+        if dn:
+            records.append((dn, attributes))
+    return records
+
+
+def about(records: list[tuple[str, dict[str, list[bytes]]]], dn: str) -> list[dict[str, list[bytes]]]:
+    return [a for _, a in records if [v.decode().lower() for v in a.get("reqdn", [])] == [dn.lower()]]
+
+
+def test_the_audit_log_records_each_write_once_on_the_provider_that_took_it(
+        directory: cluster.ReplicatedDirectory, data: Dataset) -> None:
+    """An admin write on provider 1 is in provider 1's audit log with its actor, in no
+    other server's (replicated changes are the other server's records); no server's
+    audit log holds a password value or hash; referential integrity (slapo-refint,
+    whose repairs are never replicated) holds on every server; the replicator
+    cannot read the audit log."""
+    first, second = directory.providers
+    actor = data.account("global-admin").dn
+    target = f"dc=audited-once.example,{BASE}"
+    group = f"cn=repl-refint,dc=example.com,{BASE}"
+    gone = f"dc=refint-gone.example,{BASE}"
+    cleartext = "audited-cleartext-1"
+    user = data.account("alice@example.com")
+    with admin(data, (first.uri,)) as session:
+        session.add(target, domain("audited-once.example"))
+        session.add(gone, domain("refint-gone.example"))
+        session.add(group, {"objectClass": ["groupOfNames"], "cn": ["repl-refint"],
+                            "member": [gone, actor]})
+        session.modify(user.dn, {"userPassword": ("replace", [cleartext])})
+    for server in everywhere(directory):
+        wait_until(partial(has, server, data, group), f"{group} on {server.uri}")
+    with Session(on(first, data), user.dn, cleartext) as session:
+        session.password_modify(user.dn, cleartext + "-2", cleartext)
+    user.password = cleartext + "-2"
+    with admin(data, (second.uri,)) as session:
+        session.delete(gone)  # on provider 2: refint repairs the group there and everywhere else
+
+    def no_stale_member(server: Slapd) -> bool:
+        members = [m.lower() for m in (read(server, data, group, "member") or {}).get("member", [])]
+        return members == [actor.lower()]
+
+    for server in everywhere(directory):
+        wait_until(partial(no_stale_member, server), f"no stale member on {server.uri}")
+        wait_until(partial(Directory(on(server, data)).check_password, user.dn, user.password),
+                   f"the new password on {server.uri}")
+    # The hashes every server stores now (the secret values that must stay out of any log).
+    block = next(b for b in second.dump().split("\n\n") if b.lower().startswith(f"dn: {user.dn.lower()}"))
+    secrets = [cleartext.encode(), (cleartext + "-2").encode()] + [
+        line.split(":", 1)[1].strip().encode() for line in block.splitlines()
+        if line.lower().startswith(("userpassword:", "pwdhistory:"))]
+    assert len(secrets) > 2
+    for server in everywhere(directory):
+        records = audit_log(server)
+        mine = about(records, target)
+        if server is first:
+            assert len(mine) == 1, mine
+            assert mine[0]["reqtype"] == [b"add"] and mine[0]["reqauthzid"] == [actor.encode()]
+            changed = about(records, user.dn)
+            assert changed and all(b"<withheld>" in b"".join(r.get("reqmod", [])) for r in changed)
+        else:
+            assert mine == [], f"{server.uri} recorded provider 1's write again: {mine}"
+        if server is second:
+            assert len(about(records, gone)) == 1  # the delete it took, once
+        for dn, attributes in records:
+            for values in attributes.values():
+                for value in values:
+                    assert not any(secret in value for secret in secrets), (server.uri, dn)
+    with Session(LdapConfig(uris=(first.uri,), base_dn=BASE), cluster.REPLICATOR_DN,
+                 REPLICATOR_PASSWORD) as session:
+        assert session.search("cn=accesslog", "(objectClass=*)", ["*"]) == []

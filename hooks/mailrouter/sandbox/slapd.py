@@ -111,7 +111,8 @@ def render_replication(config: str, root: Path, workdir: Path, replication: Repl
     """``config`` (a rendered slapd.conf) with the ``ldap/replication/`` fragments of
     ``replication.role`` spliced in where each fragment's header says: the global
     part and the replication log before the first database, the mail database's
-    part at the end of that database (before ``database config``)."""
+    part at the end of that database's section (before the next ``database`` line:
+    the audit log's)."""
     values = {"REPLICATOR_PASSWORD": replication.password}
     if replication.role == "provider":
         (peer,) = replication.peers
@@ -128,10 +129,15 @@ def render_replication(config: str, root: Path, workdir: Path, replication: Repl
         raise DaemonError(f"unknown replication role {replication.role!r}")
     head, sep, tail = config.partition("\ndatabase")
     config = head + "\n" + before + sep + tail
-    head, sep, tail = config.partition("\ndatabase\tconfig")
-    if not sep:
-        raise DaemonError("slapd.conf: no 'database config' line to put the replication part before")
-    return head + "\n" + inside + sep + tail
+    # The mail database's section ends where the next database begins (the audit
+    # log's cn=accesslog in the shipped file, else cn=config).
+    lines = config.split("\n")
+    mail = next((i for i, line in enumerate(lines)
+                 if line.split()[:2] == ["suffix", '"o=top"']), None)
+    end = next((i for i in range(mail or 0, len(lines)) if lines[i].startswith("database")), None)
+    if mail is None or end is None:
+        raise DaemonError("slapd.conf: no mail database (suffix \"o=top\") followed by another database")
+    return "\n".join([*lines[:end], inside.rstrip("\n"), *lines[end:]])
 
 
 def with_passwords(ldif: str, hashes: dict[str, str]) -> str:
@@ -236,6 +242,10 @@ class Slapd:
             self._run([SLAPADD, "-w", "-f", str(self.conf_path), "-b", "cn=deltalog"], "slapadd (deltalog)",
                       stdin=log_top.encode("utf-8"))
         if self.cn_config:
+            # slaptest opens every database read-only to convert: the audit log's must
+            # exist (ldap/slapd.conf's header: slapadd -b cn=accesslog </dev/null).
+            self._run([SLAPADD, "-f", str(self.conf_path), "-b", "cn=accesslog"], "slapadd (audit log)",
+                      stdin=b"")
             (self.workdir / "slapd.d").mkdir(exist_ok=True)
             self._run([SLAPTEST, "-f", str(self.conf_path), "-F", str(self.workdir / "slapd.d")],
                       "slaptest (convert to cn=config)")
