@@ -18,7 +18,8 @@ DESCRIPTION
     RCPT time through the very decision the ``user`` lookup makes
     (:func:`mailrouter.routing.delivery_target`, on the worker's one service
     connection, kept across sessions as lookupd's is:
-    :class:`mailrouter.directory.PersistentDirectory`, ``ldap.connection_max_*``), so both front ends always agree on where and as whom mail is stored.
+    :class:`mailrouter.directory.PersistentDirectory`, ``ldap.connection_max_*``),
+    so both front ends always agree on where and as whom mail is stored.
 
 PROTOCOL
     RFC 2033 on a Unix socket: greeting ``220``; ``LHLO`` (PIPELINING,
