@@ -208,12 +208,18 @@ class Sandbox:
 
 
 def _start_time(pid: int) -> str:
-    """Field 22 of /proc/PID/stat: the process's start time in clock ticks."""
+    """Field 22 of /proc/PID/stat: the process's start time in clock ticks.
+
+    "" for no such process, and for a zombie: it has exited, and whoever
+    reaps it (init, a subreaper, some of which poll every few seconds) is no
+    reason to wait for it.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return "" if fields[0] == "Z" else fields[19]
 
 
 def is_running(started: Started) -> bool:
