@@ -27,8 +27,8 @@ setting behind every ``{ARGON2}`` hash, whoever writes it:
   also in the cn=config form).
 
 The one difference left is the Argon2 *type*: Debian 12's slapd module (2.5)
-always writes ``argon2i`` (it verifies ``argon2i`` and ``argon2id``), passlib
-writes ``argon2id`` (RFC 9106's recommendation: also resists side channels and
+always writes ``argon2i`` (it verifies ``argon2i`` and ``argon2id``); Debian 13's
+(2.6) and passlib write ``argon2id`` (RFC 9106's recommendation: also resists side channels and
 time-memory trade-offs).  Same memory, passes and lanes, so both cost an
 attacker and slapd the same; :func:`scheme_label` therefore names the strength,
 not the type, and neither form is ever "rehashed" into the other.
