@@ -1,6 +1,7 @@
 """Test support for Dovecot IMAP: a private Dovecot with the shipped config for its version.
 
-The version switch (:func:`installed_version`, :func:`shipped_config`):
+The version switch is the package's (``mailrouter.sandbox.dovecot``:
+``installed_version``, ``is_24``, ``shipped_name``):
 Dovecot 2.3 (Debian 12) runs ``dovecot/mailrouter.conf`` (checkpassword through
 ``mailrouter-checkpassword``); Dovecot 2.4 (Debian 13), which has no
 checkpassword and a new configuration syntax, runs ``dovecot/mailrouter-2.4.conf``
@@ -13,7 +14,6 @@ includes the shipped file with only the paths of this test world re-pointed.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 from pathlib import Path
@@ -21,31 +21,17 @@ from pathlib import Path
 from conftest import BIN, ROOT
 from mailrouter.sandbox import tls
 from mailrouter.sandbox.configs import secret_path
+from mailrouter.sandbox.dovecot import installed_version, is_24, shipped_name
 from mailrouter.sandbox.slapd import free_port, wait_for_port
 
 DOVECOT = "/usr/sbin/dovecot"
+__all__ = ["Dovecot", "installed_version", "is_24", "shipped_config"]
 MAIL_UID = MAIL_GID = 8  # Debian's "mail", the storage account
 
 
-def installed_version() -> tuple[int, int] | None:
-    """``(major, minor)`` of the installed Dovecot, ``None`` when there is none."""
-    if not os.path.exists(DOVECOT):
-        return None
-    out = subprocess.run([DOVECOT, "--version"], capture_output=True, text=True, check=True).stdout
-    match = re.match(r"(\d+)\.(\d+)", out)
-    if match is None:
-        raise RuntimeError(f"unexpected dovecot --version: {out!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
-def is_24(version: tuple[int, int] | None = None) -> bool:
-    version = version or installed_version()
-    return version is not None and version >= (2, 4)
-
-
 def shipped_config(version: tuple[int, int] | None = None) -> Path:
-    """The project's file for this Dovecot: one per configuration syntax."""
-    return ROOT / "dovecot" / ("mailrouter-2.4.conf" if is_24(version) else "mailrouter.conf")
+    """The project's file for this Dovecot (the package's one version switch)."""
+    return ROOT / "dovecot" / shipped_name(version)
 
 
 # What the shipped files name for a deployment, and what the test world puts there.
