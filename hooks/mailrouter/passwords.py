@@ -1,5 +1,13 @@
 """Password hashing: the only module that imports passlib.
 
+``passlib`` here is libpass, the maintained fork of passlib 1.7.4 (the same
+package name; pyproject.toml says why).  Every scheme below works on Python
+3.11 (Debian 12) and 3.13 (Debian 13, no ``crypt`` module): ``{ARGON2}``
+through argon2-cffi, ``{CRYPT}`` SHA-512 through libpass's own implementation
+(it never uses ``crypt``; same hashes, ~0.2 s at our rounds), ``{SSHA}``
+through hashlib.  ``tests/unit/test_password_schemes.py`` checks each against
+an independent verifier.
+
 Whatever the project writes into ``userPassword`` is a hash in the RFC 2307
 form slapd verifies on bind: ``{ARGON2}`` (slapd's argon2 module, loaded by the
 shipped slapd.conf), ``{CRYPT}`` with SHA-512 crypt, or ``{SSHA}``.  Cleartext
@@ -33,8 +41,8 @@ for memory-constrained hosts -- the default here: a mail hub checks many
 passwords at once (authd runs 4 per CPU), and 2 GiB each is out of reach.
 
 The one difference left is the Argon2 *type*: Debian 12's slapd module (2.5)
-always writes ``argon2i`` (it verifies ``argon2i`` and ``argon2id``), passlib
-writes ``argon2id`` (RFC 9106's recommendation: also resists side channels and
+always writes ``argon2i`` (it verifies ``argon2i`` and ``argon2id``); Debian 13's
+(2.6) and passlib write ``argon2id`` (RFC 9106's recommendation: also resists side channels and
 time-memory trade-offs).  Same memory, passes and lanes, so both cost an
 attacker and slapd the same; :func:`scheme_label` therefore names the strength,
 not the type, and neither form is ever "rehashed" into the other.

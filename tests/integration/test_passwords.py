@@ -58,9 +58,20 @@ pytestmark = needs_root
 
 DOMAIN = "example.com"
 BASE = "o=top"
-# The project's strength, as slapd's module (argon2i) and passlib (argon2id) write it.
+
+
+def slapd_argon2_type() -> str:
+    """What slapd's argon2 module writes: argon2i in OpenLDAP 2.5 (Debian 12),
+    argon2id from 2.6 (Debian 13)."""
+    banner = subprocess.run(["/usr/sbin/slapd", "-VV"], capture_output=True, text=True, check=False).stderr
+    match = re.search(r"slapd (\d+)\.(\d+)", banner)
+    assert match, banner
+    return "argon2i" if (int(match.group(1)), int(match.group(2))) < (2, 6) else "argon2id"
+
+
+# The project's strength, as slapd's module and passlib (argon2id) write it.
 COST = f"v=19$m={passwords.ARGON2_MEMORY_KIB},t={passwords.ARGON2_TIME},p={passwords.ARGON2_PARALLELISM}$"
-SLAPD_FORM = "{ARGON2}$argon2i$" + COST
+SLAPD_FORM = "{ARGON2}$" + slapd_argon2_type() + "$" + COST
 OURS_FORM = "{ARGON2}$argon2id$" + COST
 TARGET = passwords.scheme_label("argon2")
 # What a rehash must not touch on an entry that needs none.

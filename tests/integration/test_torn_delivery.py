@@ -232,7 +232,9 @@ def test_kill_through_the_exim_pipe_transport_then_retry(hub: Hub) -> None:
             assert "** " not in exim.main_log()  # never bounced
             assert lock.exists() and box.read_bytes().startswith(before), point
             queued = exim.queue_list().stdout
-            found = re.search(r"(\w{6}-\w{6}-\w{2,4}) <sender@remote.example> \*\*\* frozen \*\*\*", queued)
+            # Message ids: 6-6-2 (Exim 4.96, Debian 12) or 6-11-4 (4.97+, Debian 13).
+            found = re.search(r"(\w{6}-\w{6,11}-\w{2,4}) <sender@remote.example> \*\*\* frozen \*\*\*",
+                              queued)
             assert found is not None, queued
             # The retry (an operator's -M here; auto_thaw and the queue runner in production).
             write_hook_wrapper(wrapped, [])

@@ -149,9 +149,13 @@ def test_entry_guard_turns_a_broken_import_into_the_temporary_code() -> None:
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
+    debian12, marker, debian13 = (ROOT / ".ci" / "run").read_text().partition(
+        "\n# -- after the README's test command"
+    )
+    assert marker and "\nbash .ci/trixie\n" in debian13  # then the Debian 13 stage
     ci_commands = [
         line.strip()
-        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        for line in debian12.splitlines()
         if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))
     ]
     readme = (ROOT / "README.md").read_text()

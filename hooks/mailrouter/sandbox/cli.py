@@ -21,7 +21,8 @@ up
     delivery socket (mailrouter-lmtpd: Exim stores local mail over LMTP); the Exim
     daemon with the project's exim/ config (SMTP, submission with STARTTLS, SMTPS);
     popa3d for POP3 (socat) and POP3S (stunnel) with the project's PAM config;
-    Dovecot 2.3 for IMAP (STARTTLS) and IMAPS with the project's dovecot/ config --
+    Dovecot for IMAP (STARTTLS) and IMAPS with the project's dovecot/ config for its
+    version (2.3: checkpassword; 2.4: its LDAP passdb, mbox users) --
     all on free loopback ports, with a throwaway CA.  Demo data: example.com and
     example.org, a global admin, a postmaster (domain admin) and two users per
     domain, an alias with two targets and a catch-all in example.org, one
@@ -142,7 +143,7 @@ from mailrouter import rules
 from mailrouter.admin.audit import AUDIT_BASE
 from mailrouter.sandbox import demo, tls
 from mailrouter.sandbox.configs import write_config
-from mailrouter.sandbox.dovecot import Dovecot
+from mailrouter.sandbox.dovecot import Dovecot, shipped_name
 from mailrouter.sandbox.exim import EXIM_USER, Exim
 from mailrouter.sandbox.popa3d import Popa3d
 from mailrouter.sandbox.slapd import Slapd, free_port
@@ -323,8 +324,9 @@ def bring_up(directory: Path, sandbox: Sandbox, log: Callable[[str], None]) -> d
     sandbox.record("web", web.process.pid)
     components = start_services(directory, sandbox, config, certificates, log)
     components["web_url"] = f"https://127.0.0.1:{web_port}/"
-    log("starting dovecot (IMAP with STARTTLS, IMAPS; logins through mailrouter-checkpassword)")
-    dovecot = Dovecot(directory / "dovecot", dovecot_config, certificates, root=root).start()
+    log(f"starting dovecot (IMAP with STARTTLS, IMAPS; dovecot/{shipped_name()})")
+    dovecot = Dovecot(directory / "dovecot", dovecot_config, certificates, root=root,
+                      ldap_uri=slapd.uri, spool=spool).start()
     assert dovecot.process is not None
     sandbox.record("dovecot", dovecot.process.pid)
     components.update(imap_port=dovecot.imap_port, imaps_port=dovecot.imaps_port)
