@@ -240,11 +240,14 @@ CASES = list(_refusals("").keys())
 
 class IdleConnections:
     """``count`` connections to a Unix socket that never send a byte, kept open from a
-    thread: one the server closes is replaced at once (a stuck or hostile peer)."""
+    thread: one the server closes is replaced at once (a stuck or hostile peer) --
+    unless ``replace`` is false (a test of which connection the server drops must
+    not race a replacement that makes the newest one the oldest idle)."""
 
-    def __init__(self, path: Path, count: int) -> None:
+    def __init__(self, path: Path, count: int, *, replace: bool = True) -> None:
         self.path = path
         self.count = count
+        self.replace = replace
         self.opened = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -266,7 +269,7 @@ class IdleConnections:
         selector = selectors.DefaultSelector()
         try:
             while not self._stop.is_set():
-                while len(selector.get_map()) < self.count:
+                while len(selector.get_map()) < self.count and (self.replace or self.opened < self.count):
                     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                     client.setblocking(False)  # a full backlog must not stop the thread
                     try:

@@ -443,10 +443,10 @@ def test_at_the_connection_limit_the_oldest_idle_one_makes_room(setup: Setup) ->
     lookupd = Lookupd(setup.config, setup.workdir / "small.sock", "--workers", "1", "--max-connections", "10",
                       "--read-timeout", "60")
     try:
-        with IdleConnections(lookupd.sock, 10) as idle:
+        with IdleConnections(lookupd.sock, 10, replace=False) as idle:
             reply, seconds = timed_ask(lookupd.sock, encode("domain", "example.com"))
         assert reply == b"OK example.com\n" and seconds < LIVENESS, (reply, seconds)
-        assert idle.opened >= 10
+        assert idle.opened == 10
     finally:
         log = lookupd.stop()
     assert "over 10 connections: dropped the oldest idle one" in log
