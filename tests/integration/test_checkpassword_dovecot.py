@@ -12,20 +12,18 @@ from __future__ import annotations
 import imaplib
 import os
 import shutil
-import signal
 import ssl
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, alice, hook_config, needs_root
+from conftest import alice, hook_config, needs_root
 from dataset import Dataset
-from dovecot_support import is_24
+from dovecot_support import Dovecot, is_24
 from mailrouter.sandbox import tls
-from mailrouter.sandbox.slapd import Slapd, free_port, wait_for_port
+from mailrouter.sandbox.slapd import Slapd, free_port
 
 pytestmark = [
     needs_root,
@@ -44,96 +42,6 @@ MESSAGE = (
     b"Hello over IMAP.\n"
     b"\n"
 )
-
-DOVECOT_CONF = """\
-# Private Dovecot for the test suite: nothing under /etc or /run is used.
-base_dir = {work}/run
-state_dir = {work}/state
-log_path = {work}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl_cert = <{cert}
-ssl_key = <{cert}
-default_internal_user = dovecot
-default_login_user = dovenull
-service imap-login {{
-  inet_listener imap {{
-    port = 0
-  }}
-  inet_listener imaps {{
-    address = 127.0.0.1
-    port = {port}
-    ssl = yes
-  }}
-}}
-# Test speed only: no growing penalty and no delay after each refused login.
-auth_failure_delay = 0
-service anvil {{
-  unix_listener anvil-auth-penalty {{
-    mode = 0
-  }}
-}}
-# The shipped file, with only the bin dir and the config path re-pointed:
-!include {shipped}
-"""
-
-
-def render_shipped(work: Path, config_path: Path) -> Path:
-    text = (ROOT / "dovecot" / "mailrouter.conf").read_text()
-    for shipped, ours in (
-        ("/opt/mailrouter/venv/bin", str(BIN)),  # the venv under test (Dovecot's user can run it)
-        ("/etc/mailrouter/mailrouter.toml", str(config_path)),
-    ):
-        assert shipped in text
-        text = text.replace(shipped, ours)
-    path = work / "90-mailrouter.conf"
-    path.write_text(text)
-    return path
-
-
-class Dovecot:
-    def __init__(self, work: Path, config_path: Path, certificates: tls.Certificates) -> None:
-        self.work = work
-        self.certificates = certificates
-        self.port = free_port()
-        self.conf = work / "dovecot.conf"
-        for name in ("run", "state"):
-            (work / name).mkdir(mode=0o755)
-        self.conf.write_text(
-            DOVECOT_CONF.format(
-                work=work, cert=certificates.combined, port=self.port,
-                shipped=render_shipped(work, config_path),
-            )
-        )
-        self.process = subprocess.Popen(
-            ["/usr/sbin/dovecot", "-F", "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=(work / "dovecot.stderr").open("wb"),
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-            start_new_session=True,
-        )
-        if not wait_for_port(self.port, 15, self.process):
-            self.stop()
-            raise RuntimeError("dovecot did not start: " + self.log())
-
-    def log(self) -> str:
-        parts = []
-        for name in ("dovecot.log", "dovecot.stderr"):
-            try:
-                parts.append((self.work / name).read_text(errors="replace"))
-            except OSError:
-                pass
-        return "\n".join(parts)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()  # dovecot's master stops its children itself
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
 
 @pytest.fixture(scope="module")
 def dovecot(slapd: Slapd, dataset: Dataset) -> Iterator[Dovecot]:
@@ -156,7 +64,7 @@ def dovecot(slapd: Slapd, dataset: Dataset) -> Iterator[Dovecot]:
         mailbox.write_bytes(MESSAGE)
         os.chown(mailbox, MAIL_UID, MAIL_GID)
         mailbox.chmod(0o600)
-        server = Dovecot(work, conf, tls.make_certificates(work / "tls"))
+        server = Dovecot(work, conf, slapd.uri, spool, tls.make_certificates(work / "tls"))
         try:
             yield server
         finally:

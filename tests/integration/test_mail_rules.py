@@ -36,6 +36,7 @@ import pytest
 
 from conftest import BIN, hook_config, hub_exim, needs_root, start_slapd
 from dataset import ACL_A, ACL_VICTIM_PASSWORD, Dataset, acl_password
+from dovecot_support import Dovecot
 from mailrouter import entries, passwords, rules
 from mailrouter.admin import cli as admin_cli
 from mailrouter.admin import rules as admin_rules
@@ -44,7 +45,7 @@ from mailrouter.sandbox.configs import write_private
 from mailrouter.sandbox.dovecot import is_24
 from mailrouter.sandbox.exim import Exim
 from mailrouter.sandbox.slapd import Slapd
-from test_checkpassword_dovecot import Dovecot, imap
+from test_checkpassword_dovecot import imap
 from test_exim_routing import start_lookupd, stop_process
 
 pytestmark = needs_root
@@ -651,7 +652,7 @@ def test_imap_shows_the_folders_sieve_filled(world: World) -> None:
         work / "conf" / "mailrouter.toml", world.data, [world.slapd.uri], spool_format="maildir",
         maildir_template=f"{world.spool}/{{domain}}/{{local}}/Maildir", group="dovecot",
     )
-    server = Dovecot(work, conf, tls.make_certificates(work / "tls"))
+    server = Dovecot(work, conf, world.slapd.uri, world.spool, tls.make_certificates(work / "tls"))
     try:
         client = imap(server)
         try:
