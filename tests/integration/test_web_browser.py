@@ -11,78 +11,36 @@ a refusal; the new user sees their own quota in the browser.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
 import poplib
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import ROOT, VENV_ENV, needs_root
+from browser_support import account, chromium, needs_browser, sandbox_hub
+from conftest import needs_root
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-SANDBOX = str(ROOT / "bin" / "mailrouter-sandbox")
 PAGE_TIMEOUT = 30
 
 pytestmark = [
     needs_root,
-    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                       reason="needs Debian's chromium and chromium-driver (bin/install-deps)"),
+    needs_browser,
 ]
 
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[dict[str, Any]]:
-    env = {**os.environ, **VENV_ENV}  # the wrapper runs the venv under test
-    done = subprocess.run([SANDBOX, "up"], capture_output=True, text=True, timeout=180, check=False, env=env)
-    assert done.returncode == 0, done.stderr
-    info: dict[str, Any] = json.loads(done.stdout)
-    try:
+    with sandbox_hub() as info:
         yield info
-    finally:
-        subprocess.run([SANDBOX, "down", "--dir", info["dir"]], capture_output=True, timeout=120, check=False,
-                       env=env)
-
-
-def spki_hash(certificate: Path) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    key = x509.load_pem_x509_certificate(certificate.read_bytes()).public_key()
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
 
 
 @pytest.fixture
 def browser(hub: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    pinned = spki_hash(Path(hub["dir"]) / "tls" / "server.pem")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000",
-                     f"--user-data-dir={tmp_path / 'profile'}",
-                     f"--ignore-certificate-errors-spki-list={pinned}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium(hub, tmp_path / "profile", width=1200, page_timeout=PAGE_TIMEOUT) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def account(hub: dict[str, Any], address: str) -> dict[str, str]:
-    return next(a for a in hub["accounts"] if a.get("address") == address)
 
 
 def log_in(driver: Any, hub: dict[str, Any], login: str, password: str) -> None:

@@ -15,14 +15,10 @@ and sends one that another user fetches over POP3.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
 import poplib
 import smtplib
 import ssl
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,19 +28,16 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, VENV_ENV, needs_root
+from browser_support import account, chromium, needs_browser, sandbox_hub
+from conftest import needs_root
 from mailrouter.sandbox.dovecot import is_24
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-SANDBOX = str(ROOT / "bin" / "mailrouter-sandbox")
 WAIT = 60
 
 pytestmark = [
     needs_root,
     pytest.mark.slow,
-    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                       reason="needs Debian's chromium and chromium-driver (bin/install-deps)"),
+    needs_browser,
     pytest.mark.skipif(not os.path.exists("/var/lib/roundcube/public_html"),
                        reason="needs Debian's roundcube (bin/install-deps)"),
 ]
@@ -52,49 +45,14 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[dict[str, Any]]:
-    env = {**os.environ, **VENV_ENV}
-    done = subprocess.run([SANDBOX, "up"], capture_output=True, text=True, timeout=180, check=False, env=env)
-    assert done.returncode == 0, done.stderr
-    info: dict[str, Any] = json.loads(done.stdout)
-    try:
+    with sandbox_hub() as info:
         yield info
-    finally:
-        subprocess.run([SANDBOX, "down", "--dir", info["dir"]], capture_output=True, timeout=120, check=False,
-                       env=env)
-
-
-def spki_hash(certificate: Path) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    key = x509.load_pem_x509_certificate(certificate.read_bytes()).public_key()
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
 
 
 @pytest.fixture
 def browser(hub: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    pinned = spki_hash(Path(hub["dir"]) / "tls" / "server.pem")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     f"--user-data-dir={tmp_path / 'profile'}",
-                     f"--ignore-certificate-errors-spki-list={pinned}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT)
-    try:
+    with chromium(hub, tmp_path / "profile", width=1400, page_timeout=WAIT) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def account(hub: dict[str, Any], address: str) -> dict[str, str]:
-    return next(a for a in hub["accounts"] if a.get("address") == address)
 
 
 def wait(driver: Any) -> Any:
