@@ -55,12 +55,24 @@ def log_in(driver: Any, hub: dict[str, Any], login: str, password: str) -> None:
 def submit_and_wait(driver: Any, button: Any) -> None:
     """Click a form's button and wait until the browser has loaded the answer
     (the old page's elements go stale), so assertions never see the old page."""
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.wait import WebDriverWait
 
     old = driver.find_element("tag name", "html")
     button.click()
-    WebDriverWait(driver, PAGE_TIMEOUT).until(expected_conditions.staleness_of(old))
+
+    def gone(_driver: Any) -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # Mid-navigation chromedriver may answer for the old node with this
+            # inspector error instead of "stale element": the same fact.
+            return "does not belong to the document" in str(exc)
+        return False
+
+    WebDriverWait(driver, PAGE_TIMEOUT).until(gone)
 
 
 def pop3_login(hub: dict[str, Any], address: str, password: str) -> int:
